@@ -1,0 +1,31 @@
+# cbir: content-based image retrieval with CNN codes, PCA, intra-class k-means and an MLP.
+#
+#   snakemake --cores 2                                  # the embedded default (offline)
+#   snakemake --cores 8 --configfile config/paper.yaml   # the paper's grid
+#
+# dataset -> manifest -> split -> features (HDF5, once per dataset and backbone)
+#         -> PCA(n) -> k-means per class -> MLP -> evaluation -> summary
+
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# Resolved against the workflow, not the working directory, so `--directory` runs find it;
+# a --configfile given on the command line is merged over it.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        summary_outputs(),
+    default_target: True

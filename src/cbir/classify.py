@@ -1,0 +1,122 @@
+"""Class prediction: a multi-layer perceptron on the reduced features, stored as plain arrays."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.io import load_arrays, save_arrays
+
+
+@dataclass
+class MlpModel:
+    """Standardisation, then ReLU hidden layers, then softmax (or logistic for two classes)."""
+
+    scaler_mean: np.ndarray
+    scaler_scale: np.ndarray
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    classes: np.ndarray
+    output_activation: str
+    n_iter: int = 0
+    converged: bool = True
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        hidden = (np.asarray(features, dtype=np.float32) - self.scaler_mean) / self.scaler_scale
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            hidden = np.maximum(hidden @ weight + bias, 0.0)
+        logits = hidden @ self.weights[-1] + self.biases[-1]
+        if self.output_activation == "logistic":
+            positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            return np.column_stack([1.0 - positive, positive])
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.classes[np.argmax(self.predict_proba(features), axis=1)]
+
+
+def train_mlp(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    hidden_layers: Sequence[int] = (256,),
+    alpha: float = 1e-4,
+    learning_rate: float = 1e-3,
+    max_iter: int = 300,
+    seed: int = 0,
+) -> MlpModel:
+    """Fit the scaler and the MLP on the training features only."""
+    # imported here: loading a stored model must not pay for scikit-learn's import
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.asarray(features, dtype=np.float32)
+    scaler = StandardScaler().fit(features)
+    scale = scaler.scale_.astype(np.float32)
+    mlp = MLPClassifier(
+        hidden_layer_sizes=tuple(hidden_layers),
+        alpha=alpha,
+        learning_rate_init=learning_rate,
+        max_iter=max_iter,
+        random_state=seed,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        mlp.fit(scaler.transform(features), labels)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return MlpModel(
+        scaler_mean=scaler.mean_.astype(np.float32),
+        scaler_scale=scale,
+        weights=[w.astype(np.float32) for w in mlp.coefs_],
+        biases=[b.astype(np.float32) for b in mlp.intercepts_],
+        classes=np.asarray(mlp.classes_),
+        output_activation=mlp.out_activation_,
+        n_iter=int(mlp.n_iter_),
+        converged=converged,
+    )
+
+
+def save_mlp(path: str | Path, model: MlpModel, attrs: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "scaler_mean": model.scaler_mean,
+        "scaler_scale": model.scaler_scale,
+        "classes": model.classes,
+    }
+    for i, (weight, bias) in enumerate(zip(model.weights, model.biases, strict=True)):
+        arrays[f"layer{i}_weight"] = weight
+        arrays[f"layer{i}_bias"] = bias
+    save_arrays(
+        path,
+        arrays,
+        {
+            "n_layers": len(model.weights),
+            "hidden_activation": "relu",
+            "output_activation": model.output_activation,
+            "n_iter": model.n_iter,
+            "converged": model.converged,
+            **attrs,
+        },
+    )
+
+
+def load_mlp(path: str | Path) -> MlpModel:
+    arrays, attrs = load_arrays(path)
+    n_layers = int(attrs["n_layers"])
+    return MlpModel(
+        scaler_mean=arrays["scaler_mean"],
+        scaler_scale=arrays["scaler_scale"],
+        weights=[arrays[f"layer{i}_weight"] for i in range(n_layers)],
+        biases=[arrays[f"layer{i}_bias"] for i in range(n_layers)],
+        classes=arrays["classes"],
+        output_activation=str(attrs["output_activation"]),
+        n_iter=int(attrs["n_iter"]),
+        converged=bool(attrs["converged"]),
+    )

@@ -1,0 +1,171 @@
+"""Configuration: schema validation with messages that name the key, and the grid."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ORIGINAL = "original"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is allowed."""
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(parts: Iterator[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _allowed(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "enum" in schema:
+        return "allowed: " + ", ".join(map(str, schema["enum"]))
+    if error.validator == "oneOf":
+        options = []
+        for sub in schema.get("oneOf", []):
+            options.append(", ".join(map(str, sub["enum"])) if "enum" in sub else sub.get("type", "?"))
+        return "allowed: " + " or ".join(options)
+    if "description" in schema:
+        return str(schema["description"]).strip()
+    return ""
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = ", ".join(sorted(set(error.instance) - set(allowed)))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"config key '{key}': unknown key(s) {extra}{hint}"
+    allowed = _allowed(error)
+    return f"config key '{key}': {error.message}" + (f" ({allowed})" if allowed else "")
+
+
+def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    """Insert the schema's defaults into ``instance`` (after it has validated)."""
+    if "$ref" in schema:
+        schema = root["definitions"][schema["$ref"].split("/")[-1]]
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(instance) - set(schema.get("properties", {})):
+                _fill_defaults(instance[key], extra, root)
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+    config = copy.deepcopy(dict(config))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(map(_describe, errors)))
+    _fill_defaults(config, schema, schema)
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: Mapping[str, Any]) -> None:
+    problems = []
+    grid = config["grid"]
+    for i, split in enumerate(grid["splits"]):
+        train, test = (int(p) for p in split.split("-"))
+        if train + test != 100 or train == 0 or test == 0:
+            problems.append(
+                f"config key 'grid.splits[{i}]': '{split}' must be TRAIN-TEST percentages "
+                "that are both above 0 and sum to 100, such as 80-20"
+            )
+    for kind in ("datasets", "backbones"):
+        for i, name in enumerate(grid[kind]):
+            if name not in config[kind]:
+                problems.append(
+                    f"config key 'grid.{kind}[{i}]': '{name}' is not defined under '{kind}' "
+                    f"(defined: {', '.join(sorted(config[kind])) or 'none'})"
+                )
+    for name in grid["datasets"]:
+        entry = config["datasets"].get(name, {})
+        if entry.get("source") == "folder" and "path" not in entry:
+            problems.append(f"config key 'datasets.{name}.path': required when source is 'folder'")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def parse_split(split: str) -> float:
+    """'80-20' -> 0.8, the training fraction."""
+    train, test = (int(p) for p in split.split("-"))
+    return train / (train + test)
+
+
+def pca_label(size: int | str) -> str:
+    return str(size)
+
+
+def pca_sizes(config: Mapping[str, Any]) -> list[int]:
+    """The integer PCA sizes of the grid, ascending."""
+    return sorted(int(p) for p in config["grid"]["pca"] if p != ORIGINAL)
+
+
+def dataset_root(config: Mapping[str, Any], dataset: str) -> Path:
+    """Folder holding the class sub-folders of a dataset."""
+    entry = config["datasets"][dataset]
+    if entry["source"] == "folder":
+        path = Path(entry["path"])
+        return path if path.is_absolute() else Path(config["data_root"]) / path
+    return Path(config["data_root"]) / dataset
+
+
+def missing_datasets(config: Mapping[str, Any]) -> list[str]:
+    """Messages for the datasets of the grid that must be provided but are not there."""
+    messages = []
+    for name in config["grid"]["datasets"]:
+        entry = config["datasets"][name]
+        if entry["source"] != "folder":
+            continue
+        root = dataset_root(config, name)
+        if not root.is_dir():
+            how = entry.get("how_to_get", "")
+            messages.append(
+                f"dataset '{name}' not found at '{root}': put its images there as one sub-folder "
+                f"per class, or set datasets.{name}.path (or data_root) to where they are."
+                + (f" {how.strip()}" if how else "")
+            )
+    return messages
+
+
+@dataclass(frozen=True)
+class GridCell:
+    dataset: str
+    backbone: str
+    split: str
+    pca: str
+    k: int
+
+
+def grid_cells(config: Mapping[str, Any]) -> list[GridCell]:
+    grid = config["grid"]
+    return [
+        GridCell(dataset, backbone, split, pca_label(pca), int(k))
+        for dataset in grid["datasets"]
+        for backbone in grid["backbones"]
+        for split in grid["splits"]
+        for pca in grid["pca"]
+        for k in grid["k"]
+    ]

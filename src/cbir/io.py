@@ -1,0 +1,156 @@
+"""Artifact I/O: HDF5 files written atomically and stamped with provenance metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers, recorded in every artifact."""
+    import cbir
+
+    versions = {
+        "cbir": cbir.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "scikit-learn": metadata.version("scikit-learn"),
+    }
+    # torch is slow to import: record it only where the stage already uses it
+    for name in ("torch", "torchvision"):
+        if name in sys.modules:
+            versions[name] = str(getattr(sys.modules[name], "__version__", "unknown"))
+    return versions
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path (file or folder) that becomes ``path`` only if the block succeeds.
+
+    A killed or failing job therefore never leaves a half-written file under the final name.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_attrs(node: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Store attributes; dicts and lists are stored as JSON strings so any reader can parse them."""
+    for key, value in attrs.items():
+        if isinstance(value, (dict, list, tuple)):
+            node.attrs[key] = json.dumps(value)
+        elif value is None:
+            node.attrs[key] = "null"
+        else:
+            node.attrs[key] = value
+
+
+def read_attrs(node: h5py.HLObject) -> dict[str, Any]:
+    """Inverse of :func:`write_attrs` for the JSON-encoded values."""
+    out: dict[str, Any] = {}
+    for key, value in node.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and (value.startswith(("[", "{")) or value == "null"):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def save_arrays(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write named arrays (numeric or string) and attributes to an HDF5 file atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            if array.dtype.kind in "UO":
+                f.create_dataset(name, data=array.astype(object), dtype=STRING_DTYPE)
+            else:
+                f.create_dataset(name, data=array)
+        write_attrs(f, {"library_versions": library_versions(), **(attrs or {})})
+
+
+def load_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read every top-level dataset and the file attributes of an HDF5 artifact."""
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        for name, dataset in f.items():
+            if not isinstance(dataset, h5py.Dataset):
+                continue
+            if h5py.check_string_dtype(dataset.dtype) is not None:
+                arrays[name] = dataset.asstr()[()]
+            else:
+                arrays[name] = dataset[()]
+        attrs = read_attrs(f)
+    return arrays, attrs
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+    attrs: dict[str, Any]
+
+
+def load_features(path: str | Path, ids: Sequence[str] | None = None) -> FeatureSet:
+    """Read a feature file written by the extraction stage, optionally only the rows of ``ids`` (in that order)."""
+    with h5py.File(path, "r") as f:
+        all_ids = f["ids"].asstr()[()]
+        labels = f["labels"][()]
+        attrs = read_attrs(f)
+        if ids is None:
+            rows = np.arange(len(all_ids))
+            features = f["features"][()]
+        else:
+            position = {image_id: row for row, image_id in enumerate(all_ids)}
+            unknown = [i for i in ids if i not in position]
+            if unknown:
+                raise KeyError(f"{len(unknown)} id(s) not in '{path}', e.g. {unknown[:3]}")
+            rows = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
+            order = np.argsort(rows)
+            features = np.empty((len(rows), f["features"].shape[1]), dtype=f["features"].dtype)
+            features[order] = f["features"][rows[order]]  # h5py needs increasing indices
+    return FeatureSet(features.astype(np.float32, copy=False), all_ids[rows], labels[rows], attrs)

@@ -1,0 +1,137 @@
+"""Retrieval: the paper's clustered search and the two exact comparison searches.
+
+- ``clustered``: nearest centroid of the predicted class, then the members of that cluster
+  nearest to the query (the paper's method);
+- ``class``: exact nearest neighbours among all training images of the predicted class;
+- ``global``: exact nearest neighbours over the whole training set.
+
+Results are ordered by distance, ties broken by gallery position, so the ranking is
+deterministic. Rows shorter than ``top_k`` (a small cluster) are padded with -1 / inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODES = ("clustered", "class", "global")
+METRICS = ("euclidean", "cosine")
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def squared_distances(queries: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances as one matrix product, clipped at 0 against rounding."""
+    queries_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
+    distances = queries_sq - 2.0 * (queries @ gallery.T) + gallery_sq_norms[None, :]
+    return np.maximum(distances, 0.0)
+
+
+def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
+    order = np.argsort(distances, axis=1, kind="stable")[:, :top_k]
+    found = np.take_along_axis(distances, order, axis=1)
+    indices = members[order]
+    if order.shape[1] < top_k:
+        pad = top_k - order.shape[1]
+        indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
+        found = np.pad(found, ((0, 0), (0, pad)), constant_values=np.inf)
+    return indices, found
+
+
+@dataclass
+class RetrievalIndex:
+    """A gallery (the training set) with per-class and per-cluster members precomputed."""
+
+    gallery: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    centroid_labels: np.ndarray
+    assignments: np.ndarray
+    metric: str = "euclidean"
+    _sq_norms: np.ndarray = field(init=False, repr=False)
+    _class_members: dict[int, np.ndarray] = field(init=False, repr=False)
+    _cluster_members: list[np.ndarray] = field(init=False, repr=False)
+    _class_centroids: dict[int, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(METRICS)}")
+        self.gallery = self._prepare(self.gallery)
+        self.centroids = self._prepare(self.centroids)
+        self._sq_norms = np.einsum("ij,ij->i", self.gallery, self.gallery)
+        self._class_members = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
+        self._cluster_members = [np.flatnonzero(self.assignments == c) for c in range(len(self.centroids))]
+        self._class_centroids = {
+            int(c): np.flatnonzero(self.centroid_labels == c) for c in np.unique(self.centroid_labels)
+        }
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return _l2_normalise(x) if self.metric == "cosine" else x
+
+    def _finish(self, squared: np.ndarray) -> np.ndarray:
+        """Report Euclidean distance, or cosine distance (1 - cos) on unit vectors."""
+        return squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
+
+    def nearest_centroids(self, queries: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """For each query, the index of the nearest centroid of its predicted class."""
+        queries = self._prepare(queries)
+        chosen = np.full(len(queries), -1, dtype=np.int64)
+        for label in np.unique(predicted):
+            rows = np.flatnonzero(predicted == label)
+            candidates = self._class_centroids.get(int(label), np.empty(0, dtype=np.int64))
+            if len(candidates) == 0:
+                continue
+            centroids = self.centroids[candidates]
+            distances = squared_distances(queries[rows], centroids, np.einsum("ij,ij->i", centroids, centroids))
+            chosen[rows] = candidates[np.argmin(distances, axis=1)]
+        return chosen
+
+    def _members(self, mode: str, group: int) -> np.ndarray:
+        """Gallery positions searched by one group of queries (ascending)."""
+        empty = np.empty(0, dtype=np.int64)
+        if mode == "clustered":
+            return self._cluster_members[group] if group >= 0 else empty
+        if mode == "class":
+            return self._class_members.get(group, empty)
+        return np.arange(len(self.gallery))
+
+    def search(
+        self,
+        queries: np.ndarray,
+        mode: str,
+        top_k: int,
+        predicted: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery indices and distances for each query row.
+
+        Queries are grouped by the subset they search (a cluster, a class or the whole
+        gallery) so that each group is one matrix product.
+        """
+        if mode not in MODES:
+            raise ValueError(f"retrieval mode '{mode}' is not one of {', '.join(MODES)}")
+        if mode != "global" and predicted is None:
+            raise ValueError(f"retrieval mode '{mode}' needs the predicted class of each query")
+        if mode == "clustered":
+            groups = self.nearest_centroids(queries, np.asarray(predicted))
+        elif mode == "class":
+            groups = np.asarray(predicted)
+        else:
+            groups = np.zeros(len(queries), dtype=np.int64)
+        queries = self._prepare(queries)
+        indices = np.full((len(queries), top_k), -1, dtype=np.int64)
+        distances = np.full((len(queries), top_k), np.inf)
+        for group in np.unique(groups):
+            rows = np.flatnonzero(groups == group)
+            members = self._members(mode, int(group))
+            if len(members) == 0:
+                continue
+            squared = squared_distances(queries[rows], self.gallery[members], self._sq_norms[members])
+            indices[rows], found = _top_k(squared, members, top_k)
+            distances[rows] = self._finish(found)
+        return indices, distances

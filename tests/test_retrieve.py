@@ -1,0 +1,88 @@
+"""Each retrieval mode against a brute-force reference, including ties."""
+
+import numpy as np
+import pytest
+
+from cbir.cluster import fit_intra_class_kmeans
+from cbir.evaluate import precision_at_k
+from cbir.retrieve import RetrievalIndex
+
+
+def brute_force(query, gallery, candidates, top_k, metric):
+    """Rank candidates by distance, then by gallery position."""
+    if metric == "cosine":
+        gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+        query = query / np.linalg.norm(query)
+        distance = 1 - gallery[candidates] @ query
+    else:
+        distance = np.linalg.norm(gallery[candidates] - query, axis=1)
+    order = sorted(range(len(candidates)), key=lambda i: (round(float(distance[i]), 9), candidates[i]))
+    chosen = [int(candidates[i]) for i in order[:top_k]]
+    return chosen + [-1] * (top_k - len(chosen)), [float(distance[i]) for i in order[:top_k]]
+
+
+@pytest.fixture
+def index_and_queries(request):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=200)
+    gallery = rng.normal(size=(200, 12)) + labels[:, None]
+    gallery[50] = gallery[10]  # exact duplicates: ties must resolve by gallery position
+    gallery[120] = gallery[10]
+    clusters = fit_intra_class_kmeans(gallery, labels, 3, seed=0, n_init=2)
+    index = RetrievalIndex(gallery, labels, clusters.centroids, clusters.centroid_labels, clusters.assignments,
+                           metric=request.param)  # fmt: skip
+    queries = np.vstack([rng.normal(size=(30, 12)) + 1.5, gallery[10:11] + 1e-9])
+    predicted = rng.integers(0, 4, size=len(queries))
+    predicted[-1] = labels[10]
+    return index, gallery, labels, clusters, queries, predicted, request.param
+
+
+@pytest.mark.parametrize("index_and_queries", ["euclidean", "cosine"], indirect=True)
+def test_every_mode_equals_brute_force(index_and_queries):
+    index, gallery, labels, clusters, queries, predicted, metric = index_and_queries
+    top_k = 5
+    results = {mode: index.search(queries, mode, top_k, predicted) for mode in ("clustered", "class", "global")}
+    for q, query in enumerate(queries):
+        in_class = np.flatnonzero(labels == predicted[q])
+        centroid_ids = np.flatnonzero(clusters.centroid_labels == predicted[q])
+        centroids = clusters.centroids[centroid_ids]
+        if metric == "cosine":
+            unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+            nearest = centroid_ids[np.argmin(np.linalg.norm(unit(centroids) - unit(query), axis=1))]
+        else:
+            nearest = centroid_ids[np.argmin(np.linalg.norm(centroids - query, axis=1))]
+        members = np.flatnonzero(clusters.assignments == nearest)
+        for mode, candidates in (("clustered", members), ("class", in_class), ("global", np.arange(len(gallery)))):
+            expected, distances = brute_force(query, gallery, candidates, top_k, metric)
+            assert list(results[mode][0][q]) == expected, (mode, q)
+            assert np.allclose(results[mode][1][q][: len(distances)], distances, atol=1e-6)
+
+
+@pytest.mark.parametrize("index_and_queries", ["euclidean"], indirect=True)
+def test_ties_resolve_by_gallery_position(index_and_queries):
+    index, *_, queries, _, _ = index_and_queries
+    indices, _ = index.search(queries[-1:], "global", 3)
+    assert list(indices[0]) == [10, 50, 120]
+
+
+def test_small_cluster_pads_results():
+    gallery = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    index = RetrievalIndex(gallery, np.array([0, 0, 1]), gallery[[0, 2]], np.array([0, 1]), np.array([0, 0, 1]))
+    indices, distances = index.search(np.array([[9.0, 0.0]]), "clustered", 3, np.array([1]))
+    assert list(indices[0]) == [2, -1, -1]
+    assert distances[0][0] == pytest.approx(1.0) and np.isinf(distances[0][1:]).all()
+
+
+def test_unknown_mode_and_missing_prediction_are_errors():
+    gallery = np.zeros((2, 2))
+    index = RetrievalIndex(gallery, np.array([0, 1]), gallery, np.array([0, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="not one of"):
+        index.search(gallery, "fuzzy", 1)
+    with pytest.raises(ValueError, match="needs the predicted class"):
+        index.search(gallery, "class", 1)
+
+
+def test_precision_at_k_by_hand():
+    retrieved = np.array([[1, 1, 0, 1, -1], [2, 2, 2, 2, 2]])
+    assert precision_at_k(retrieved, np.array([1, 0]), 5) == pytest.approx((3 / 5 + 0) / 2)
+    assert precision_at_k(retrieved, np.array([1, 2]), 2) == pytest.approx(1.0)

@@ -1,0 +1,155 @@
+"""The workflow end to end on a tiny dataset, and what an incremental rerun rebuilds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
+
+from cbir.io import load_arrays
+
+pytestmark = pytest.mark.workflow
+CELL = Path("results/tiny/lite/80-20")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("workflow")
+    data = make_image_folder(root / "data" / "tiny", per_class=10)
+    config = tiny_config(data)
+    result = run_snakemake(root, write_config(root / "config.yaml", config))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root, config
+
+
+def test_run_writes_every_cell_and_the_summary_tables(finished_run):
+    root, _ = finished_run
+    metrics = pd.read_csv(root / "results/summary/metrics.csv")
+    assert len(metrics) == 3
+    assert set(metrics["pca"].astype(str)) == {"4", "8", "original"}
+    for column in ["dataset", "backbone", "split", "k", "accuracy", "precision_at_5_clustered",
+                   "precision_at_5_class", "precision_at_5_global", "time_predict_median_us",
+                   "time_search_clustered_p95_us", "time_total_class_median_us"]:  # fmt: skip
+        assert column in metrics.columns, column
+    assert metrics["accuracy"].between(0, 1).all()
+    # three colour classes are easy: the pretrained backbone separates them
+    assert metrics["accuracy"].min() >= 0.8
+    table = pd.read_csv(root / "results/summary/accuracy_80-20.csv", index_col=0)
+    assert list(table.index.astype(str)) == ["4", "8", "original"] and list(table.columns) == ["tiny"]
+    assert "| PCA" in (root / "results/summary/accuracy_80-20.md").read_text()
+    assert (root / "results/summary/retrieval_time_80-20.md").exists()
+    assert (root / "results/summary/accuracy_vs_pca.png").stat().st_size > 1000
+
+
+def test_split_file_and_manifest_are_readable(finished_run):
+    root, _ = finished_run
+    manifest = pd.read_csv(root / "results/tiny/manifest.csv")
+    assert len(manifest) == 30 and manifest["sha256"].str.len().eq(64).all()
+    split = pd.read_csv(root / "results/tiny/splits/80-20.csv")
+    assert list(split.columns) == ["id", "label", "subset"]
+    assert split["subset"].value_counts().to_dict() == {"train": 24, "test": 6}
+
+
+def test_features_are_extracted_once_per_dataset_and_backbone(finished_run):
+    root, _ = finished_run
+    assert [p.name for p in (root / "results/tiny/features").iterdir()] == ["lite.h5"]
+    with h5py.File(root / "results/tiny/features/lite.h5") as f:
+        assert f["features"].shape == (30, 1280)
+        assert f.attrs["arch"] == "efficientnet_lite0"
+
+
+def test_noop_rerun_has_nothing_to_do(finished_run):
+    root, config = finished_run
+    result = run_snakemake(root, write_config(root / "same.yaml", config), "-n")
+    assert result.returncode == 0
+    assert planned_jobs(result) == {}
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_adding_one_pca_size_rebuilds_only_that_branch(finished_run):
+    root, config = finished_run
+    config = {**config, "grid": {**config["grid"], "pca": [4, 6, 8, "original"]}}
+    result = run_snakemake(root, write_config(root / "more_pca.yaml", config), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result) == {
+        "project": 1, "cluster": 1, "train_mlp": 1, "evaluate": 1, "summarize": 1, "all": 1,
+    }  # fmt: skip
+    assert "results/tiny/lite/80-20/6/metrics_k2.json" in result.stdout
+
+
+def test_other_splits_and_k_reuse_the_features(finished_run):
+    root, config = finished_run
+    config = {**config, "grid": {**config["grid"], "splits": ["80-20", "70-30"], "k": [2, 3]}}
+    result = run_snakemake(root, write_config(root / "more_splits.yaml", config), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert "extract_features" not in jobs and "manifest" not in jobs
+    assert jobs["split"] == 1 and jobs["fit_pca"] == 1
+    assert jobs["evaluate"] == 2 * 3 * 2 - 3  # every cell but the three already done
+
+
+def test_no_test_image_influences_any_fitted_model(finished_run, tmp_path: Path):
+    """Replace the test images' features with noise: every fitted model stays bit-identical."""
+    root, config = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True)
+    test_ids = set(pd.read_csv(copy / "results/tiny/splits/80-20.csv").query("subset == 'test'")["id"])
+    with h5py.File(copy / "results/tiny/features/lite.h5", "r+") as f:
+        rows = [i for i, image_id in enumerate(f["ids"].asstr()[()]) if image_id in test_ids]
+        f["features"][rows] = np.random.default_rng(0).normal(size=(len(rows), f["features"].shape[1]))
+    result = run_snakemake(copy, write_config(copy / "rerun.yaml", config))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    per_cell = ("projection.h5", "gallery.h5", "classifier.h5", "clusters_k2.h5")
+    fitted = ["pca_basis.h5"] + [f"{pca}/{name}" for pca in ("4", "8", "original") for name in per_cell]
+    for name in fitted:
+        before, _ = load_arrays(root / CELL / name)
+        after, _ = load_arrays(copy / CELL / name)
+        assert before.keys() == after.keys()
+        for key in before:
+            assert np.array_equal(before[key], after[key]), (name, key)
+    # ...while the evaluation did see the changed test images
+    old = json.loads((root / CELL / "original/metrics_k2.json").read_text())
+    new = json.loads((copy / CELL / "original/metrics_k2.json").read_text())
+    assert (old["accuracy"], old["precision_at_5_global"]) != (new["accuracy"], new["precision_at_5_global"])
+
+
+def test_wrong_config_value_stops_before_any_job(tmp_path: Path):
+    data = make_image_folder(tmp_path / "data" / "tiny", per_class=2)
+    config = tiny_config(data)
+    config["grid"]["pca"] = [4, "all"]
+    result = run_snakemake(tmp_path, write_config(tmp_path / "bad.yaml", config))
+    assert result.returncode != 0
+    assert "config key 'grid.pca[1]'" in result.stderr
+    assert "original" in result.stderr  # the allowed value is named
+    assert not (tmp_path / "results").exists()
+
+
+PAPER_DATASETS = ["corel1k", "corel10k", "ghim10k", "cifar10", "voc2012"]
+
+
+def test_paper_config_plans_the_full_grid_when_the_datasets_are_there(tmp_path: Path):
+    for name in PAPER_DATASETS:
+        make_image_folder(tmp_path / "data" / name, per_class=1, size=8)
+    result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={tmp_path / 'data'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["manifest"] == 5 and jobs["extract_features"] == 5
+    assert jobs["split"] == 5 * 4 and jobs["fit_pca"] == 5 * 4
+    assert jobs["evaluate"] == 5 * 4 * 9 and jobs["train_mlp"] == 5 * 4 * 9
+
+
+def test_paper_config_names_a_missing_dataset_before_any_job(tmp_path: Path):
+    for name in PAPER_DATASETS[:-1]:
+        make_image_folder(tmp_path / "data" / name, per_class=1, size=8)
+    result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={tmp_path / 'data'}")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "dataset 'voc2012' not found" in output
+    assert "largest total bounding-box area" in output  # how to provide it

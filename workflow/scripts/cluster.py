@@ -1,0 +1,22 @@
+"""k-means with k clusters inside each class of the training images."""
+
+from cbir.cluster import fit_intra_class_kmeans, save_clusters
+from cbir.io import load_arrays
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    gallery, _ = load_arrays(smk.input.gallery)
+    options = smk.params.kmeans
+    clusters = fit_intra_class_kmeans(
+        gallery["features"],
+        gallery["labels"],
+        int(smk.wildcards.k),
+        seed=smk.params.seed,
+        n_init=options["n_init"],
+        max_iter=options["max_iter"],
+    )
+    save_clusters(smk.output.clusters, clusters, gallery["ids"], {"k": int(smk.wildcards.k), "seed": smk.params.seed})
+
+
+run_step(snakemake, main)

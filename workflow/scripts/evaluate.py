@@ -1,0 +1,23 @@
+"""Evaluate one grid cell on its test images: accuracy, retrieval precision, timings."""
+
+from cbir.evaluate import cell_metrics
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    cell_metrics(
+        features=smk.input.features,
+        split=smk.input.split,
+        projection=smk.input.projection,
+        gallery=smk.input.gallery,
+        classifier=smk.input.classifier,
+        clusters=smk.input.clusters,
+        out_path=smk.output.metrics,
+        cell=dict(smk.wildcards.items()),
+        top_k=smk.params.retrieval["top_k"],
+        metric=smk.params.retrieval["metric"],
+        seed=smk.params.seed,
+    )
+
+
+run_step(snakemake, main)

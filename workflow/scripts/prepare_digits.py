@@ -1,0 +1,16 @@
+"""Write scikit-learn's bundled digits as an image folder (one sub-folder per digit)."""
+
+import logging
+
+from cbir.data import write_sklearn_digits
+from cbir.io import atomic_path
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    with atomic_path(smk.output.folder) as tmp:
+        count = write_sklearn_digits(tmp, image_size=smk.params.image_size)
+    logging.getLogger("cbir.prepare_digits").info("wrote %d images to %s", count, smk.output.folder)
+
+
+run_step(snakemake, main)

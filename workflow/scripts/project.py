@@ -1,0 +1,24 @@
+"""Project one grid cell's training images with PCA(n) (or keep them: 'original')."""
+
+from cbir.data import split_ids
+from cbir.io import load_features, save_arrays
+from cbir.reduce import Projection, load_projection, save_projection
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    train = load_features(smk.input.features, split_ids(smk.input.split, "train"))
+    if smk.wildcards.pca == "original":
+        projection = Projection(mean=None, components=None)
+    else:
+        projection = load_projection(smk.input.basis).truncate(int(smk.wildcards.pca))
+    attrs = {"pca": smk.wildcards.pca, "seed": smk.params.seed, "backbone_attrs": train.attrs}
+    save_projection(smk.output.projection, projection, attrs)
+    save_arrays(
+        smk.output.gallery,
+        {"features": projection.transform(train.features), "ids": train.ids, "labels": train.labels},
+        {**attrs, "subset": "train"},
+    )
+
+
+run_step(snakemake, main)

@@ -1,0 +1,11 @@
+"""Gather every grid cell's metrics into the summary tables and the accuracy plot."""
+
+from cbir.report import write_summary
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    write_summary(smk.input.metrics, smk.output.metrics, smk.params.splits, smk.params.out_dir, smk.output.plot)
+
+
+run_step(snakemake, main)

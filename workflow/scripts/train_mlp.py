@@ -1,0 +1,23 @@
+"""Train the MLP classifier on one grid cell's reduced training features."""
+
+from cbir.classify import save_mlp, train_mlp
+from cbir.io import load_arrays
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    gallery, _ = load_arrays(smk.input.gallery)
+    options = smk.params.mlp
+    model = train_mlp(
+        gallery["features"],
+        gallery["labels"],
+        hidden_layers=options["hidden_layers"],
+        alpha=options["alpha"],
+        learning_rate=options["learning_rate"],
+        max_iter=options["max_iter"],
+        seed=smk.params.seed,
+    )
+    save_mlp(smk.output.classifier, model, {"seed": smk.params.seed, "classes_from": "train"})
+
+
+run_step(snakemake, main)
