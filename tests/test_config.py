@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
 from cbir.config import ConfigError, grid_cells, load_schema, missing_datasets, parse_split, validate_config
+
+from conftest import REPO
 
 SCHEMA = load_schema(REPO / "config" / "schema.yaml")
 

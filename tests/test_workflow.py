@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
 
 from cbir.io import load_arrays
+
+from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 CELL = Path("results/tiny/lite/80-20")

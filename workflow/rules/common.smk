@@ -1,14 +1,11 @@
-import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-# The package holding the logic lives in src/; make it importable here and in every job,
-# including jobs run in a --sdm conda environment or on a cluster node.
-PACKAGE_DIR = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+# The package holding the logic lives in src/; it is installed in the project's venv, and this
+# makes it importable without installation too (rule scripts do the same in _package.py).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cbir.config import (  # noqa: E402
     ConfigError,

@@ -1,7 +1,7 @@
 rule prepare_digits:
     """scikit-learn's bundled handwritten digits, written out as an image folder."""
     output:
-        folder=directory(config["data_root"] + "/{dataset}"),
+        folder=directory(os.path.join(config["data_root"], "{dataset}")),
     params:
         image_size=lambda wildcards: config["datasets"][wildcards.dataset].get("image_size", 64),
     log:

@@ -41,7 +41,7 @@ rule summarize:
         ),
     params:
         splits=config["grid"]["splits"],
-        out_dir="results/summary",
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/summarize.log",
     benchmark:

@@ -2,6 +2,8 @@
 
 import logging
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.data import scan_image_folder, write_manifest
 from cbir.runtime import run_step
 

@@ -1,5 +1,7 @@
 """k-means with k clusters inside each class of the training images."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.cluster import fit_intra_class_kmeans, save_clusters
 from cbir.io import load_arrays
 from cbir.runtime import run_step

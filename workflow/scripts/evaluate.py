@@ -1,5 +1,7 @@
 """Evaluate one grid cell on its test images: accuracy, retrieval precision, timings."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.evaluate import cell_metrics
 from cbir.runtime import run_step
 

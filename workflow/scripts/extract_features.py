@@ -2,6 +2,8 @@
 
 import torch
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.data import read_manifest
 from cbir.features import BackboneSpec, extract_to_hdf5
 from cbir.runtime import run_step

@@ -1,5 +1,7 @@
 """Fit one exact PCA basis per training split, at the largest PCA size of the grid."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.data import split_ids
 from cbir.io import load_features
 from cbir.reduce import fit_pca_basis, save_projection

@@ -1,5 +1,7 @@
 """Stratified, seeded train/test split of a manifest, written as a list of image ids."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.config import parse_split
 from cbir.data import read_manifest, split_table
 from cbir.io import atomic_path

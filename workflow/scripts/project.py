@@ -1,5 +1,7 @@
 """Project one grid cell's training images with PCA(n) (or keep them: 'original')."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.data import split_ids
 from cbir.io import load_features, save_arrays
 from cbir.reduce import Projection, load_projection, save_projection

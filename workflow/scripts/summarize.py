@@ -1,5 +1,7 @@
 """Gather every grid cell's metrics into the summary tables and the accuracy plot."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.report import write_summary
 from cbir.runtime import run_step
 

@@ -1,5 +1,7 @@
 """Train the MLP classifier on one grid cell's reduced training features."""
 
+import _package  # noqa: F401  (makes cbir importable)
+
 from cbir.classify import save_mlp, train_mlp
 from cbir.io import load_arrays
 from cbir.runtime import run_step
