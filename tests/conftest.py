@@ -85,3 +85,14 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny workflow run to completion once per test session: (working folder, config)."""
+    root = tmp_path_factory.mktemp("workflow")
+    data = make_image_folder(root / "data" / "tiny", per_class=10)
+    config = tiny_config(data)
+    result = run_snakemake(root, write_config(root / "config.yaml", config))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return root, config

@@ -113,3 +113,32 @@ def test_extraction_streams_features_and_metadata_to_hdf5(image_folder: Path, tm
     assert np.allclose(subset.features[1], load_features(single).features[0], atol=1e-4)
     with pytest.raises(KeyError, match="not in"):
         load_features(out, ["nope.png"])
+
+
+def test_bf16_features_match_fp32(image_folder: Path, tmp_path: Path):
+    """Reduced precision is harmless: bf16 autocast features point the same way as fp32 ones."""
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))[::5]
+    ids = [str(i) for i in range(len(paths))]
+    spec = BackboneSpec("efficientnet_lite0", "pypi", "avg", 96)
+    common = {"batch_size": 8, "num_workers": 0, "device": "cpu", "progress": False}
+    fp32 = load_features(
+        extract_to_hdf5(paths, ids, [0] * len(ids), spec, tmp_path / "a.h5", precision="fp32", **common)
+    )
+    bf16 = load_features(
+        extract_to_hdf5(paths, ids, [0] * len(ids), spec, tmp_path / "b.h5", precision="bf16", **common)
+    )
+    assert bf16.attrs["precision"] == "bf16"
+    a, b = fp32.features, bf16.features
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.mean() >= 0.99
+    assert not np.array_equal(a, b)  # the precision really changed
+
+
+def test_features_can_be_stored_as_float16(image_folder: Path, tmp_path: Path):
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))[:4]
+    spec = BackboneSpec("vgg16", "random", "avg", 32)
+    out = extract_to_hdf5(paths, ["a", "b", "c", "d"], [0, 0, 1, 1], spec, tmp_path / "h.h5", num_workers=0,
+                          device="cpu", precision="fp32", feature_dtype="float16", progress=False)  # fmt: skip
+    with h5py.File(out) as f:
+        assert f["features"].dtype == np.float16
+    assert load_features(out).features.dtype == np.float32  # readers always get float32

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cbir.cluster import fit_intra_class_kmeans
-from cbir.evaluate import precision_at_k
-from cbir.retrieve import RetrievalIndex
+from cbir.evaluate import overlap_at
+from cbir.retrieve import FaissSearch, RetrievalIndex
 
 
 def brute_force(query, gallery, candidates, top_k, metric):
@@ -82,7 +82,30 @@ def test_unknown_mode_and_missing_prediction_are_errors():
         index.search(gallery, "class", 1)
 
 
-def test_precision_at_k_by_hand():
-    retrieved = np.array([[1, 1, 0, 1, -1], [2, 2, 2, 2, 2]])
-    assert precision_at_k(retrieved, np.array([1, 0]), 5) == pytest.approx((3 / 5 + 0) / 2)
-    assert precision_at_k(retrieved, np.array([1, 2]), 2) == pytest.approx(1.0)
+def test_faiss_flat_equals_exact_search_and_ivf_is_judged_by_recall():
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(800, 16)).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    labels = np.zeros(800, dtype=int)
+    index = RetrievalIndex(gallery, labels, gallery[:1], np.array([0]), np.zeros(800, dtype=int))
+    exact, exact_distances = index.search(queries, "global", 10)
+    flat, flat_distances = FaissSearch(gallery, "flat").search(queries, 10)
+    assert np.array_equal(flat, exact)
+    assert np.allclose(flat_distances, exact_distances, atol=1e-4)
+    ivf = FaissSearch(gallery, "ivf", nlist=16, nprobe=16)  # visiting every list is exact
+    assert ivf.nlist == 16
+    assert overlap_at(ivf.search(queries, 10)[0], exact, 10) == pytest.approx(1.0)
+    coarse = FaissSearch(gallery, "ivf", nlist=16, nprobe=1)
+    assert 0.2 < overlap_at(coarse.search(queries, 10)[0], exact, 10) < 1.0
+    assert FaissSearch(gallery[:100], "ivf", nlist=16).nlist == 2  # >= 39 training points per list
+
+
+def test_partial_top_k_equals_a_full_stable_sort_even_with_many_ties():
+    from cbir.retrieve import _smallest_columns
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        distances = rng.integers(0, 4, size=(7, 30)).astype(float)  # heavy ties
+        for k in (1, 3, 10, 30, 40):
+            expected = np.argsort(distances, axis=1, kind="stable")[:, :k]
+            assert np.array_equal(_smallest_columns(distances, k)[:, :k], expected)

@@ -14,19 +14,10 @@ import pytest
 from cbir.io import load_arrays
 
 from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
+from dataset_fixtures import paper_datasets
 
 pytestmark = pytest.mark.workflow
 CELL = Path("results/tiny/lite/80-20")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("workflow")
-    data = make_image_folder(root / "data" / "tiny", per_class=10)
-    config = tiny_config(data)
-    result = run_snakemake(root, write_config(root / "config.yaml", config))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return root, config
 
 
 def test_run_writes_every_cell_and_the_summary_tables(finished_run):
@@ -59,7 +50,7 @@ def test_split_file_and_manifest_are_readable(finished_run):
 
 def test_features_are_extracted_once_per_dataset_and_backbone(finished_run):
     root, _ = finished_run
-    assert [p.name for p in (root / "results/tiny/features").iterdir()] == ["lite.h5"]
+    assert [p.name for p in (root / "results/tiny/features").glob("*.h5")] == ["lite.h5"]
     with h5py.File(root / "results/tiny/features/lite.h5") as f:
         assert f["features"].shape == (30, 1280)
         assert f.attrs["arch"] == "efficientnet_lite0"
@@ -136,21 +127,23 @@ PAPER_DATASETS = ["corel1k", "corel10k", "ghim10k", "cifar10", "voc2012"]
 
 
 def test_paper_config_plans_the_full_grid_when_the_datasets_are_there(tmp_path: Path):
-    for name in PAPER_DATASETS:
-        make_image_folder(tmp_path / "data" / name, per_class=1, size=8)
+    paper_datasets(tmp_path / "data")  # each dataset in its real layout
     result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={tmp_path / 'data'}")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result)
-    assert jobs["manifest"] == 5 and jobs["extract_features"] == 5
+    assert jobs["download_dataset"] == 2  # CIFAR-10 and VOC 2012 have official URLs
+    assert jobs["manifest"] == 5
     assert jobs["split"] == 5 * 4 and jobs["fit_pca"] == 5 * 4
     assert jobs["evaluate"] == 5 * 4 * 9 and jobs["train_mlp"] == 5 * 4 * 9
 
 
 def test_paper_config_names_a_missing_dataset_before_any_job(tmp_path: Path):
-    for name in PAPER_DATASETS[:-1]:
-        make_image_folder(tmp_path / "data" / name, per_class=1, size=8)
-    result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={tmp_path / 'data'}")
+    data = paper_datasets(tmp_path / "data")
+    shutil.rmtree(data / "ghim10k")
+    shutil.rmtree(data / "voc2012")  # not missing: the workflow downloads it
+    result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={data}")
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "dataset 'voc2012' not found" in output
-    assert "largest total bounding-box area" in output  # how to provide it
+    assert "dataset 'ghim10k' not found" in output
+    assert "20 classes of 500 images" in output  # how to provide it
+    assert "voc2012" not in output

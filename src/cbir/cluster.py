@@ -28,6 +28,10 @@ class IntraClassClusters:
     assignments: np.ndarray
     n_iter: dict[int, int] = field(default_factory=dict)
     converged: dict[int, bool] = field(default_factory=dict)
+    methods: dict[int, str] = field(default_factory=dict)
+
+
+KMEANS_METHODS = ("exact", "minibatch", "auto")
 
 
 def fit_intra_class_kmeans(
@@ -38,15 +42,26 @@ def fit_intra_class_kmeans(
     seed: int = 0,
     n_init: int = 10,
     max_iter: int = 300,
+    method: str = "exact",
+    exact_max_images: int = 100_000,
+    batch_size: int = 4096,
 ) -> IntraClassClusters:
-    """k-means with ``k`` clusters per class; a class with fewer than k images gets one per image."""
-    from sklearn.cluster import KMeans
+    """k-means with ``k`` clusters per class; a class with fewer than k images gets one per image.
 
+    ``method``: ``exact`` (the default, the paper's) runs Lloyd's k-means on every class;
+    ``minibatch`` runs MiniBatchKMeans (batches of ``batch_size`` images) on every class;
+    ``auto`` runs exact k-means on classes of up to ``exact_max_images`` training images and
+    MiniBatchKMeans on larger ones. The method used per class is in ``methods``.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if method not in KMEANS_METHODS:
+        raise ValueError(f"unknown k-means method '{method}' (allowed: {', '.join(KMEANS_METHODS)})")
     features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels)
     centroids, centroid_labels = [], []
     assignments = np.empty(len(labels), dtype=np.int64)
-    n_iter, converged = {}, {}
+    n_iter, converged, methods = {}, {}, {}
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         n_clusters = min(k, len(members))
@@ -55,19 +70,27 @@ def fit_intra_class_kmeans(
                 f"class {label} has {len(members)} training image(s), fewer than k={k}: using {n_clusters} cluster(s)",
                 stacklevel=2,
             )
-        model = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
+        used = method if method != "auto" else ("exact" if len(members) <= exact_max_images else "minibatch")
+        if used == "exact":
+            model = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
+        else:
+            model = MiniBatchKMeans(
+                n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, batch_size=batch_size, random_state=seed
+            )
         model.fit(features[members])
         assignments[members] = len(centroids) + model.labels_
         centroids.extend(model.cluster_centers_)
         centroid_labels.extend([label] * n_clusters)
         n_iter[int(label)] = int(model.n_iter_)
         converged[int(label)] = bool(model.n_iter_ < max_iter)
+        methods[int(label)] = used
     return IntraClassClusters(
         centroids=np.asarray(centroids, dtype=np.float32),
         centroid_labels=np.asarray(centroid_labels, dtype=np.int64),
         assignments=assignments,
         n_iter=n_iter,
         converged=converged,
+        methods=methods,
     )
 
 
@@ -83,6 +106,7 @@ def save_clusters(path: str | Path, clusters: IntraClassClusters, ids: np.ndarra
         {
             "n_iter": {str(k): v for k, v in clusters.n_iter.items()},
             "converged": {str(k): v for k, v in clusters.converged.items()},
+            "methods": {str(k): v for k, v in clusters.methods.items()},
             **attrs,
         },
     )
@@ -96,5 +120,6 @@ def load_clusters(path: str | Path) -> tuple[IntraClassClusters, np.ndarray, dic
         assignments=arrays["assignments"],
         n_iter={int(k): v for k, v in attrs.get("n_iter", {}).items()},
         converged={int(k): v for k, v in attrs.get("converged", {}).items()},
+        methods={int(k): v for k, v in attrs.get("methods", {}).items()},
     )
     return clusters, arrays["train_ids"], attrs

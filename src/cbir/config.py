@@ -12,6 +12,7 @@ import jsonschema
 import yaml
 
 ORIGINAL = "original"
+OFFICIAL = "official"  # the dataset's own train/test split (CIFAR-10, VOC 2012), beside the ratio splits
 
 
 class ConfigError(ValueError):
@@ -78,15 +79,38 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dic
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(map(_describe, errors)))
+    _check_dataset_entries(config)  # before defaults fill keys of other sources in
     _fill_defaults(config, schema, schema)
     _check_semantics(config)
     return config
 
 
+def _check_dataset_entries(config: Mapping[str, Any]) -> None:
+    from cbir.datasets import entry_problems
+
+    problems = [p for name, entry in config["datasets"].items() for p in entry_problems(name, entry)]
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def _check_semantics(config: Mapping[str, Any]) -> None:
+    from cbir.datasets import OFFICIAL_SPLIT_SOURCES
+
     problems = []
     grid = config["grid"]
     for i, split in enumerate(grid["splits"]):
+        if split == OFFICIAL:
+            without = [
+                name
+                for name in grid["datasets"]
+                if config["datasets"].get(name, {}).get("source") not in OFFICIAL_SPLIT_SOURCES
+            ]
+            if without:
+                problems.append(
+                    f"config key 'grid.splits[{i}]': 'official' needs datasets with their own train/test split "
+                    f"(sources {', '.join(OFFICIAL_SPLIT_SOURCES)}); {', '.join(without)} has none"
+                )
+            continue
         train, test = (int(p) for p in split.split("-"))
         if train + test != 100 or train == 0 or test == 0:
             problems.append(
@@ -124,28 +148,46 @@ def pca_sizes(config: Mapping[str, Any]) -> list[int]:
 
 
 def dataset_root(config: Mapping[str, Any], dataset: str) -> Path:
-    """Folder holding the class sub-folders of a dataset."""
+    """Folder holding a dataset's files: ``path`` (relative to data_root) or ``data_root/<name>``.
+
+    A dataset with a ``url`` is unpacked there. Generated datasets (sklearn_digits) are always
+    written to ``data_root/<name>``.
+    """
     entry = config["datasets"][dataset]
-    if entry["source"] == "folder":
+    if entry.get("path"):
         path = Path(entry["path"])
         return path if path.is_absolute() else Path(config["data_root"]) / path
     return Path(config["data_root"]) / dataset
 
 
+def downloads_dir(config: Mapping[str, Any]) -> Path:
+    """Where downloaded archives are kept (and checked again before any re-download)."""
+    from cbir.datasets import DOWNLOADS
+
+    return Path(config["data_root"]) / DOWNLOADS
+
+
 def missing_datasets(config: Mapping[str, Any]) -> list[str]:
-    """Messages for the datasets of the grid that must be provided but are not there."""
+    """Messages for the datasets of the grid that must be provided but are not there.
+
+    Generated datasets and datasets with a ``url`` (the workflow fetches them) are never missing;
+    any other dataset must be present in the layout of its source.
+    """
+    from cbir.datasets import DIGITS, how_to_provide, missing_reason
+
     messages = []
     for name in config["grid"]["datasets"]:
         entry = config["datasets"][name]
-        if entry["source"] != "folder":
+        source = entry["source"]
+        if source == DIGITS or entry.get("url"):
             continue
         root = dataset_root(config, name)
-        if not root.is_dir():
+        reason = missing_reason(source, entry, root)
+        if reason:
             how = entry.get("how_to_get", "")
             messages.append(
-                f"dataset '{name}' not found at '{root}': put its images there as one sub-folder "
-                f"per class, or set datasets.{name}.path (or data_root) to where they are."
-                + (f" {how.strip()}" if how else "")
+                f"dataset '{name}' not found at '{root}' (source {source}: {reason}): "
+                f"{how_to_provide(name, source)}." + (f" {how.strip()}" if how else "")
             )
     return messages
 

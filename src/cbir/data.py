@@ -182,3 +182,12 @@ def split_ids(split_csv: str | Path, subset: str) -> list[str]:
     if subset not in ("train", "test"):
         raise ValueError(f"subset must be 'train' or 'test', not '{subset}'")
     return table.loc[table["subset"] == subset, "id"].tolist()
+
+
+def class_names(manifest: pd.DataFrame) -> list[str]:
+    """Class names indexed by label."""
+    pairs = manifest[["label", "class_name"]].drop_duplicates().sort_values("label")
+    names = [""] * (int(pairs["label"].max()) + 1 if len(pairs) else 0)
+    for label, name in pairs.itertuples(index=False):
+        names[int(label)] = str(name)
+    return names

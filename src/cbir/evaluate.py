@@ -1,9 +1,21 @@
-"""Evaluation of one grid cell: accuracy, retrieval precision and per-query timings."""
+"""Evaluation of one grid cell: accuracy, retrieval quality of every search mode, and timings.
+
+Relevance is "shares a label with the query": the class for single-label datasets, any of the
+image's labels for multi-label ones (Pascal VOC). Modes:
+
+- ``clustered``, ``class``, ``global``: see :mod:`cbir.retrieve`;
+- ``faiss_flat`` / ``faiss_ivf``: faiss over the whole gallery, exact and approximate.
+
+Because the clustered and class-restricted results all come from the predicted class, their
+precision against "same class" is bounded by the classifier; ``recall_at_k_vs_exact`` (the
+overlap of a mode's top-k with the exact top-k over all images) judges them as approximate
+searches instead.
+"""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,22 +23,14 @@ import numpy as np
 from cbir.classify import MlpModel
 from cbir.cluster import IntraClassClusters
 from cbir.reduce import Projection
-from cbir.retrieve import MODES, RetrievalIndex
+from cbir.retrieve import FaissSearch, RetrievalIndex
+from cbir.timing import clock, latency_summary
 
+PRECISION_AT = (5, 10, 20)
+EXACT_MODES = ("class", "global")
+QUERY_CHUNK = 256
 
-def precision_at_k(retrieved_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
-    """Mean fraction of the first ``k`` results that share the query's label.
-
-    Missing results (a cluster smaller than k, marked -1) count as not relevant.
-    """
-    retrieved_labels = np.asarray(retrieved_labels)[:, :k]
-    relevant = retrieved_labels == np.asarray(query_labels)[:, None]
-    return float(relevant.sum(axis=1).mean() / k) if len(relevant) else float("nan")
-
-
-def latency_summary(samples_ns: list[int] | np.ndarray) -> dict[str, float]:
-    micro = np.asarray(samples_ns, dtype=np.float64) / 1e3
-    return {"median_us": float(np.median(micro)), "p95_us": float(np.percentile(micro, 95))}
+Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -34,12 +38,31 @@ class CellModels:
     projection: Projection
     mlp: MlpModel
     index: RetrievalIndex
+    faiss: dict[str, FaissSearch] = field(default_factory=dict)
+
+    def searchers(self) -> dict[str, Searcher]:
+        """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances)."""
+        modes: dict[str, Searcher] = {
+            mode: (lambda q, p, k, mode=mode: self.index.search(q, mode, k, p))
+            for mode in ("clustered", "class", "global")
+        }
+        for kind, search in self.faiss.items():
+            modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(q, k)
+        return modes
 
 
-def build_index(
-    train_features: np.ndarray, train_labels: np.ndarray, clusters: IntraClassClusters, metric: str
-) -> RetrievalIndex:
-    return RetrievalIndex(
+def build_models(
+    projection: Projection,
+    mlp: MlpModel,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    clusters: IntraClassClusters,
+    *,
+    metric: str = "euclidean",
+    faiss_options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> CellModels:
+    index = RetrievalIndex(
         gallery=train_features,
         labels=train_labels,
         centroids=clusters.centroids,
@@ -47,45 +70,148 @@ def build_index(
         assignments=clusters.assignments,
         metric=metric,
     )
+    faiss = {}
+    if faiss_options and faiss_options.get("enabled"):
+        for kind in ("flat", "ivf"):
+            faiss[kind] = FaissSearch(
+                train_features, kind, metric, faiss_options["nlist"], faiss_options["nprobe"], seed
+            )
+    return CellModels(projection, mlp, index, faiss)
 
 
-def time_single_queries(models: CellModels, raw_queries: np.ndarray, top_k: int) -> dict[str, Any]:
-    """Latency of one query at a time: projection + class prediction, then each search."""
+# --- metrics ---------------------------------------------------------------------------
+
+
+def label_sets(labels: np.ndarray, n_classes: int, extra: list[list[int]] | None = None) -> np.ndarray:
+    """Multi-hot label sets (n, n_classes): each image's label, plus any further labels it has."""
+    sets = np.zeros((len(labels), n_classes), dtype=bool)
+    sets[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)] = True
+    for row, more in enumerate(extra or []):
+        sets[row, list(more)] = True
+    return sets
+
+
+def relevance(query_sets: np.ndarray, gallery_sets: np.ndarray) -> np.ndarray:
+    """(n_queries, n_gallery) True where the gallery image shares a label with the query."""
+    return (query_sets.astype(np.float32) @ gallery_sets.astype(np.float32).T) > 0
+
+
+def ranked_relevance(indices: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Relevance of each ranked result; padding (-1) is not relevant."""
+    picked = np.take_along_axis(relevant, np.maximum(indices, 0), axis=1)
+    return picked & (indices >= 0)
+
+
+def precision_at(relevant_ranked: np.ndarray, k: int) -> float:
+    """Mean fraction of the first k results that are relevant (missing results count as not)."""
+    if len(relevant_ranked) == 0:
+        return float("nan")
+    return float(relevant_ranked[:, :k].sum(axis=1).mean() / k)
+
+
+def average_precision(relevant_ranked: np.ndarray, n_relevant: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Average precision per query over the ranking (or its first k results).
+
+    Full ranking: normalised by all relevant gallery images; at k: by min(k, relevant images),
+    so a perfect top-k scores 1. A query with no relevant image scores 0.
+    """
+    ranked = relevant_ranked if k is None else relevant_ranked[:, :k]
+    hits = np.cumsum(ranked, axis=1)
+    precision = hits / np.arange(1, ranked.shape[1] + 1)
+    denominator = np.asarray(n_relevant, dtype=np.float64)
+    if k is not None:
+        denominator = np.minimum(denominator, k)
+    total = (precision * ranked).sum(axis=1)
+    return np.divide(total, denominator, out=np.zeros_like(total), where=denominator > 0)
+
+
+def overlap_at(indices: np.ndarray, reference: np.ndarray, k: int) -> float:
+    """Recall@k of a search against a reference top-k: the mean share of the reference found."""
+    if len(indices) == 0:
+        return float("nan")
+    found = [len(set(a[:k][a[:k] >= 0]) & set(b[:k][b[:k] >= 0])) / k for a, b in zip(indices, reference, strict=True)]
+    return float(np.mean(found))
+
+
+def retrieval_quality(
+    models: CellModels,
+    reduced: np.ndarray,
+    predicted: np.ndarray,
+    query_sets: np.ndarray,
+    gallery_sets: np.ndarray,
+    top_k: int,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    depth = max(*PRECISION_AT, top_k)
+    searchers = models.searchers()
+    rankings = {mode: search(reduced, predicted, depth)[0] for mode, search in searchers.items()}
+    relevant = relevance(query_sets, gallery_sets)
+    n_relevant = relevant.sum(axis=1)
+    for mode, indices in rankings.items():
+        hits = ranked_relevance(indices, relevant)
+        for k in PRECISION_AT:
+            out[f"precision_at_{k}_{mode}"] = precision_at(hits, k)
+        out[f"map_at_{top_k}_{mode}"] = float(average_precision(hits, n_relevant, top_k).mean())
+        if mode != "global":
+            out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
+    gallery_size = len(gallery_sets)
+    for mode in EXACT_MODES:
+        ap = []
+        for first in range(0, len(reduced), QUERY_CHUNK):
+            rows = slice(first, first + QUERY_CHUNK)
+            indices, _ = searchers[mode](reduced[rows], predicted[rows], gallery_size)
+            ap.append(average_precision(ranked_relevance(indices, relevant[rows]), n_relevant[rows]))
+        out[f"map_{mode}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
+    return out
+
+
+# --- timings ---------------------------------------------------------------------------
+
+
+def time_single_queries(models: CellModels, raw_queries: np.ndarray, top_k: int) -> dict[str, float]:
+    """One query at a time: projection + class prediction, then each search."""
+    searchers = models.searchers()
     predict_ns: list[int] = []
-    search_ns: dict[str, list[int]] = {mode: [] for mode in MODES}
-    clock = time.perf_counter_ns
+    search_ns: dict[str, list[int]] = {mode: [] for mode in searchers}
     for row in range(len(raw_queries)):
         start = clock()
         reduced = models.projection.transform(raw_queries[row : row + 1])
         predicted = models.mlp.predict(reduced)
         predict_ns.append(clock() - start)
-        for mode in MODES:
+        for mode, search in searchers.items():
             start = clock()
-            models.index.search(reduced, mode, top_k, predicted)
+            search(reduced, predicted, top_k)
             search_ns[mode].append(clock() - start)
-    out: dict[str, Any] = {}
-    for stat, value in latency_summary(predict_ns).items():
-        out[f"time_predict_{stat}"] = value
-    for mode in MODES:
-        for stat, value in latency_summary(search_ns[mode]).items():
-            out[f"time_search_{mode}_{stat}"] = value
-        total = np.asarray(search_ns[mode]) + (0 if mode == "global" else np.asarray(predict_ns))
-        out[f"time_total_{mode}_median_us"] = latency_summary(total)["median_us"]
+    out = {f"time_predict_{stat}": value for stat, value in latency_summary(predict_ns).items()}
+    for mode, samples in search_ns.items():
+        out.update({f"time_search_{mode}_{stat}": value for stat, value in latency_summary(samples).items()})
     return out
 
 
 def time_batched_queries(models: CellModels, raw_queries: np.ndarray, top_k: int) -> dict[str, float]:
-    """Throughput with all test queries sent at once, as microseconds per query."""
-    clock = time.perf_counter_ns
+    """All test queries at once, reported per query."""
     n = max(len(raw_queries), 1)
     start = clock()
     reduced = models.projection.transform(raw_queries)
     predicted = models.mlp.predict(reduced)
     out = {"time_batched_predict_us_per_query": (clock() - start) / 1e3 / n}
-    for mode in MODES:
+    for mode, search in models.searchers().items():
         start = clock()
-        models.index.search(reduced, mode, top_k, predicted)
+        search(reduced, predicted, top_k)
         out[f"time_batched_search_{mode}_us_per_query"] = (clock() - start) / 1e3 / n
+    return out
+
+
+def total_query_times(metrics: dict[str, Any], modes: list[str]) -> dict[str, float]:
+    """Median end-to-end query time per mode: extraction + prediction (where used) + search.
+
+    Sums of medians, a close and simple estimate of the median of the sum.
+    """
+    extract = metrics.get("time_extract_median_us", 0.0)
+    out = {}
+    for mode in modes:
+        predict = metrics["time_predict_median_us"] if mode in ("clustered", "class") else 0.0
+        out[f"time_total_{mode}_median_us"] = extract + predict + metrics[f"time_search_{mode}_median_us"]
     return out
 
 
@@ -93,10 +219,12 @@ def evaluate_cell(
     models: CellModels,
     raw_test_features: np.ndarray,
     test_labels: np.ndarray,
+    query_sets: np.ndarray,
+    gallery_sets: np.ndarray,
     *,
     top_k: int = 5,
 ) -> dict[str, Any]:
-    """Accuracy, precision@top_k of each retrieval mode against the true class, and timings."""
+    """Accuracy, retrieval quality of every mode, and single/batched timings."""
     test_labels = np.asarray(test_labels)
     reduced = models.projection.transform(raw_test_features)
     predicted = models.mlp.predict(reduced)
@@ -104,33 +232,49 @@ def evaluate_cell(
         "n_test": len(test_labels),
         "accuracy": float(np.mean(predicted == test_labels)) if len(test_labels) else float("nan"),
     }
-    gallery_labels = np.append(models.index.labels, -1)  # index -1 (padding) maps to label -1
-    for mode in MODES:
-        indices, _ = models.index.search(reduced, mode, top_k, predicted)
-        metrics[f"precision_at_{top_k}_{mode}"] = precision_at_k(gallery_labels[indices], test_labels, top_k)
+    metrics.update(retrieval_quality(models, reduced, predicted, query_sets, gallery_sets, top_k))
     metrics.update(time_single_queries(models, raw_test_features, top_k))
     metrics.update(time_batched_queries(models, raw_test_features, top_k))
     return metrics
 
 
+# --- one grid cell from its artifacts ------------------------------------------------------
+
+
+def manifest_label_sets(manifest: Any, ids: list[str] | np.ndarray, n_classes: int) -> np.ndarray:
+    """Label sets of ``ids`` from the manifest; a ``labels`` column ('|'-joined class names) adds labels."""
+    rows = manifest.set_index("id").loc[list(ids)]
+    extra = None
+    if "labels" in rows.columns:
+        index_of = dict(zip(manifest["class_name"], manifest["label"], strict=False))
+        extra = [
+            [index_of[name] for name in str(value).split("|") if name in index_of] if isinstance(value, str) else []
+            for value in rows["labels"]
+        ]
+    return label_sets(rows["label"].to_numpy(), n_classes, extra)
+
+
 def cell_metrics(
     *,
     features: str,
+    manifest: str,
     split: str,
     projection: str,
     gallery: str,
     classifier: str,
     clusters: str,
+    extraction_timing: str,
     out_path: str,
     cell: dict[str, str],
-    top_k: int,
-    metric: str,
+    retrieval: dict[str, Any],
     seed: int,
 ) -> dict[str, Any]:
     """Load one grid cell's artifacts, evaluate it on its test images and write the metrics JSON."""
+    import json
+
     from cbir.classify import load_mlp
     from cbir.cluster import load_clusters
-    from cbir.data import split_ids
+    from cbir.data import read_manifest, split_ids
     from cbir.io import library_versions, load_arrays, load_features, write_json
     from cbir.reduce import load_projection
 
@@ -140,11 +284,19 @@ def cell_metrics(
     if list(cluster_ids) != list(train["ids"]):
         raise ValueError(f"'{clusters}' was fitted on other training images than '{gallery}'")
     mlp = load_mlp(classifier)
-    models = CellModels(
-        projection=load_projection(projection),
-        mlp=mlp,
-        index=build_index(train["features"], train["labels"], fitted_clusters, metric),
+    top_k = retrieval["top_k"]
+    models = build_models(
+        load_projection(projection),
+        mlp,
+        train["features"],
+        train["labels"],
+        fitted_clusters,
+        metric=retrieval["metric"],
+        faiss_options=retrieval.get("faiss"),
+        seed=seed,
     )
+    table = read_manifest(manifest)
+    n_classes = int(table["label"].max()) + 1
     result: dict[str, Any] = {
         "dataset": cell["dataset"],
         "backbone": cell["backbone"],
@@ -156,14 +308,28 @@ def cell_metrics(
         "feature_dim": int(test.features.shape[1]),
         "reduced_dim": int(train["features"].shape[1]),
         "top_k": top_k,
-        "metric": metric,
+        "metric": retrieval["metric"],
         "n_clusters": len(fitted_clusters.centroids),
         "kmeans_max_iter_used": max(fitted_clusters.n_iter.values(), default=0),
         "kmeans_all_converged": all(fitted_clusters.converged.values()),
         "mlp_n_iter": mlp.n_iter,
         "mlp_converged": mlp.converged,
+        "faiss_ivf_nlist": models.faiss["ivf"].nlist if "ivf" in models.faiss else None,
     }
-    result.update(evaluate_cell(models, test.features, test.labels, top_k=top_k))
+    result.update(
+        evaluate_cell(
+            models,
+            test.features,
+            test.labels,
+            manifest_label_sets(table, test.ids, n_classes),
+            manifest_label_sets(table, train["ids"], n_classes),
+            top_k=top_k,
+        )
+    )
+    with open(extraction_timing) as f:
+        timing = json.load(f)
+    result.update({k: v for k, v in timing.items() if k.startswith("time_")})
+    result.update(total_query_times(result, list(models.searchers())))
     result["seed"] = seed
     result["library_versions"] = library_versions()
     write_json(out_path, result)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cbir.data import load_rgb_image
 from cbir.io import STRING_DTYPE, atomic_path, library_versions, write_attrs
+from cbir.shards import ShardPlan, read_manifest_rows
 
 log = logging.getLogger(__name__)
 
@@ -306,3 +307,28 @@ def extract_to_hdf5(
                 start += len(out)
         f.attrs["complete"] = True
     return Path(out_path)
+
+
+def extract_shard(
+    manifest_path: str | Path,
+    plan: ShardPlan,
+    shard: int | str,
+    spec: BackboneSpec,
+    out_path: str | Path,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Path:
+    """Extract the features of one shard's manifest rows into ``out_path`` (see :func:`extract_to_hdf5`)."""
+    start, stop = plan.rows(shard)
+    rows = read_manifest_rows(manifest_path, start, stop)
+    shard_attrs = {"shard": int(shard), "n_shards": plan.n_shards, "row_start": start, "row_stop": stop}
+    return extract_to_hdf5(
+        rows["path"].tolist(),
+        rows["id"].tolist(),
+        rows["label"].tolist(),
+        spec,
+        out_path,
+        attrs={**(attrs or {}), **shard_attrs},
+        **options,
+    )

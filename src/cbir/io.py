@@ -132,6 +132,7 @@ class FeatureSet:
     features: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
+    paths: np.ndarray
     attrs: dict[str, Any]
 
 
@@ -139,6 +140,7 @@ def load_features(path: str | Path, ids: Sequence[str] | None = None) -> Feature
     """Read a feature file written by the extraction stage, optionally only the rows of ``ids`` (in that order)."""
     with h5py.File(path, "r") as f:
         all_ids = f["ids"].asstr()[()]
+        all_paths = f["paths"].asstr()[()]
         labels = f["labels"][()]
         attrs = read_attrs(f)
         if ids is None:
@@ -153,4 +155,4 @@ def load_features(path: str | Path, ids: Sequence[str] | None = None) -> Feature
             order = np.argsort(rows)
             features = np.empty((len(rows), f["features"].shape[1]), dtype=f["features"].dtype)
             features[order] = f["features"][rows[order]]  # h5py needs increasing indices
-    return FeatureSet(features.astype(np.float32, copy=False), all_ids[rows], labels[rows], attrs)
+    return FeatureSet(features.astype(np.float32, copy=False), all_ids[rows], labels[rows], all_paths[rows], attrs)

@@ -48,14 +48,21 @@ def paper_table(frame: pd.DataFrame, split: str, value: str) -> pd.DataFrame:
 
 
 def timing_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Median total query time (ms) with clustering, within the class, and over all images."""
-    parts = {
-        "with clustering": "time_total_clustered_median_us",
-        "without clustering (class)": "time_total_class_median_us",
-        "exhaustive (all images)": "time_total_global_median_us",
-    }
+    """Median time per query in ms: the search alone for every mode, then the whole query
+    (extraction + projection + prediction + search) with clustering, without clustering (the
+    predicted class) and exhaustively (all images)."""
+    parts = {f"search {MODE_NAMES[m]}": f"time_search_{m}_median_us" for m in modes_in(frame)}
+    parts.update(
+        {
+            "total with clustering": "time_total_clustered_median_us",
+            "total without clustering (class)": "time_total_class_median_us",
+            "total exhaustive (all images)": "time_total_global_median_us",
+        }
+    )
     tables = []
     for name, column in parts.items():
+        if column not in frame.columns:
+            continue
         table = paper_table(frame, split, column) / 1e3
         table.columns = [f"{c}: {name}" for c in table.columns]
         tables.append(table)
@@ -66,33 +73,112 @@ def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, 
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, float_format="%.4f")
     with atomic_path(md_path) as tmp:
-        tmp.write_text(f"## {title}\n\n{table.to_markdown(floatfmt='.2f')}\n")
+        tmp.write_text(f"## {title}\n\n{table.to_markdown(floatfmt='.3f')}\n")
 
 
-def plot_accuracy(frame: pd.DataFrame, out_path: str | Path) -> None:
-    """Accuracy against PCA size: one panel per split, one line per dataset column."""
+MODE_NAMES = {
+    "clustered": "clustered (paper)",
+    "class": "predicted class, exact",
+    "global": "all images, exact",
+    "faiss_flat": "faiss flat",
+    "faiss_ivf": "faiss IVF",
+}
+
+
+def modes_in(frame: pd.DataFrame) -> list[str]:
+    return [m for m in MODE_NAMES if f"time_search_{m}_median_us" in frame.columns]
+
+
+def quality_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Retrieval quality per PCA size: precision@k, mAP, mAP@k and recall@k against exact search."""
+    top_k = int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
+    columns = {}
+    for mode in modes_in(frame):
+        for name, column in [
+            (f"P@5 {mode}", f"precision_at_5_{mode}"),
+            (f"P@10 {mode}", f"precision_at_10_{mode}"),
+            (f"mAP {mode}", f"map_{mode}"),
+            (f"mAP@{top_k} {mode}", f"map_at_{top_k}_{mode}"),
+            (f"recall@{top_k} {mode}", f"recall_at_{top_k}_vs_exact_{mode}"),
+        ]:
+            if column in frame.columns:
+                columns[name] = column
+    tables = []
+    for name, column in columns.items():
+        table = paper_table(frame, split, column)
+        table.columns = [f"{c}: {name}" for c in table.columns]
+        tables.append(table)
+    return pd.concat(tables, axis=1)
+
+
+def _save(fig, out_path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(out_path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+
+
+def _panels(n: int, sharey: bool = True):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), sharey=sharey, squeeze=False)
+    return fig, axes[0]
+
+
+def plot_vs_pca(frame: pd.DataFrame, series: dict[str, str], ylabel: str, out_path: str | Path, scale: float = 1.0,
+                log: bool = False) -> None:  # fmt: skip
+    """One panel per split; one line per dataset column and series (label -> metrics column)."""
     splits = list(dict.fromkeys(frame["split"]))
-    fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3.6), sharey=True, squeeze=False)
-    for ax, split in zip(axes[0], splits, strict=True):
-        table = paper_table(frame, split, "accuracy") * 100
-        positions = range(len(table.index))
-        for column in table.columns:
-            ax.plot(positions, table[column], marker="o", label=column)
-        ax.set_xticks(list(positions), list(table.index), rotation=45)
+    fig, axes = _panels(len(splits))
+    for ax, split in zip(axes, splits, strict=True):
+        for label, column in series.items():
+            if column not in frame.columns:
+                continue
+            table = paper_table(frame, split, column) * scale
+            positions = range(len(table.index))
+            for dataset in table.columns:
+                name = f"{dataset}: {label}" if label else dataset
+                ax.plot(positions, table[dataset], marker="o", label=name)
+            ax.set_xticks(list(positions), list(table.index), rotation=45)
         ax.set_title(f"split {split}")
         ax.set_xlabel("PCA size")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("classification accuracy (%)")
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=120, format=Path(out_path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+        if log:
+            ax.set_yscale("log")
+    axes[0].set_ylabel(ylabel)
+    axes[-1].legend(fontsize="x-small")
+    _save(fig, out_path)
+
+
+def plot_accuracy(frame: pd.DataFrame, out_path: str | Path) -> None:
+    plot_vs_pca(frame, {"": "accuracy"}, "classification accuracy (%)", out_path, scale=100)
+
+
+def plot_recall_vs_speedup(frame: pd.DataFrame, out_path: str | Path) -> None:
+    """Each grid cell as a point: recall@k against exact search vs speed-up over exhaustive search."""
+    top_k = int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
+    fig, axes = _panels(1)
+    ax = axes[0]
+    baseline = frame["time_search_global_median_us"]
+    for mode in [m for m in ("clustered", "class", "faiss_ivf") if f"recall_at_{top_k}_vs_exact_{m}" in frame]:
+        speedup = baseline / frame[f"time_search_{mode}_median_us"]
+        ax.scatter(speedup, frame[f"recall_at_{top_k}_vs_exact_{mode}"], label=MODE_NAMES[mode], alpha=0.7)
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up of the search over exhaustive exact search (median, one query)")
+    ax.set_ylabel(f"recall@{top_k} against exact search")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, out_path)
+
+
+SUMMARY_PLOTS = ("accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup")
 
 
 def write_summary(
@@ -100,26 +186,89 @@ def write_summary(
     metrics_csv: str | Path,
     splits: Iterable[str],
     out_dir: str | Path,
-    plot_path: str | Path,
 ) -> pd.DataFrame:
-    """metrics.csv, then per split the accuracy and timing tables (CSV + Markdown), then the plot."""
+    """metrics.csv; per split the accuracy, timing and retrieval-quality tables (CSV + Markdown); plots."""
     frame = gather_metrics(metric_paths)
     with atomic_path(metrics_csv) as tmp:
         frame.drop(columns=["library_versions"], errors="ignore").to_csv(tmp, index=False)
     out_dir = Path(out_dir)
     for split in splits:
-        accuracy = paper_table(frame, split, "accuracy") * 100
-        write_table(
-            accuracy,
-            out_dir / f"accuracy_{split}.csv",
-            out_dir / f"accuracy_{split}.md",
-            f"Classification accuracy (%), split {split}",
-        )
-        write_table(
-            timing_table(frame, split),
-            out_dir / f"retrieval_time_{split}.csv",
-            out_dir / f"retrieval_time_{split}.md",
-            f"Median time per query (ms: projection + prediction + search), split {split}",
-        )
-    plot_accuracy(frame, plot_path)
+        tables = {
+            "accuracy": (paper_table(frame, split, "accuracy") * 100, f"Classification accuracy (%), split {split}"),
+            "retrieval_time": (
+                timing_table(frame, split),
+                f"Median time per query (ms), split {split}",
+            ),
+            "retrieval_quality": (quality_table(frame, split), f"Retrieval quality, split {split}"),
+        }
+        for name, (table, title) in tables.items():
+            write_table(table, out_dir / f"{name}_{split}.csv", out_dir / f"{name}_{split}.md", title)
+    plot_accuracy(frame, out_dir / "accuracy_vs_pca.png")
+    plot_vs_pca(frame, {"class": "map_class", "all images": "map_global"}, "mAP", out_dir / "map_vs_pca.png")
+    latency = {MODE_NAMES[m]: f"time_search_{m}_median_us" for m in modes_in(frame)}
+    plot_vs_pca(frame, latency, "median search time per query (µs)", out_dir / "latency_vs_pca.png", log=True)
+    plot_recall_vs_speedup(frame, out_dir / "recall_vs_speedup.png")
     return frame
+
+
+def _tile(ax, path: str | None, caption: str, correct: bool | None, size: int = 160) -> None:
+    from cbir.data import load_rgb_image
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if path is None:
+        ax.set_axis_off()
+        return
+    try:
+        image = load_rgb_image(path)
+        image.thumbnail((size, size))
+        ax.imshow(image)
+    except Exception:  # a missing gallery file must not sink the whole figure
+        ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
+    colour = {True: "tab:green", False: "tab:red", None: "black"}[correct]
+    mark = {True: " ✓", False: " ✗", None: ""}[correct]
+    ax.set_title(caption + mark, fontsize=8, color=colour)
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3 if correct is not None else 1)
+
+
+def draw_montage(
+    queries: list[dict],
+    out_path: str | Path,
+    modes: dict[str, str] | None = None,
+    true_classes: list[str | None] | None = None,
+) -> None:
+    """The paper's figure: each query, then its top-k per mode, tiles labelled and marked right/wrong.
+
+    ``queries`` are answers from :func:`cbir.query.search_features` with a ``query`` path; a
+    result is right when its class equals the query's true class (when known).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = modes or {"clustered": "with clustering", "class": "without clustering"}
+    true_classes = true_classes or [None] * len(queries)
+    top_k = max((len(q["results"].get(m, [])) for q in queries for m in modes), default=1)
+    n_rows = len(queries) * len(modes)
+    fig, axes = plt.subplots(n_rows, top_k + 1, figsize=(1.9 * (top_k + 1), 2.2 * n_rows), squeeze=False)
+    for q, (answer, truth) in enumerate(zip(queries, true_classes, strict=True)):
+        for m, (mode, title) in enumerate(modes.items()):
+            row = axes[q * len(modes) + m]
+            caption = f"query: {truth}" if truth else "query"
+            _tile(
+                row[0], answer["query"] if m == 0 else None, f"{caption}\npredicted {answer['predicted_class']}", None
+            )
+            results = answer["results"].get(mode, [])
+            row[1].annotate(title, (0, 1.35), xycoords="axes fraction", fontsize=9, fontweight="bold")
+            for r in range(top_k):
+                result = results[r] if r < len(results) else None
+                correct = None if result is None or truth is None else result["class"] == truth
+                label = f"{r + 1}. {result['class']}\nd = {result['distance']:.3g}" if result else ""
+                _tile(row[r + 1], result["path"] if result else None, label, correct)
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(out_path).suffix.lstrip(".") or "png")
+    plt.close(fig)

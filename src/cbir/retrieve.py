@@ -31,9 +31,29 @@ def squared_distances(queries: np.ndarray, gallery: np.ndarray, gallery_sq_norms
     return np.maximum(distances, 0.0)
 
 
+def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
+    """Per row, the columns of the ``top_k`` smallest values, ordered by (value, column).
+
+    A partial partition (linear time) finds the k-th value; ties at that value are resolved in
+    favour of the lower column, so the result equals a full stable sort's first k columns.
+    """
+    n_rows, n_columns = distances.shape
+    if top_k >= n_columns:
+        return np.argsort(distances, axis=1, kind="stable")
+    kth = np.partition(distances, top_k - 1, axis=1)[:, top_k - 1 : top_k]
+    chosen = distances <= kth
+    if (chosen.sum(axis=1) > top_k).any():  # ties at the k-th value: keep the lowest columns
+        at_kth = distances == kth
+        needed = top_k - (distances < kth).sum(axis=1, keepdims=True)
+        chosen = (distances < kth) | (at_kth & (np.cumsum(at_kth, axis=1) <= needed))
+    columns = np.nonzero(chosen)[1].reshape(n_rows, top_k)  # ascending column order per row
+    order = np.argsort(np.take_along_axis(distances, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
+
+
 def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
-    order = np.argsort(distances, axis=1, kind="stable")[:, :top_k]
+    order = _smallest_columns(distances, top_k)
     found = np.take_along_axis(distances, order, axis=1)
     indices = members[order]
     if order.shape[1] < top_k:
@@ -135,3 +155,44 @@ class RetrievalIndex:
             indices[rows], found = _top_k(squared, members, top_k)
             distances[rows] = self._finish(found)
         return indices, distances
+
+
+class FaissSearch:
+    """The standard alternative to the paper's clustering: a faiss index over the whole gallery.
+
+    ``kind`` is ``flat`` (exact) or ``ivf`` (inverted lists: ``nlist`` k-means cells, of which
+    ``nprobe`` are visited per query). Distances are reported as by :class:`RetrievalIndex`.
+    """
+
+    def __init__(self, gallery: np.ndarray, kind: str, metric: str = "euclidean", nlist: int = 16, nprobe: int = 4,
+                 seed: int = 0) -> None:  # fmt: skip
+        import faiss
+
+        if kind not in ("flat", "ivf"):
+            raise ValueError(f"faiss index kind '{kind}' is not one of flat, ivf")
+        self.metric = metric
+        vectors = self._prepare(gallery)
+        dim = vectors.shape[1]
+        if kind == "flat":
+            self.index = faiss.IndexFlatL2(dim)
+            self.nlist = 0
+        else:
+            # faiss wants >= 39 training points per list; fewer lists on small galleries
+            self.nlist = max(1, min(nlist, len(vectors) // 39))
+            quantizer = faiss.IndexFlatL2(dim)
+            self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist)
+            self.index.cp.seed = seed
+            self.index.train(vectors)
+            self.index.nprobe = min(nprobe, self.nlist)
+        self.index.add(vectors)
+        self.kind = kind
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return _l2_normalise(x).astype(np.float32) if self.metric == "cosine" else x
+
+    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        squared, indices = self.index.search(self._prepare(queries), top_k)
+        squared = np.where(indices < 0, np.inf, np.maximum(squared, 0.0))
+        distances = squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
+        return indices.astype(np.int64), distances

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +29,14 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
 
     configure_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"cbir.{smk.rule}")
-    log.info("rule %s, wildcards %s", smk.rule, dict(smk.wildcards.items()))
+    # where the job ran: on a cluster, the scheduler's job id (SLURM sets SLURM_JOB_ID)
+    log.info(
+        "rule %s, wildcards %s, host %s, SLURM_JOB_ID %s",
+        smk.rule,
+        dict(smk.wildcards.items()),
+        socket.gethostname(),
+        os.environ.get("SLURM_JOB_ID", "none"),
+    )
     try:
         with threadpool_limits(limits=smk.threads):
             step(smk)

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cbir.config import (  # noqa: E402
     ConfigError,
     dataset_root,
+    downloads_dir,
     grid_cells,
     load_schema,
     missing_datasets,
@@ -30,7 +31,7 @@ if _missing:
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     backbone=r"[A-Za-z0-9_]+",
-    split=r"\d{1,2}-\d{1,2}",
+    split=r"\d{1,2}-\d{1,2}|official",
     pca=r"\d+|original",
     k=r"\d+",
 
@@ -47,11 +48,30 @@ def dataset_source(dataset):
     return config["datasets"][dataset]["source"]
 
 
-def dataset_folder_input(wildcards):
-    """Generated datasets are outputs of a rule; a user's folder is read where it is."""
-    if dataset_source(wildcards.dataset) == "sklearn_digits":
-        return str(dataset_root(config, wildcards.dataset))
+def dataset_entry(dataset):
+    return config["datasets"][dataset]
+
+
+def adapter_options(wildcards):
+    """The entry's keys that shape the manifest (not how_to_get, so rewording it rebuilds nothing)."""
+    return {k: v for k, v in dataset_entry(wildcards.dataset).items() if k != "how_to_get"}
+
+
+def download_input(wildcards):
+    """A dataset with a url depends on its download record; one without is read where it is."""
+    if dataset_entry(wildcards.dataset).get("url"):
+        return f"results/{wildcards.dataset}/download.json"
     return []
+
+
+def manifest_input(wildcards):
+    """What the manifest is built from: generated digits, CIFAR-10's PNGs, or the (downloaded) files."""
+    source = dataset_source(wildcards.dataset)
+    if source == "sklearn_digits":
+        return str(dataset_root(config, wildcards.dataset))
+    if source == "cifar10":
+        return f"results/{wildcards.dataset}/images"
+    return download_input(wildcards)
 
 
 def pca_basis_size(wildcards):
@@ -72,10 +92,36 @@ def metrics_files():
     ]
 
 
+SUMMARY_TABLES = ["accuracy", "retrieval_time", "retrieval_quality"]
+SUMMARY_PLOTS = ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup"]
+
+
+def montage_split_and_pca():
+    """The grid cell shown in the montages: 80-20 and PCA 100 where the grid has them."""
+    grid = config["grid"]
+    split = "80-20" if "80-20" in grid["splits"] else grid["splits"][0]
+    pca = "100" if 100 in grid["pca"] else str(grid["pca"][0])
+    return split, pca
+
+
+def montage_cell(wildcards):
+    split, pca = montage_split_and_pca()
+    return f"results/{wildcards.dataset}/{wildcards.backbone}/{split}/{pca}"
+
+
+def montage_split(wildcards):
+    return "results/{}/splits/{}.csv".format(wildcards.dataset, montage_split_and_pca()[0])
+
+
+def montage_outputs():
+    grid = config["grid"]
+    return expand("results/summary/montages/{dataset}/{backbone}.png", dataset=grid["datasets"], backbone=grid["backbones"])
+
+
 def summary_outputs():
-    splits = config["grid"]["splits"]
     return (
-        ["results/summary/metrics.csv", "results/summary/accuracy_vs_pca.png"]
-        + expand("results/summary/accuracy_{split}.{ext}", split=splits, ext=["csv", "md"])
-        + expand("results/summary/retrieval_time_{split}.{ext}", split=splits, ext=["csv", "md"])
+        ["results/summary/metrics.csv"]
+        + expand("results/summary/{plot}.png", plot=SUMMARY_PLOTS)
+        + expand("results/summary/{table}_{split}.{ext}", table=SUMMARY_TABLES, split=config["grid"]["splits"], ext=["csv", "md"])
+        + montage_outputs()
     )

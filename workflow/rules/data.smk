@@ -18,15 +18,65 @@ rule prepare_digits:
         "../scripts/prepare_digits.py"
 
 
-rule manifest:
-    """Index the image folder: id, path, label, class, size and checksum of every image."""
+rule download_dataset:
+    """Download a dataset's archive from its url, check size and SHA-256, unpack it safely (once)."""
+    output:
+        record="results/{dataset}/download.json",
+    params:
+        name=lambda wildcards: wildcards.dataset,
+        entry=adapter_options,
+        root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
+        downloads=str(downloads_dir(config)),
+    log:
+        f"{LOGS}/download_dataset/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/download_dataset/{{dataset}}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/download_dataset.py"
+
+
+rule cifar10_images:
+    """CIFAR-10's pickled batches (restricted unpickler) written out as PNGs, one folder per class."""
     input:
-        dataset_folder_input,
+        download_input,
+    output:
+        folder=directory("results/{dataset}/images"),
+    params:
+        entry=adapter_options,
+        root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
+    log:
+        f"{LOGS}/cifar10_images/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/cifar10_images/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/export_cifar10.py"
+
+
+rule manifest:
+    """Index the dataset through its adapter: id, path, label, class, size and checksum of every image."""
+    input:
+        manifest_input,
     output:
         manifest="results/{dataset}/manifest.csv",
         excluded="results/{dataset}/excluded.csv",
     params:
+        source=lambda wildcards: dataset_source(wildcards.dataset),
+        entry=adapter_options,
         root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
+        images=lambda wildcards: f"results/{wildcards.dataset}/images",
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     benchmark:
@@ -42,7 +92,7 @@ rule manifest:
 
 
 rule split:
-    """Stratified, seeded train/test split, listing image ids."""
+    """Stratified, seeded train/test split (or the dataset's official one), listing image ids."""
     input:
         manifest="results/{dataset}/manifest.csv",
     output:

@@ -1,7 +1,35 @@
+rule time_extraction:
+    """Latency of a query image through the backbone (decode, preprocess, forward), once per dataset."""
+    input:
+        manifest="results/{dataset}/manifest.csv",
+    output:
+        timing="results/{dataset}/features/{backbone}.timing.json",
+    params:
+        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        # only what changes the timing: sharding settings must not rerun it
+        extraction={key: config["extraction"][key] for key in ("device", "precision", "batch_size")},
+        n_images=config["retrieval"]["timing_images"],
+        seed=SEED,
+    log:
+        f"{LOGS}/time_extraction/{{dataset}}_{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/time_extraction/{{dataset}}_{{backbone}}.tsv"
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/time_extraction.py"
+
+
 rule evaluate:
-    """Accuracy, precision@k of each retrieval mode and per-query timings of one grid cell."""
+    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell."""
     input:
         features="results/{dataset}/features/{backbone}.h5",
+        timing="results/{dataset}/features/{backbone}.timing.json",
+        manifest="results/{dataset}/manifest.csv",
         split="results/{dataset}/splits/{split}.csv",
         projection=f"{CELL}/projection.h5",
         gallery=f"{CELL}/gallery.h5",
@@ -27,17 +55,30 @@ rule evaluate:
 
 
 rule summarize:
-    """metrics.csv, the paper's tables per split (CSV and Markdown) and the accuracy plot."""
+    """metrics.csv, the paper's tables and the new metric tables per split (CSV and Markdown), plots."""
     input:
         metrics=metrics_files(),
     output:
-        metrics="results/summary/metrics.csv",
-        plot="results/summary/accuracy_vs_pca.png",
-        tables=expand(
-            "results/summary/{table}_{split}.{ext}",
-            table=["accuracy", "retrieval_time"],
-            split=config["grid"]["splits"],
-            ext=["csv", "md"],
+        metrics=report(
+            "results/summary/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Tables",
+            labels={"table": "all grid cells"},
+        ),
+        tables=report(
+            expand(
+                "results/summary/{table}_{split}.{ext}",
+                table=SUMMARY_TABLES,
+                split=config["grid"]["splits"],
+                ext=["csv", "md"],
+            ),
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        plots=report(
+            expand("results/summary/{plot}.png", plot=SUMMARY_PLOTS),
+            caption="../report/plots.rst",
+            category="Plots",
         ),
     params:
         splits=config["grid"]["splits"],
@@ -54,3 +95,38 @@ rule summarize:
         CONDA_ENV
     script:
         "../scripts/summarize.py"
+
+
+rule montage:
+    """Retrieval montage like the paper's figures, for a few fixed test queries of one dataset."""
+    input:
+        features="results/{dataset}/features/{backbone}.h5",
+        split=montage_split,
+        cell=lambda wildcards: [
+            f"{montage_cell(wildcards)}/{name}"
+            for name in ("projection.h5", "gallery.h5", "classifier.h5", f"clusters_k{config['grid']['k'][0]}.h5")
+        ],
+    output:
+        montage=report(
+            "results/summary/montages/{dataset}/{backbone}.png",
+            caption="../report/montage.rst",
+            category="Montages",
+            labels={"dataset": "{dataset}", "backbone": "{backbone}"},
+        ),
+    params:
+        cell=montage_cell,
+        k=config["grid"]["k"][0],
+        n_queries=config["retrieval"]["montage_queries"],
+        retrieval=config["retrieval"],
+    log:
+        f"{LOGS}/montage/{{dataset}}_{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/montage/{{dataset}}_{{backbone}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/montage.py"

@@ -1,5 +1,5 @@
 rule fit_pca:
-    """One exact PCA per training split, at the grid's largest size."""
+    """One PCA per training split, at the grid's largest size: exact, or streamed for large training sets."""
     input:
         features="results/{dataset}/features/{backbone}.h5",
         split="results/{dataset}/splits/{split}.csv",
@@ -7,6 +7,7 @@ rule fit_pca:
         basis="results/{dataset}/{backbone}/{split}/pca_basis.h5",
     params:
         n_components=pca_basis_size,
+        pca_fit=config["pca_fit"],
         seed=SEED,
     log:
         f"{LOGS}/fit_pca/{{dataset}}_{{backbone}}_{{split}}.log",
@@ -14,8 +15,8 @@ rule fit_pca:
         f"{BENCHMARKS}/fit_pca/{{dataset}}_{{backbone}}_{{split}}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=fit_pca_mem,
+        runtime=runtime_from_input(10, 100),
     conda:
         CONDA_ENV
     script:
@@ -26,6 +27,7 @@ rule project:
     """PCA(n) projection of the training images: the cell's gallery."""
     input:
         features="results/{dataset}/features/{backbone}.h5",
+        manifest="results/{dataset}/manifest.csv",
         split="results/{dataset}/splits/{split}.csv",
         basis=basis_input,
     output:
@@ -39,8 +41,9 @@ rule project:
         f"{BENCHMARKS}/project/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        # the training rows of the feature file, and their projection
+        mem_mb=mem_from_input(1000, 3),
+        runtime=runtime_from_input(10, 200),
     conda:
         CONDA_ENV
     script:
@@ -62,8 +65,8 @@ rule cluster:
         f"{BENCHMARKS}/cluster/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_from_input(1000, 4),
+        runtime=runtime_from_input(10, 50),
     conda:
         CONDA_ENV
     script:
@@ -85,8 +88,8 @@ rule train_mlp:
         f"{BENCHMARKS}/train_mlp/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_from_input(1000, 4),
+        runtime=runtime_from_input(30, 20),
     conda:
         CONDA_ENV
     script:

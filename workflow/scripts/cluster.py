@@ -17,6 +17,10 @@ def main(smk) -> None:
         seed=smk.params.seed,
         n_init=options["n_init"],
         max_iter=options["max_iter"],
+        # exact k-means, or MiniBatchKMeans for classes above kmeans.exact_max_images
+        method="auto",
+        exact_max_images=options["exact_max_images"],
+        batch_size=options["batch_size"],
     )
     save_clusters(smk.output.clusters, clusters, gallery["ids"], {"k": int(smk.wildcards.k), "seed": smk.params.seed})
 

@@ -1,24 +1,23 @@
-"""Run every image of a dataset once through a backbone and stream the CNN codes to HDF5."""
+"""Run one shard of a dataset's images through a backbone and stream the CNN codes to HDF5."""
 
 import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import read_manifest
-from cbir.features import BackboneSpec, extract_to_hdf5
+from cbir.features import BackboneSpec, extract_shard
 from cbir.runtime import run_step
+from cbir.shards import read_shard_plan
 
 
 def main(smk) -> None:
     torch.set_num_threads(smk.threads)
-    manifest = read_manifest(smk.input.manifest)
     options = smk.params.extraction
-    extract_to_hdf5(
-        manifest["path"].tolist(),
-        manifest["id"].tolist(),
-        manifest["label"].tolist(),
+    extract_shard(
+        smk.input.manifest,
+        read_shard_plan(smk.input.plan),
+        smk.wildcards.shard,
         BackboneSpec.from_config(smk.params.backbone),
-        smk.output.features,
+        smk.output.shard,
         batch_size=options["batch_size"],
         num_workers=options["num_workers"],
         device=options["device"],

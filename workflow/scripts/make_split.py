@@ -1,16 +1,20 @@
-"""Stratified, seeded train/test split of a manifest, written as a list of image ids."""
+"""Stratified, seeded train/test split of a manifest (or its official one), written as a list of image ids."""
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.config import parse_split
+from cbir.config import OFFICIAL, parse_split
 from cbir.data import read_manifest, split_table
+from cbir.datasets import official_split_table
 from cbir.io import atomic_path
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
     manifest = read_manifest(smk.input.manifest)
-    table = split_table(manifest, parse_split(smk.wildcards.split), seed=smk.params.seed)
+    if smk.wildcards.split == OFFICIAL:
+        table = official_split_table(manifest)
+    else:
+        table = split_table(manifest, parse_split(smk.wildcards.split), seed=smk.params.seed)
     with atomic_path(smk.output.split) as tmp:
         table.to_csv(tmp, index=False)
 

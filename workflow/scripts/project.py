@@ -2,7 +2,7 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import split_ids
+from cbir.data import class_names, read_manifest, split_ids
 from cbir.io import load_features, save_arrays
 from cbir.reduce import Projection, load_projection, save_projection
 from cbir.runtime import run_step
@@ -14,11 +14,21 @@ def main(smk) -> None:
         projection = Projection(mean=None, components=None)
     else:
         projection = load_projection(smk.input.basis).truncate(int(smk.wildcards.pca))
-    attrs = {"pca": smk.wildcards.pca, "seed": smk.params.seed, "backbone_attrs": train.attrs}
+    attrs = {
+        "pca": smk.wildcards.pca,
+        "seed": smk.params.seed,
+        "backbone_attrs": train.attrs,
+        "class_names": class_names(read_manifest(smk.input.manifest)),
+    }
     save_projection(smk.output.projection, projection, attrs)
     save_arrays(
         smk.output.gallery,
-        {"features": projection.transform(train.features), "ids": train.ids, "labels": train.labels},
+        {
+            "features": projection.transform(train.features),
+            "ids": train.ids,
+            "labels": train.labels,
+            "paths": train.paths,
+        },
         {**attrs, "subset": "train"},
     )
 

@@ -1,4 +1,4 @@
-"""Gather every grid cell's metrics into the summary tables and the accuracy plot."""
+"""Gather every grid cell's metrics into the summary tables and plots."""
 
 import _package  # noqa: F401  (makes cbir importable)
 
@@ -7,7 +7,7 @@ from cbir.runtime import run_step
 
 
 def main(smk) -> None:
-    write_summary(smk.input.metrics, smk.output.metrics, smk.params.splits, smk.params.out_dir, smk.output.plot)
+    write_summary(smk.input.metrics, smk.output.metrics, smk.params.splits, smk.params.out_dir)
 
 
 run_step(snakemake, main)

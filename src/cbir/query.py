@@ -1,0 +1,253 @@
+"""Query a trained grid cell with your own images: the machinery behind ``cbir query``.
+
+A model folder is one grid cell, ``results/<dataset>/<backbone>/<split>/<pca>/``: the
+projection, the gallery (projected training images with their ids, paths and classes), the
+MLP and the intra-class clusters for one or more k. The backbone is rebuilt from the settings
+recorded in the gallery, so a query image goes through exactly what the gallery went through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.classify import load_mlp
+from cbir.cluster import load_clusters
+from cbir.data import IMAGE_EXTENSIONS
+from cbir.evaluate import CellModels, build_models
+from cbir.io import load_arrays
+from cbir.reduce import load_projection
+
+REQUIRED_FILES = ("projection.h5", "gallery.h5", "classifier.h5")
+QUERY_MODES = ("clustered", "class", "global")
+
+
+class ModelFolderError(ValueError):
+    """The model folder cannot be used; the message says what is missing or wrong."""
+
+
+class QueryError(ValueError):
+    """A query image cannot be used; the message names it and says why."""
+
+
+@dataclass
+class QueryModel:
+    folder: Path
+    k: int
+    backbone: dict[str, Any]
+    class_names: list[str]
+    gallery_ids: np.ndarray
+    gallery_paths: np.ndarray
+    gallery_labels: np.ndarray
+    cell: CellModels
+
+    @property
+    def feature_dim(self) -> int:
+        projection = self.cell.projection
+        return len(projection.mean) if projection.mean is not None else self.cell.index.gallery.shape[1]
+
+
+def available_k(folder: Path) -> list[int]:
+    return sorted(
+        int(m.group(1)) for p in folder.glob("clusters_k*.h5") if (m := re.fullmatch(r"clusters_k(\d+)\.h5", p.name))
+    )
+
+
+def load_query_model(folder: str | Path, k: int | None = None, metric: str = "euclidean") -> QueryModel:
+    """Load a grid cell's artifacts, refusing an incomplete folder with the names of what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder '{folder}' does not exist")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    ks = available_k(folder)
+    if not ks:
+        missing.append("clusters_k<k>.h5")
+    if missing:
+        raise ModelFolderError(
+            f"model folder '{folder}' is incomplete: missing {', '.join(missing)} "
+            "(expected a grid cell such as results/<dataset>/<backbone>/<split>/<pca>/ after a finished run)"
+        )
+    if k is None:
+        k = ks[0]
+    elif k not in ks:
+        raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
+    gallery, attrs = load_arrays(folder / "gallery.h5")
+    clusters, cluster_ids, _ = load_clusters(folder / f"clusters_k{k}.h5")
+    if list(cluster_ids) != list(gallery["ids"]):
+        raise ModelFolderError(f"'{folder}/clusters_k{k}.h5' was fitted on other images than the gallery")
+    cell = build_models(
+        load_projection(folder / "projection.h5"),
+        load_mlp(folder / "classifier.h5"),
+        gallery["features"],
+        gallery["labels"],
+        clusters,
+        metric=metric,
+    )
+    backbone = {key: attrs["backbone_attrs"][key] for key in ("arch", "weights", "pooling", "image_size")}
+    return QueryModel(
+        folder=folder,
+        k=k,
+        backbone=backbone,
+        class_names=list(attrs["class_names"]),
+        gallery_ids=gallery["ids"],
+        gallery_paths=gallery["paths"],
+        gallery_labels=gallery["labels"],
+        cell=cell,
+    )
+
+
+def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, plus the images inside named folders (recursively, sorted)."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
+            if not found:
+                raise QueryError(f"folder '{path}' holds no image files")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise QueryError(f"query '{path}' does not exist")
+    return paths
+
+
+def embed_images(
+    paths: Sequence[Path], backbone: dict[str, Any], device: str = "auto"
+) -> tuple[np.ndarray, list[str | None]]:
+    """Backbone features of each image; unreadable images get a row of NaN and an error message."""
+    import torch
+
+    from cbir.data import load_rgb_image
+    from cbir.features import BackboneSpec, build_backbone, preprocessing, resolve_device
+
+    spec = BackboneSpec.from_config(backbone)
+    network = build_backbone(spec)
+    torch_device = resolve_device(device)
+    network = network.to(torch_device)
+    transform = preprocessing(spec, network)
+    rows: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for path in paths:
+        try:
+            image = transform(load_rgb_image(path))
+        except Exception as error:  # PIL raises many types for a bad file
+            rows.append(None)
+            errors.append(f"cannot read '{path}' as an image: {type(error).__name__}: {error}")
+            continue
+        with torch.inference_mode():
+            rows.append(network(image[None].to(torch_device)).float().cpu().numpy()[0])
+        errors.append(None)
+    dim = next((len(r) for r in rows if r is not None), 0)
+    features = np.full((len(paths), dim), np.nan, dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is not None:
+            features[i] = row
+    return features, errors
+
+
+def search_features(
+    model: QueryModel, features: np.ndarray, top_k: int = 5, modes: Sequence[str] = QUERY_MODES
+) -> list[dict[str, Any]]:
+    """Predicted class and top-k results per mode for each row of raw backbone features."""
+    if features.shape[1] != model.feature_dim:
+        raise QueryError(
+            f"query features have {features.shape[1]} dimensions but the model in '{model.folder}' expects "
+            f"{model.feature_dim}: the model was built with backbone {model.backbone}"
+        )
+    reduced = model.cell.projection.transform(features)
+    probabilities = model.cell.mlp.predict_proba(reduced)
+    predicted = model.cell.mlp.classes[np.argmax(probabilities, axis=1)]
+    searchers = model.cell.searchers()
+    found = {mode: searchers[mode](reduced, predicted, top_k) for mode in modes}
+    answers = []
+    for row in range(len(features)):
+        answer: dict[str, Any] = {
+            "predicted_class": model.class_names[int(predicted[row])],
+            "probability": float(probabilities[row].max()),
+            "results": {},
+        }
+        for mode, (indices, distances) in found.items():
+            answer["results"][mode] = [
+                {
+                    "rank": rank + 1,
+                    "id": str(model.gallery_ids[index]),
+                    "path": str(model.gallery_paths[index]),
+                    "class": model.class_names[int(model.gallery_labels[index])],
+                    "distance": float(distance),
+                }
+                for rank, (index, distance) in enumerate(zip(indices[row], distances[row], strict=True))
+                if index >= 0
+            ]
+        answers.append(answer)
+    return answers
+
+
+def query_images(model: QueryModel, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = QUERY_MODES,
+                 device: str = "auto") -> list[dict[str, Any]]:  # fmt: skip
+    """Run image files or folders through the model; unreadable images are reported, not fatal."""
+    paths = collect_query_paths(arguments)
+    features, errors = embed_images(paths, model.backbone, device)
+    readable = [i for i, error in enumerate(errors) if error is None]
+    answers: list[dict[str, Any]] = [{"query": str(p)} for p in paths]
+    if readable:
+        for i, answer in zip(readable, search_features(model, features[readable], top_k, modes), strict=True):
+            answers[i].update(answer)
+    for i, error in enumerate(errors):
+        if error is not None:
+            answers[i]["error"] = error
+    return answers
+
+
+def format_table(answers: Sequence[dict[str, Any]]) -> str:
+    """Human-readable results: one block per query, one line per result."""
+    lines = []
+    for answer in answers:
+        lines.append(f"query: {answer['query']}")
+        if "error" in answer:
+            lines.append(f"  error: {answer['error']}")
+            continue
+        lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
+        for mode, results in answer["results"].items():
+            lines.append(f"  {mode}:")
+            lines.append(f"    {'rank':>4}  {'distance':>10}  {'class':<16} path")
+            for r in results:
+                lines.append(f"    {r['rank']:>4}  {r['distance']:>10.4f}  {r['class']:<16} {r['path']}")
+    return "\n".join(lines)
+
+
+def montage_for_cell(
+    cell_folder: str | Path,
+    features_h5: str | Path,
+    split_csv: str | Path,
+    out_path: str | Path,
+    *,
+    k: int,
+    n_queries: int = 3,
+    top_k: int = 5,
+    metric: str = "euclidean",
+) -> None:
+    """The montage of ``n_queries`` fixed test images (spread evenly over the test list)."""
+    from cbir.data import split_ids
+    from cbir.io import load_features
+    from cbir.report import draw_montage
+
+    model = load_query_model(cell_folder, k=k, metric=metric)
+    test_ids = split_ids(split_csv, "test")
+    picks = np.linspace(0, len(test_ids) - 1, num=min(n_queries, len(test_ids))).round().astype(int)
+    queries = load_features(features_h5, [test_ids[i] for i in picks])
+    answers = search_features(model, queries.features, top_k, ("clustered", "class"))
+    for answer, path in zip(answers, queries.paths, strict=True):
+        answer["query"] = str(path)
+    truths = [model.class_names[int(label)] for label in queries.labels]
+    draw_montage(answers, out_path, true_classes=truths)

@@ -1,0 +1,36 @@
+"""The benchmark scripts run (small sizes) and print their tables; timings are not asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run(command: list[str], tmp_path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHON": sys.executable, **env}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=environment)
+
+
+def test_gpu_check_falls_back_to_the_cpu(tmp_path):
+    result = run(["bash", "benchmarks/gpu_check.sh"], tmp_path, IMAGES="4", ARCH="efficientnet_lite0",
+                 CUDA_VISIBLE_DEVICES="")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running the CPU fallback" in result.stdout
+    for method in ("baseline", "engine-fp32", "memory-fp32", "decode"):
+        assert method in result.stdout, method
+    line = json.loads((REPO / "benchmarks/results/extract.jsonl").read_text().splitlines()[-1])
+    assert line["machine"]["cores"] >= 1 and "torch" in line["machine"]
+    assert {row["method"] for row in line["rows"]} == {"baseline", "engine-fp32", "memory-fp32", "decode"}
+
+
+def test_search_benchmark_compares_every_mode_with_scikit_learn(tmp_path):
+    result = run([sys.executable, "benchmarks/search.py", "--sizes", "400", "--queries", "40", "--single", "10"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for mode in ("sklearn brute (baseline)", "clustered", "class", "global", "faiss flat", "faiss ivf"):
+        assert mode in result.stdout, mode
+    assert "speedup_vs_sklearn" in result.stdout

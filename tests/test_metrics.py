@@ -1,0 +1,69 @@
+"""Retrieval metrics against hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from cbir.evaluate import (
+    average_precision,
+    label_sets,
+    overlap_at,
+    precision_at,
+    ranked_relevance,
+    relevance,
+    total_query_times,
+)
+from cbir.timing import latency_summary
+
+
+def test_precision_at_k_counts_missing_results_as_not_relevant():
+    hits = np.array([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=bool)
+    assert precision_at(hits, 5) == pytest.approx((3 / 5 + 0) / 2)
+    assert precision_at(hits, 2) == pytest.approx(0.5)
+    assert precision_at(hits[:, :3], 5) == pytest.approx((2 / 5) / 2)  # only 3 results for k = 5
+
+
+def test_map_and_precision_disagree_on_order():
+    """Same P@4, different rankings: AP rewards relevant results that come first."""
+    early = np.array([[1, 1, 0, 0]], dtype=bool)
+    late = np.array([[0, 0, 1, 1]], dtype=bool)
+    assert precision_at(early, 4) == precision_at(late, 4) == 0.5
+    # 2 relevant images in the gallery: AP = (1/1 + 2/2) / 2 and (1/3 + 2/4) / 2
+    assert average_precision(early, np.array([2]))[0] == pytest.approx(1.0)
+    assert average_precision(late, np.array([2]))[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def test_average_precision_normalisation_full_and_at_k():
+    ranked = np.array([[1, 0, 1, 0, 0]], dtype=bool)
+    # 4 relevant images exist; 2 of them were ranked at 1 and 3
+    assert average_precision(ranked, np.array([4]))[0] == pytest.approx((1 + 2 / 3) / 4)
+    # at k = 2: normalised by min(k, 4) = 2, only the first hit counts
+    assert average_precision(ranked, np.array([4]), k=2)[0] == pytest.approx(1 / 2)
+    assert average_precision(np.zeros((1, 3), bool), np.array([0]))[0] == 0.0
+
+
+def test_multi_label_relevance_is_sharing_any_label():
+    gallery = label_sets(np.array([0, 1, 2]), 3, extra=[[1], [], []])  # image 0 has labels {0, 1}
+    query = label_sets(np.array([1]), 3)
+    assert relevance(query, gallery).tolist() == [[True, True, False]]
+    ranked = ranked_relevance(np.array([[2, 0, -1]]), relevance(query, gallery))
+    assert ranked.tolist() == [[False, True, False]]
+
+
+def test_overlap_at_k_is_recall_against_the_reference():
+    approx = np.array([[1, 2, 3], [7, 8, -1]])
+    exact = np.array([[3, 2, 9], [7, 8, 9]])
+    assert overlap_at(approx, exact, 3) == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_latency_summary_and_totals():
+    summary = latency_summary([1000, 2000, 3000, 4000, 100000])
+    assert summary["median_us"] == pytest.approx(3.0)
+    assert summary["p95_us"] == pytest.approx(4 + 0.8 * 96)  # linear interpolation at rank 3.8
+    metrics = {
+        "time_extract_median_us": 100.0,
+        "time_predict_median_us": 10.0,
+        "time_search_clustered_median_us": 1.0,
+        "time_search_global_median_us": 5.0,
+    }
+    totals = total_query_times(metrics, ["clustered", "global"])
+    assert totals == {"time_total_clustered_median_us": 111.0, "time_total_global_median_us": 105.0}

@@ -1,0 +1,101 @@
+"""`cbir query` on a trained tiny model, the montage, and `snakemake --report`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+CELL = "results/tiny/lite/80-20/8"
+
+
+def cbir(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cbir.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_query_prints_the_predicted_class_and_ranked_results(finished_run, tmp_path: Path):
+    root, _ = finished_run
+    query = root / "data/tiny/red/000.png"
+    result = cbir(
+        "query", str(query), "--model", CELL, "--json", "--top-k", "3", "--montage", str(tmp_path / "m.png"), cwd=root
+    )
+    assert result.returncode == 0, result.stderr
+    [answer] = json.loads(result.stdout)
+    assert answer["query"] == str(query)
+    assert answer["predicted_class"] == "red"
+    assert set(answer["results"]) == {"clustered", "class", "global"}
+    global_results = answer["results"]["global"]
+    assert [r["rank"] for r in global_results] == [1, 2, 3]
+    distances = [r["distance"] for r in global_results]
+    assert distances == sorted(distances)
+    assert all(r["class"] == "red" for r in answer["results"]["class"])
+    assert 1 <= len(answer["results"]["clustered"]) <= 3
+    assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_query_accepts_folders_and_other_formats_and_prints_a_table(finished_run, tmp_path: Path):
+    from PIL import Image
+
+    root, _ = finished_run
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    Image.open(root / "data/tiny/blue/001.png").convert("RGB").save(folder / "blue.jpg", quality=90)
+    Image.open(root / "data/tiny/green/001.png").save(folder / "green.webp")
+    result = cbir("query", str(folder), "--model", CELL, "--mode", "clustered", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("query: ") == 2
+    assert "predicted class: blue" in result.stdout and "predicted class: green" in result.stdout
+    assert "clustered:" in result.stdout and "global:" not in result.stdout
+
+
+def test_query_reports_an_unreadable_image_and_keeps_going(finished_run, tmp_path: Path):
+    root, _ = finished_run
+    (tmp_path / "notes.jpg").write_text("not an image")
+    result = cbir("query", str(tmp_path / "notes.jpg"), str(root / "data/tiny/red/001.png"), "--model", CELL,
+                  "--json", cwd=root)  # fmt: skip
+    assert result.returncode == 1
+    bad, good = json.loads(result.stdout)
+    assert "cannot read" in bad["error"] and "notes.jpg" in bad["error"]
+    assert good["predicted_class"] == "red"
+
+
+def test_query_refuses_an_incomplete_model_folder(finished_run, tmp_path: Path):
+    root, _ = finished_run
+    incomplete = tmp_path / "model"
+    incomplete.mkdir()
+    (incomplete / "gallery.h5").write_bytes((root / CELL / "gallery.h5").read_bytes())
+    result = cbir("query", str(root / "data/tiny/red/001.png"), "--model", str(incomplete), cwd=root)
+    assert result.returncode == 2
+    assert "incomplete" in result.stderr
+    assert "projection.h5" in result.stderr and "classifier.h5" in result.stderr and "clusters_k" in result.stderr
+    result = cbir("query", str(root / "data/tiny/red/001.png"), "--model", CELL, "--k", "7", cwd=root)
+    assert result.returncode == 2 and "no clusters for k=7" in result.stderr
+
+
+def test_summary_has_every_metric_table_plot_and_montage(finished_run):
+    root, _ = finished_run
+    summary = root / "results/summary"
+    quality = (summary / "retrieval_quality_80-20.md").read_text()
+    for name in ["P@5 clustered", "P@10 global", "mAP class", "mAP@5 clustered", "recall@5 clustered", "faiss_ivf"]:
+        assert name in quality, name
+    for plot in ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup"]:
+        assert (summary / f"{plot}.png").stat().st_size > 1000, plot
+    assert (summary / "montages/tiny/lite.png").stat().st_size > 1000
+    timing = (summary / "retrieval_time_80-20.md").read_text()
+    assert "total with clustering" in timing and "search clustered (paper)" in timing
+
+
+def test_report_builds(finished_run):
+    root, config = finished_run
+    result = run_snakemake(root, write_config(root / "report.yaml", config), "--report", "report.html")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    html = (root / "report.html").read_text(errors="replace")
+    assert "montage" in html.lower() and "metrics.csv" in html

@@ -1,0 +1,127 @@
+"""Sharded extraction in the workflow: shards gather into the single-job features, a failed
+shard reruns alone, and a dataset of 100,000 images in 100 shards plans quickly enough to test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from cbir.data import MANIFEST_COLUMNS
+from cbir.shards import write_shard_plan
+
+from conftest import make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.workflow
+FEATURES = "results/tiny/features/lite.h5"
+
+
+def _sharded_config(data: Path, shard_size: int) -> dict:
+    config = tiny_config(data)
+    config["extraction"] = {**config["extraction"], "shard_size": shard_size}
+    return config
+
+
+def test_default_run_extracts_one_shard_per_dataset(finished_run):
+    root, _ = finished_run
+    plan = json.loads((root / "results/tiny/shards/plan.json").read_text())
+    assert plan == {"n_images": 30, "shard_size": 20000, "n_shards": 1}
+    assert sorted(p.name for p in (root / "results/logs/extract_features").iterdir()) == ["tiny_lite_00000.log"]
+    # shard files are temporary: gathered, then removed
+    assert not list((root / "results/tiny/shards").rglob("*.h5"))
+
+
+def test_a_backbone_change_re_extracts_the_temporary_shards_and_a_scheduling_hint_does_not(finished_run):
+    root, config = finished_run
+    gem = {**config, "backbones": {"lite": {**config["backbones"]["lite"], "pooling": "gem"}}}
+    jobs = planned_jobs(run_snakemake(root, write_config(root / "gem.yaml", gem), "-n"))
+    assert jobs["extract_features"] == 1 and jobs["gather_features"] == 1 and jobs["fit_pca"] == 1
+    hint = {**config, "extraction": {**config["extraction"], "seconds_per_image": 0.002}}
+    jobs = planned_jobs(run_snakemake(root, write_config(root / "hint.yaml", hint), "-n"))
+    assert not {"plan_shards", "extract_features", "gather_features", "fit_pca", "project"} & set(jobs)
+
+
+def test_shards_gather_into_the_single_shard_features_and_a_failed_shard_reruns_alone(finished_run, tmp_path: Path):
+    reference, _ = finished_run
+    data = make_image_folder(tmp_path / "data" / "tiny", per_class=10)
+    config = write_config(tmp_path / "config.yaml", _sharded_config(data, 8))
+    assert run_snakemake(tmp_path, config, "results/tiny/manifest.csv").returncode == 0
+
+    # an image of the third shard (manifest rows 16..23) becomes unreadable after indexing
+    manifest = pd.read_csv(tmp_path / "results/tiny/manifest.csv")
+    broken = Path(manifest["path"][20])
+    original = broken.read_bytes()
+    broken.write_bytes(b"not an image any more")
+    failed = run_snakemake(tmp_path, config, FEATURES, "--keep-going")
+    assert failed.returncode != 0
+    assert "Error in rule extract_features" in failed.stdout + failed.stderr
+    assert "shard=00002" in failed.stdout + failed.stderr
+    kept = sorted(p.name for p in (tmp_path / "results/tiny/shards/lite").glob("*.h5"))
+    assert kept == ["00000.h5", "00001.h5", "00003.h5"]  # the others completed and are kept
+    assert not (tmp_path / FEATURES).exists()
+
+    broken.write_bytes(original)
+    plan = run_snakemake(tmp_path, config, FEATURES, "-n")
+    assert planned_jobs(plan) == {"extract_features": 1, "gather_features": 1}
+    assert "results/tiny/shards/lite/00002.h5" in plan.stdout
+    result = run_snakemake(tmp_path, config, FEATURES)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    with h5py.File(reference / FEATURES) as one, h5py.File(tmp_path / FEATURES) as four:
+        assert four.attrs["n_shards"] == 4 and one.attrs["n_shards"] == 1
+        assert list(four["ids"].asstr()[()]) == list(one["ids"].asstr()[()])
+        assert np.array_equal(four["labels"][()], one["labels"][()])
+        assert np.allclose(four["features"][()], one["features"][()], atol=1e-4)
+    assert not list((tmp_path / "results/tiny/shards").rglob("*.h5"))
+
+
+def write_large_manifest(root: Path, n_images: int, n_classes: int = 100) -> Path:
+    """A manifest of ``n_images`` (paths that need not exist: a dry run reads no image)."""
+    index = np.arange(n_images)
+    labels = index % n_classes
+    frame = pd.DataFrame(
+        {
+            "id": [f"c{label:03d}/{i:07d}.jpg" for i, label in zip(index, labels, strict=True)],
+            "path": [f"{root}/images/c{label:03d}/{i:07d}.jpg" for i, label in zip(index, labels, strict=True)],
+            "label": labels,
+            "class_name": [f"c{label:03d}" for label in labels],
+            "width": 256,
+            "height": 256,
+            "bytes": 30000,
+            "sha256": "0" * 64,
+        }
+    )[MANIFEST_COLUMNS]
+    out = root / "results/large/manifest.csv"
+    out.parent.mkdir(parents=True)
+    frame.to_csv(out, index=False)
+    frame.iloc[:0].to_csv(root / "results/large/excluded.csv", index=False)
+    return out
+
+
+def large_dataset_config(root: Path, shard_size: int) -> dict:
+    (root / "images").mkdir(exist_ok=True)  # the dataset's folder must exist
+    config = tiny_config(root / "images")
+    config["grid"] = {**config["grid"], "datasets": ["large"], "pca": [50, 100, "original"]}
+    config["datasets"] = {"large": {"source": "folder", "path": str(root / "images")}}
+    config["extraction"] = {**config["extraction"], "shard_size": shard_size}
+    return config
+
+
+def test_a_dataset_of_100k_images_in_100_shards_plans(tmp_path: Path):
+    config = write_config(tmp_path / "config.yaml", large_dataset_config(tmp_path, 1000))
+    manifest = write_large_manifest(tmp_path, 100_000)
+    # before the checkpoint has run, the shards are not known yet: the plan comes first
+    before = planned_jobs(run_snakemake(tmp_path, config, "-n"))
+    assert before["plan_shards"] == 1 and "extract_features" not in before and "manifest" not in before
+    # once it has run (here: written as it would), every shard is a job of the plan
+    write_shard_plan(manifest, tmp_path / "results/large/shards/plan.json", 1000)
+    result = run_snakemake(tmp_path, config, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["extract_features"] == 100 and jobs["gather_features"] == 1
+    assert "plan_shards" not in jobs and jobs["evaluate"] == 3
+    assert "results/large/shards/lite/00099.h5" in result.stdout
