@@ -262,12 +262,12 @@ def draw_montage(
                 row[0], answer["query"] if m == 0 else None, f"{caption}\npredicted {answer['predicted_class']}", None
             )
             results = answer["results"].get(mode, [])
-            row[1].annotate(title, (0, 1.35), xycoords="axes fraction", fontsize=9, fontweight="bold")
             for r in range(top_k):
                 result = results[r] if r < len(results) else None
                 correct = None if result is None or truth is None else result["class"] == truth
                 label = f"{r + 1}. {result['class']}\nd = {result['distance']:.3g}" if result else ""
                 _tile(row[r + 1], result["path"] if result else None, label, correct)
+            row[1].set_ylabel(title, fontsize=9, fontweight="bold")  # names the row's retrieval mode
     fig.tight_layout()
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=100, format=Path(out_path).suffix.lstrip(".") or "png")
