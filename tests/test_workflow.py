@@ -86,6 +86,17 @@ def test_other_splits_and_k_reuse_the_features(finished_run):
     assert jobs["evaluate"] == 2 * 3 * 2 - 3  # every cell but the three already done
 
 
+def test_speed_settings_do_not_re_extract_the_features(finished_run):
+    root, config = finished_run
+    faster = {**config["extraction"], "num_workers": 1, "threads": 2}
+    result = run_snakemake(root, write_config(root / "speed.yaml", {**config, "extraction": faster}), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result) == {}
+    precise = {**config["extraction"], "feature_dtype": "float16"}
+    result = run_snakemake(root, write_config(root / "dtype.yaml", {**config, "extraction": precise}), "-n")
+    assert planned_jobs(result).get("gather_features") == 1  # the stored features change
+
+
 def test_no_test_image_influences_any_fitted_model(finished_run, tmp_path: Path):
     """Replace the test images' features with noise: every fitted model stays bit-identical."""
     root, config = finished_run

@@ -16,9 +16,10 @@ from cbir.shards import read_shard_plan  # noqa: E402
 SHARD = "results/{dataset}/shards/{backbone}/{shard}.h5"
 # what a shard's features depend on: the shard plan has its own job, and seconds_per_image only
 # sizes the wall time asked of a scheduler, so changing either re-extracts nothing by itself
-EXTRACTION_OPTIONS = {
-    key: value for key, value in config["extraction"].items() if key not in ("shard_size", "seconds_per_image")
-}
+# The extraction settings that change the features, and so re-extract them when changed; speed
+# settings (batch size, workers, threads) and the shard layout's sizing are read from the config
+# by the scripts and rerun nothing.
+EXTRACTION_OPTIONS = {key: config["extraction"][key] for key in ("device", "precision", "feature_dtype")}
 
 
 def feature_shards(wildcards):

@@ -11,7 +11,7 @@ from cbir.shards import read_shard_plan
 
 def main(smk) -> None:
     torch.set_num_threads(smk.threads)
-    options = smk.params.extraction
+    options = {**smk.config["extraction"], **smk.params.extraction}
     extract_shard(
         smk.input.manifest,
         read_shard_plan(smk.input.plan),
