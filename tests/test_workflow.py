@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cbir.io import load_arrays
 
@@ -84,6 +85,21 @@ def test_other_splits_and_k_reuse_the_features(finished_run):
     assert "extract_features" not in jobs and "manifest" not in jobs
     assert jobs["split"] == 1 and jobs["fit_pca"] == 1
     assert jobs["evaluate"] == 2 * 3 * 2 - 3  # every cell but the three already done
+
+
+def test_the_key_order_of_a_config_file_does_not_rebuild_anything(finished_run):
+    root, config = finished_run
+
+    def reversed_keys(value):
+        if isinstance(value, dict):
+            return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+        return value
+
+    path = root / "reordered.yaml"
+    path.write_text(yaml.safe_dump(reversed_keys(config), sort_keys=False))
+    result = run_snakemake(root, path, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result) == {}
 
 
 def test_speed_settings_do_not_re_extract_the_features(finished_run):

@@ -82,7 +82,20 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dic
     _check_dataset_entries(config)  # before defaults fill keys of other sources in
     _fill_defaults(config, schema, schema)
     _check_semantics(config)
-    return config
+    return _sorted_keys(config)
+
+
+def _sorted_keys(value: Any) -> Any:
+    """Mappings with their keys sorted (lists keep their order).
+
+    Rule params built from the config are compared by Snakemake as written: without this, the
+    same settings written in another key order would count as changed and rebuild everything.
+    """
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def _check_dataset_entries(config: Mapping[str, Any]) -> None:
