@@ -109,3 +109,44 @@ def test_partial_top_k_equals_a_full_stable_sort_even_with_many_ties():
         for k in (1, 3, 10, 30, 40):
             expected = np.argsort(distances, axis=1, kind="stable")[:, :k]
             assert np.array_equal(_smallest_columns(distances, k)[:, :k], expected)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_float32_screening_returns_the_float64_ranking(metric, dtype, monkeypatch):
+    """Large groups are screened in float32 and re-ranked in float64: the answer must not change,
+    even for distances that differ below float32's resolution and for exact duplicates."""
+    import cbir.retrieve as retrieve
+
+    rng = np.random.default_rng(7)
+    n, dim = 3000, 40
+    labels = rng.integers(0, 3, size=n)
+    gallery = (rng.normal(size=(n, dim)) * 5 + labels[:, None]).astype(dtype)
+    base = gallery[0].astype(np.float64)
+    for j, position in enumerate(range(100, 140)):  # near-ties: 1e-9 apart, invisible in float32
+        gallery[position] = base + 1e-9 * (40 - j) * np.eye(dim)[0]
+    gallery[2000] = gallery[100]  # an exact duplicate of a near-tie
+    # a shell of images around a far query, radii 1e-7 apart: float32 ranks them almost at random
+    far = np.full(dim, 30.0)
+    directions = rng.normal(size=(600, dim))
+    radii = 1.0 + 1e-7 * rng.permutation(600)
+    gallery[2200:2800] = far + directions / np.linalg.norm(directions, axis=1, keepdims=True) * radii[:, None]
+    queries = np.vstack([rng.normal(size=(25, dim)) * 5, far[None], base[None] + 1e-3])
+    predicted = rng.integers(0, 3, size=len(queries))
+    clusters = fit_intra_class_kmeans(gallery, labels, 2, seed=0, n_init=1)
+    index = RetrievalIndex(gallery, labels, clusters.centroids, clusters.centroid_labels, clusters.assignments,
+                           metric=metric)  # fmt: skip
+    screened = {mode: index.search(queries, mode, 10, predicted) for mode in ("class", "global")}
+    monkeypatch.setattr(retrieve, "FLOAT32_SCREEN_MIN_MEMBERS", n + 1)  # plain float64 everywhere
+    for mode, (indices, distances) in screened.items():
+        plain_indices, plain_distances = index.search(queries, mode, 10, predicted)
+        assert np.array_equal(indices, plain_indices), mode
+        # both are float64 values of the same expansion, summed in another order
+        assert np.allclose(distances, plain_distances, rtol=1e-9, atol=1e-9), mode
+    if metric == "euclidean":
+        # float64: the near-ties in distance order, the duplicate right after its twin; float32 rounds
+        # them all onto image 0, so they tie and come in gallery order
+        expected = [100, 2000, 101, 102] if dtype == np.float64 else [0, 100, 101, 102]
+        assert list(screened["global"][0][-1][:4]) == expected
+    if metric == "euclidean" and dtype == np.float64:  # the shell's smallest radii, in order
+        assert list(screened["global"][0][-2]) == list(2200 + np.argsort(radii)[:10])

@@ -26,9 +26,11 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 def squared_distances(queries: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances as one matrix product, clipped at 0 against rounding."""
-    queries_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
-    distances = queries_sq - 2.0 * (queries @ gallery.T) + gallery_sq_norms[None, :]
-    return np.maximum(distances, 0.0)
+    # in place, in the order q.q - 2 q.g + g.g (scaling by -2 is exact): one (n, m) array in all
+    distances = (queries * -2.0) @ gallery.T
+    distances += np.einsum("ij,ij->i", queries, queries)[:, None]
+    distances += gallery_sq_norms[None, :]
+    return np.maximum(distances, 0.0, out=distances)
 
 
 def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
@@ -51,15 +53,67 @@ def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
     return np.take_along_axis(columns, order, axis=1)
 
 
+def _pad(indices: np.ndarray, found: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad rows shorter than ``top_k`` (a small cluster) with -1 / inf."""
+    if indices.shape[1] < top_k:
+        pad = ((0, 0), (0, top_k - indices.shape[1]))
+        indices = np.pad(indices, pad, constant_values=-1)
+        found = np.pad(found, pad, constant_values=np.inf)
+    return indices, found
+
+
 def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
     order = _smallest_columns(distances, top_k)
-    found = np.take_along_axis(distances, order, axis=1)
-    indices = members[order]
-    if order.shape[1] < top_k:
-        pad = top_k - order.shape[1]
-        indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
-        found = np.pad(found, ((0, 0), (0, pad)), constant_values=np.inf)
+    return _pad(members[order], np.take_along_axis(distances, order, axis=1), top_k)
+
+
+# Above this many searched images the candidates are found in float32 and re-ranked in float64.
+FLOAT32_SCREEN_MIN_MEMBERS = 512
+_SCREEN_EXTRA_CANDIDATES = 32
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def _screened_top_k(
+    queries: np.ndarray,
+    queries32: np.ndarray,
+    gallery: np.ndarray,
+    gallery32: np.ndarray,
+    sq_norms: np.ndarray,
+    members: np.ndarray,
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 top-k of :func:`squared_distances`, at float32 speed.
+
+    Float32 distances pick ``top_k + 32`` candidates per query. Every image whose float32
+    distance is within twice a rounding-error bound of the k-th one could belong to the float64
+    top-k (the bound holds for any summation order); when all of those are among the candidates,
+    re-ranking the candidates in float64 gives exactly the plain float64 answer, ties included.
+    Rows where they are not (a crowd of near-equal distances) are searched in plain float64.
+    """
+    whole = len(members) == len(gallery)  # no copy when the whole gallery is searched
+    block32 = gallery32 if whole else gallery32[members]
+    norms = sq_norms if whole else sq_norms[members]
+    screen = squared_distances(queries32, block32, norms.astype(np.float32))
+    width = min(top_k + _SCREEN_EXTRA_CANDIDATES, len(members) - 1)
+    candidates = np.argpartition(screen, width - 1, axis=1)[:, :width]
+    screened = np.take_along_axis(screen, candidates, axis=1)
+    kth = np.partition(screened, top_k - 1, axis=1)[:, top_k - 1]
+    # every image left out is at least as far as the farthest candidate
+    farthest_candidate = screened.max(axis=1)
+    query_norms = np.einsum("ij,ij->i", queries, queries)
+    slack = (2 * queries.shape[1] + 16) * _FLOAT32_UNIT_ROUNDOFF * (query_norms + norms.max())
+
+    chosen = members[np.sort(candidates, axis=1)]  # ascending: ties resolve by gallery position
+    exact = query_norms[:, None] - 2.0 * np.einsum("id,ikd->ik", queries, gallery[chosen]) + sq_norms[chosen]
+    np.maximum(exact, 0.0, out=exact)
+    order = _smallest_columns(exact, top_k)[:, :top_k]
+    indices, found = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(exact, order, axis=1)
+
+    crowded = np.flatnonzero(farthest_candidate <= kth + 2.0 * slack)
+    if crowded.size:
+        squared = squared_distances(queries[crowded], gallery[members], sq_norms[members])
+        indices[crowded], found[crowded] = _top_k(squared, members, top_k)
     return indices, found
 
 
@@ -74,6 +128,7 @@ class RetrievalIndex:
     assignments: np.ndarray
     metric: str = "euclidean"
     _sq_norms: np.ndarray = field(init=False, repr=False)
+    _gallery32: np.ndarray = field(init=False, repr=False)
     _class_members: dict[int, np.ndarray] = field(init=False, repr=False)
     _cluster_members: list[np.ndarray] = field(init=False, repr=False)
     _class_centroids: dict[int, np.ndarray] = field(init=False, repr=False)
@@ -84,6 +139,7 @@ class RetrievalIndex:
         self.gallery = self._prepare(self.gallery)
         self.centroids = self._prepare(self.centroids)
         self._sq_norms = np.einsum("ij,ij->i", self.gallery, self.gallery)
+        self._gallery32 = self.gallery.astype(np.float32)
         self._class_members = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
         self._cluster_members = [np.flatnonzero(self.assignments == c) for c in range(len(self.centroids))]
         self._class_centroids = {
@@ -151,10 +207,18 @@ class RetrievalIndex:
             members = self._members(mode, int(group))
             if len(members) == 0:
                 continue
-            squared = squared_distances(queries[rows], self.gallery[members], self._sq_norms[members])
-            indices[rows], found = _top_k(squared, members, top_k)
+            indices[rows], found = self._search_members(queries[rows], members, top_k)
             distances[rows] = self._finish(found)
         return indices, distances
+
+    def _search_members(self, queries: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k squared distances among ``members``; large groups are screened in float32."""
+        if len(members) < FLOAT32_SCREEN_MIN_MEMBERS or top_k >= len(members):
+            squared = squared_distances(queries, self.gallery[members], self._sq_norms[members])
+            return _top_k(squared, members, top_k)
+        return _screened_top_k(
+            queries, queries.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k
+        )
 
 
 class FaissSearch:
