@@ -33,6 +33,10 @@ def squared_distances(queries: np.ndarray, gallery: np.ndarray, gallery_sq_norms
     return np.maximum(distances, 0.0, out=distances)
 
 
+# A single query against a small group is sorted outright: cheaper than the partition's overhead.
+_FULL_SORT_MAX_SIZE = 1536
+
+
 def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
     """Per row, the columns of the ``top_k`` smallest values, ordered by (value, column).
 
@@ -40,8 +44,8 @@ def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
     favour of the lower column, so the result equals a full stable sort's first k columns.
     """
     n_rows, n_columns = distances.shape
-    if top_k >= n_columns:
-        return np.argsort(distances, axis=1, kind="stable")
+    if top_k >= n_columns or distances.size <= _FULL_SORT_MAX_SIZE:
+        return np.argsort(distances, axis=1, kind="stable")[:, :top_k]
     kth = np.partition(distances, top_k - 1, axis=1)[:, top_k - 1 : top_k]
     chosen = distances <= kth
     if (chosen.sum(axis=1) > top_k).any():  # ties at the k-th value: keep the lowest columns
@@ -107,7 +111,7 @@ def _screened_top_k(
     chosen = members[np.sort(candidates, axis=1)]  # ascending: ties resolve by gallery position
     exact = query_norms[:, None] - 2.0 * np.einsum("id,ikd->ik", queries, gallery[chosen]) + sq_norms[chosen]
     np.maximum(exact, 0.0, out=exact)
-    order = _smallest_columns(exact, top_k)[:, :top_k]
+    order = _smallest_columns(exact, top_k)
     indices, found = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
     crowded = np.flatnonzero(farthest_candidate <= kth + 2.0 * slack)
