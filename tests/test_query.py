@@ -99,3 +99,19 @@ def test_report_builds(finished_run):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     html = (root / "report.html").read_text(errors="replace")
     assert "montage" in html.lower() and "metrics.csv" in html
+
+
+def test_a_gallery_from_an_older_version_is_refused_with_a_message(finished_run, tmp_path: Path):
+    import shutil
+
+    import h5py
+
+    from cbir.query import ModelFolderError, load_query_model
+
+    root, _ = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(root / CELL, old)
+    with h5py.File(old / "gallery.h5", "r+") as f:
+        del f.attrs["class_names"]
+    with pytest.raises(ModelFolderError, match="older version of cbir; rerun the workflow"):
+        load_query_model(old)

@@ -1,4 +1,4 @@
-"""The ``cbir`` command line: query a trained grid cell with your own images."""
+"""The ``cbir`` command line: query a trained grid cell with your own images, or serve it as a web page."""
 
 from __future__ import annotations
 
@@ -27,7 +27,27 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--device", default="auto", help="auto, cpu or cuda")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--montage", metavar="PNG", help="also draw the queries and their results into this image")
+    add_serve_parser(commands)
     return parser
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="a web page and JSON API to search a trained grid cell with your own image",
+        description="Load one grid cell once and serve a search page (/) and a JSON API (/api/..., schema at /docs).",
+    )
+    serve.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
+    serve.add_argument("--top-k", type=int, default=5, help="results per mode unless a request asks (default 5)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
+    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels")
+    serve.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    serve.add_argument("--threads", type=int, default=None, help="CPU threads of the CNN forward (default: torch's)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -47,10 +67,37 @@ def run_query(args: argparse.Namespace) -> int:
     return 1 if any("error" in a for a in answers) else 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbir.serve import MAX_TOP_K, ServeSettings, create_app, is_loopback, run_server
+
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise QueryError(f"--top-k must be between 1 and {MAX_TOP_K}")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or (args.threads is not None and args.threads < 1):
+        raise QueryError("--max-upload-mb, --max-pixels and --threads must be positive")
+    settings = ServeSettings(
+        model=Path(args.model),
+        k=args.k,
+        top_k=args.top_k,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        device=args.device,
+        metric=args.metric,
+        threads=args.threads,
+    )
+    app = create_app(settings)
+    if not is_loopback(args.host):
+        print(f"cbir serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    print(f"cbir serve: http://{args.host}:{args.port}/ (API schema at /docs)", file=sys.stderr)
+    run_server(app, args.host, args.port, args.log_level)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_query(args)
+        return run_serve(args) if args.command == "serve" else run_query(args)
     except (ModelFolderError, QueryError) as error:
         print(f"cbir {args.command}: error: {error}", file=sys.stderr)
         return 2

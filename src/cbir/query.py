@@ -9,10 +9,12 @@ recorded in the gallery, so a query image goes through exactly what the gallery 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +24,10 @@ from cbir.data import IMAGE_EXTENSIONS
 from cbir.evaluate import CellModels, build_models
 from cbir.io import load_arrays
 from cbir.reduce import load_projection
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 REQUIRED_FILES = ("projection.h5", "gallery.h5", "classifier.h5")
 QUERY_MODES = ("clustered", "class", "global")
@@ -77,6 +83,12 @@ def load_query_model(folder: str | Path, k: int | None = None, metric: str = "eu
     elif k not in ks:
         raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
     gallery, attrs = load_arrays(folder / "gallery.h5")
+    backbone_attrs = attrs.get("backbone_attrs")
+    if "class_names" not in attrs or not isinstance(backbone_attrs, dict):
+        raise ModelFolderError(
+            f"'{folder}/gallery.h5' lacks the class names or the backbone settings: it was written by an "
+            "older version of cbir; rerun the workflow to rebuild the cell"
+        )
     clusters, cluster_ids, _ = load_clusters(folder / f"clusters_k{k}.h5")
     if list(cluster_ids) != list(gallery["ids"]):
         raise ModelFolderError(f"'{folder}/clusters_k{k}.h5' was fitted on other images than the gallery")
@@ -88,7 +100,7 @@ def load_query_model(folder: str | Path, k: int | None = None, metric: str = "eu
         clusters,
         metric=metric,
     )
-    backbone = {key: attrs["backbone_attrs"][key] for key in ("arch", "weights", "pooling", "image_size")}
+    backbone = {key: backbone_attrs[key] for key in ("arch", "weights", "pooling", "image_size")}
     return QueryModel(
         folder=folder,
         k=k,
@@ -122,54 +134,97 @@ def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+class Embedder:
+    """A backbone ready to embed query images: network and preprocessing built once, reused per call.
+
+    Preprocessing runs in the caller's thread; the forward pass holds a lock, so one embedder can
+    serve concurrent requests (the network is read-only, but a single forward at a time keeps
+    memory and CPU threads bounded).
+    """
+
+    def __init__(self, backbone: dict[str, Any], device: str = "auto") -> None:
+        from cbir.features import BackboneSpec, build_backbone, preprocessing, resolve_device
+
+        self.spec = BackboneSpec.from_config(backbone)
+        self.device = resolve_device(device)
+        self.network = build_backbone(self.spec).to(self.device)
+        self.transform = preprocessing(self.spec, self.network)
+        self._lock = threading.Lock()
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The network's input tensor (3 x size x size) for a decoded RGB image."""
+        return self.transform(image)
+
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        """Features (batch, dim) of preprocessed images, one forward pass at a time."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            return self.network(batch.to(self.device)).float().cpu().numpy()
+
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        """Features (dim,) of one decoded RGB image."""
+        return self.forward(self.preprocess(image)[None])[0]
+
+    def embed_paths(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str | None]]:
+        """Features of each image file; unreadable images get a row of NaN and an error message."""
+        from cbir.data import load_rgb_image
+
+        rows: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for path in paths:
+            try:
+                tensor = self.preprocess(load_rgb_image(path))
+            except Exception as error:  # PIL raises many types for a bad file
+                rows.append(None)
+                errors.append(f"cannot read '{path}' as an image: {type(error).__name__}: {error}")
+                continue
+            rows.append(self.forward(tensor[None])[0])
+            errors.append(None)
+        dim = next((len(r) for r in rows if r is not None), 0)
+        features = np.full((len(paths), dim), np.nan, dtype=np.float32)
+        for i, row in enumerate(rows):
+            if row is not None:
+                features[i] = row
+        return features, errors
+
+
 def embed_images(
     paths: Sequence[Path], backbone: dict[str, Any], device: str = "auto"
 ) -> tuple[np.ndarray, list[str | None]]:
     """Backbone features of each image; unreadable images get a row of NaN and an error message."""
-    import torch
-
-    from cbir.data import load_rgb_image
-    from cbir.features import BackboneSpec, build_backbone, preprocessing, resolve_device
-
-    spec = BackboneSpec.from_config(backbone)
-    network = build_backbone(spec)
-    torch_device = resolve_device(device)
-    network = network.to(torch_device)
-    transform = preprocessing(spec, network)
-    rows: list[np.ndarray | None] = []
-    errors: list[str | None] = []
-    for path in paths:
-        try:
-            image = transform(load_rgb_image(path))
-        except Exception as error:  # PIL raises many types for a bad file
-            rows.append(None)
-            errors.append(f"cannot read '{path}' as an image: {type(error).__name__}: {error}")
-            continue
-        with torch.inference_mode():
-            rows.append(network(image[None].to(torch_device)).float().cpu().numpy()[0])
-        errors.append(None)
-    dim = next((len(r) for r in rows if r is not None), 0)
-    features = np.full((len(paths), dim), np.nan, dtype=np.float32)
-    for i, row in enumerate(rows):
-        if row is not None:
-            features[i] = row
-    return features, errors
+    return Embedder(backbone, device).embed_paths(paths)
 
 
 def search_features(
-    model: QueryModel, features: np.ndarray, top_k: int = 5, modes: Sequence[str] = QUERY_MODES
+    model: QueryModel,
+    features: np.ndarray,
+    top_k: int = 5,
+    modes: Sequence[str] = QUERY_MODES,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Predicted class and top-k results per mode for each row of raw backbone features."""
+    """Predicted class and top-k results per mode for each row of raw backbone features.
+
+    ``timings``, when given, receives the milliseconds of each step: ``project_predict`` and
+    ``search_<mode>``.
+    """
     if features.shape[1] != model.feature_dim:
         raise QueryError(
             f"query features have {features.shape[1]} dimensions but the model in '{model.folder}' expects "
             f"{model.feature_dim}: the model was built with backbone {model.backbone}"
         )
+    steps = timings if timings is not None else {}
+    start = time.perf_counter()
     reduced = model.cell.projection.transform(features)
     probabilities = model.cell.mlp.predict_proba(reduced)
     predicted = model.cell.mlp.classes[np.argmax(probabilities, axis=1)]
+    steps["project_predict"] = (time.perf_counter() - start) * 1e3
     searchers = model.cell.searchers()
-    found = {mode: searchers[mode](reduced, predicted, top_k) for mode in modes}
+    found = {}
+    for mode in modes:
+        start = time.perf_counter()
+        found[mode] = searchers[mode](reduced, predicted, top_k)
+        steps[f"search_{mode}"] = (time.perf_counter() - start) * 1e3
     answers = []
     for row in range(len(features)):
         answer: dict[str, Any] = {
@@ -194,10 +249,10 @@ def search_features(
 
 
 def query_images(model: QueryModel, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = QUERY_MODES,
-                 device: str = "auto") -> list[dict[str, Any]]:  # fmt: skip
+                 device: str = "auto", embedder: Embedder | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run image files or folders through the model; unreadable images are reported, not fatal."""
     paths = collect_query_paths(arguments)
-    features, errors = embed_images(paths, model.backbone, device)
+    features, errors = (embedder or Embedder(model.backbone, device)).embed_paths(paths)
     readable = [i for i, error in enumerate(errors) if error is None]
     answers: list[dict[str, Any]] = [{"query": str(p)} for p in paths]
     if readable:

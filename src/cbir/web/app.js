@@ -1,0 +1,248 @@
+"use strict";
+// The cbir search page: load the model's description, then search with an uploaded or a test image.
+
+const MODES = ["clustered", "class", "global"];
+const STEPS = [
+  ["decode", "decode"],
+  ["preprocess", "preprocess"],
+  ["forward", "CNN forward"],
+  ["project_predict", "projection + prediction"],
+  ["search_clustered", "search with clustering"],
+  ["search_class", "search without clustering"],
+  ["search_global", "search all images"],
+  ["total", "total (server)"],
+];
+const state = { model: null, preview: null, busy: false };
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function errorText(body, response) {
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail)) return body.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+  return `${response.status} ${response.statusText}`;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  if (!response.ok) throw new Error(errorText(body, response));
+  return body;
+}
+
+function formatBytes(n) {
+  return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(1)} MB` : `${Math.round(n / 1024)} KB`;
+}
+
+function setStatus(text) {
+  byId("status").textContent = text;
+}
+
+function showError(text) {
+  const box = byId("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function addEntry(list, term, value) {
+  list.append(element("dt", "", term), element("dd", "", String(value)));
+}
+
+function metricLabel(key, titles) {
+  let match = key.match(/^(map|precision)_at_(\d+)_(\w+)$/);
+  if (match && titles[match[3]]) return `${match[1] === "map" ? "mAP" : "P"}@${match[2]} ${titles[match[3]]}`;
+  match = key.match(/^map_(\w+)$/);
+  if (match && titles[match[1]]) return `mAP ${titles[match[1]]}`;
+  return key === "accuracy" ? "classification accuracy" : null;
+}
+
+function renderModel(model) {
+  state.model = model;
+  byId("model-title").textContent = `${model.dataset} · ${model.backbone} · split ${model.split} · PCA ${model.pca} · k = ${model.k}`;
+  const info = byId("model-info");
+  info.replaceChildren();
+  addEntry(info, "dataset", model.dataset);
+  addEntry(info, "backbone", model.backbone);
+  addEntry(info, "network", `${model.arch}, ${model.pooling} pooling, ${model.image_size} px`);
+  addEntry(info, "split", model.split);
+  addEntry(info, "PCA size", model.pca === "original" ? `original (${model.reduced_dim})` : model.pca);
+  addEntry(info, "k (clusters per class)", model.k);
+  addEntry(info, "gallery size", model.gallery_size);
+  addEntry(info, "test images", model.test_images);
+  addEntry(info, "classes", model.classes.length);
+  addEntry(info, "distance", model.metric);
+  const metrics = byId("model-metrics");
+  metrics.replaceChildren();
+  for (const key of Object.keys(model.metrics)) {
+    const label = metricLabel(key, model.modes);
+    if (label) addEntry(metrics, label, model.metrics[key].toFixed(3));
+  }
+  if (!metrics.children.length) addEntry(metrics, "metrics", "no metrics file in the model folder");
+  byId("max-upload").textContent = formatBytes(model.max_upload_bytes);
+  byId("top-k").value = model.top_k;
+  byId("top-k").max = model.max_top_k;
+}
+
+function renderTestImages(images) {
+  const select = byId("test-select");
+  select.replaceChildren();
+  for (const image of images) {
+    const option = element("option", "", `${image.id} (${image.class})`);
+    option.value = image.id;
+    select.append(option);
+  }
+  byId("test-search").disabled = images.length === 0;
+  if (!images.length) select.append(element("option", "", "no test images known"));
+}
+
+function tile(result) {
+  const verdict = result.correct === null ? "" : result.correct ? "right" : "wrong";
+  const item = element("li", `tile ${verdict}`.trim());
+  item.dataset.id = result.id;
+  const image = element("img");
+  image.src = result.thumbnail;
+  image.alt = `${result.class} (${result.id})`;
+  image.loading = "lazy";
+  const meta = element("div", "meta");
+  meta.append(
+    element("span", "rank", `#${result.rank}`),
+    element("span", "class", result.class),
+    element("span", "distance", result.distance.toFixed(4)),
+  );
+  if (verdict) {
+    const marker = element("span", "marker", result.correct ? "✓" : "✗");
+    marker.title = result.correct ? "right class" : "wrong class";
+    meta.append(marker);
+  }
+  item.append(image, meta);
+  return item;
+}
+
+function renderAnswer(answer, previewUrl) {
+  const query = answer.query;
+  byId("query-image").src = previewUrl;
+  byId("query-name").textContent = `${query.name} · ${query.width}×${query.height}` + (query.true_class ? ` · class ${query.true_class}` : "");
+  const prediction = byId("prediction");
+  prediction.replaceChildren(
+    element("span", "", "predicted class "),
+    element("strong", "predicted", answer.predicted_class),
+    element("span", "", ` with probability ${answer.probability.toFixed(3)}`),
+  );
+  if (answer.prediction_correct !== null) {
+    prediction.append(element("span", answer.prediction_correct ? "verdict right" : "verdict wrong",
+      answer.prediction_correct ? " ✓ right" : " ✗ wrong"));
+  }
+  const rows = byId("timings").tBodies[0];
+  rows.replaceChildren();
+  for (const [key, label] of STEPS) {
+    if (!(key in answer.timings_ms)) continue;
+    const row = element("tr");
+    row.dataset.step = key;
+    row.append(element("th", "", label), element("td", "", `${answer.timings_ms[key].toFixed(1)} ms`));
+    rows.append(row);
+  }
+  for (const mode of MODES) {
+    const list = byId(`results-${mode}`);
+    list.replaceChildren(...(answer.results[mode] || []).map(tile));
+    if (!list.children.length) list.append(element("li", "empty muted", "no results"));
+  }
+  byId("results").hidden = false;
+  document.body.dataset.state = "done";
+}
+
+async function search(form, previewUrl, label) {
+  if (state.busy) return;
+  state.busy = true;
+  document.body.dataset.state = "busy";
+  showError("");
+  setStatus(`searching with ${label}…`);
+  form.append("top_k", byId("top-k").value || state.model.top_k);
+  const started = performance.now();
+  try {
+    const answer = await api("/api/query", { method: "POST", body: form });
+    renderAnswer(answer, previewUrl);
+    setStatus(`${label}: ${(performance.now() - started).toFixed(0)} ms in the browser, ${answer.timings_ms.total.toFixed(1)} ms on the server`);
+  } catch (error) {
+    document.body.dataset.state = "error";
+    setStatus("");
+    showError(`Cannot search with ${label}: ${error.message}`);
+  } finally {
+    state.busy = false;
+  }
+}
+
+function searchFile(file) {
+  if (!file) return;
+  if (state.model && file.size > state.model.max_upload_bytes) {
+    document.body.dataset.state = "error";
+    showError(`${file.name} is ${formatBytes(file.size)}, over the limit of ${formatBytes(state.model.max_upload_bytes)}`);
+    return;
+  }
+  if (state.preview) URL.revokeObjectURL(state.preview);
+  state.preview = URL.createObjectURL(file);
+  const form = new FormData();
+  form.append("image", file, file.name);
+  search(form, state.preview, file.name);
+}
+
+function searchTestImage() {
+  const id = byId("test-select").value;
+  if (!id) return;
+  const form = new FormData();
+  form.append("test_id", id);
+  const option = byId("test-select").selectedOptions[0];
+  search(form, `/api/images/${id.split("/").map(encodeURIComponent).join("/")}`, option ? option.textContent : id);
+}
+
+function wireDropZone() {
+  const zone = byId("drop-zone");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) zone.addEventListener(name, () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = event.dataTransfer ? event.dataTransfer.files : [];
+    if (files.length) searchFile(files[0]);
+    else showError("Drop an image file (nothing usable was dropped)");
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") byId("file-input").click();
+  });
+  // a file dropped next to the zone must not make the browser navigate away
+  for (const name of ["dragover", "drop"]) window.addEventListener(name, (event) => event.preventDefault());
+}
+
+async function start() {
+  wireDropZone();
+  byId("file-input").addEventListener("change", (event) => {
+    searchFile(event.target.files[0]);
+    event.target.value = "";
+  });
+  byId("test-search").addEventListener("click", searchTestImage);
+  try {
+    renderModel(await api("/api/model"));
+    renderTestImages(await api("/api/test-images"));
+    document.body.dataset.state = "ready";
+  } catch (error) {
+    showError(`Cannot load the model description: ${error.message}`);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);

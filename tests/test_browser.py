@@ -1,0 +1,156 @@
+"""The `cbir serve` page end to end in headless Chromium (Debian's chromium, driven by Playwright).
+
+The page is served by uvicorn on 127.0.0.1; the test uploads an image with the file picker,
+drops one on the drop zone, searches a test image and checks the result tiles. Without Chromium
+or Playwright the test is skipped with the reason; with CBIR_REQUIRE_BROWSER=1 (set by CI in
+`.ci/run`, which installs chromium) it fails instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.workflow
+CELL = "results/tiny/lite/80-20/8"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+TOP_K = 4
+TIMEOUT_MS = 60_000
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("CBIR_CHROMIUM")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    return next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None)
+
+
+def browser_problem() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install -r requirements-test.txt)"
+    if chromium_path() is None:
+        return "no Chromium at /usr/bin/chromium (apt-get install chromium chromium-driver, or set CBIR_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    problem = browser_problem()
+    if problem is not None:
+        if os.environ.get("CBIR_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test is required (CBIR_REQUIRE_BROWSER=1) but cannot run: {problem}")
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser, finished_run):
+    from cbir.serve import ServeSettings, create_app, serve_in_thread
+
+    root, _ = finished_run
+    app = create_app(ServeSettings(model=root / CELL, top_k=TOP_K))
+    with serve_in_thread(app, "127.0.0.1") as url:
+        yield url, app.state.served
+
+
+def wait_for_results(page) -> None:
+    page.wait_for_selector("body[data-state='done'], body[data-state='error']", timeout=TIMEOUT_MS)
+    assert page.get_attribute("body", "data-state") == "done", page.inner_text("#error")
+
+
+def tiles(page, mode: str) -> list[dict[str, str]]:
+    return page.eval_on_selector_all(
+        f"#results-{mode} .tile",
+        """tiles => tiles.map(t => ({id: t.dataset.id, cls: t.querySelector('.class').textContent,
+                                     distance: t.querySelector('.distance').textContent,
+                                     img: t.querySelector('img').naturalWidth, verdict: t.className}))""",
+    )
+
+
+def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_path: Path):
+    url, served = server
+    root, _ = finished_run
+    classes = set(served.model.class_names)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-state='ready']", timeout=TIMEOUT_MS)
+    info = page.inner_text("#model-panel")
+    for shown in ("tiny", "lite", "80-20", "gallery size", "24", "classification accuracy", "mAP@5"):
+        assert shown in info, shown
+    assert page.eval_on_selector_all("#test-select option", "o => o.length") == len(served.test_ids)
+
+    # 1. the file picker: a red image from disk
+    query = root / "data/tiny/red/003.png"
+    page.set_input_files("#file-input", str(query))
+    wait_for_results(page)
+    image = {"name": "q.png", "mimeType": "image/png", "buffer": query.read_bytes()}
+    expected = page.request.post(url + "/api/query", multipart={"image": image, "top_k": str(TOP_K)}).json()
+    assert page.inner_text(".predicted") == expected["predicted_class"] == "red"
+    for mode in ("clustered", "class", "global"):
+        shown = tiles(page, mode)
+        assert [t["id"] for t in shown] == [r["id"] for r in expected["results"][mode]], mode
+        assert all(t["cls"] in classes and t["img"] > 0 for t in shown), shown  # thumbnails loaded
+        assert all("right" not in t["verdict"] and "wrong" not in t["verdict"] for t in shown)  # label unknown
+    assert len(tiles(page, "class")) == TOP_K and len(tiles(page, "global")) == TOP_K
+    assert 1 <= len(tiles(page, "clustered")) <= TOP_K
+    assert {row for row in page.eval_on_selector_all("#timings tr", "rows => rows.map(r => r.dataset.step)")} >= {
+        "decode", "forward", "project_predict", "search_clustered", "search_class", "total"}  # fmt: skip
+    page.screenshot(path=str(tmp_path / "cbir-serve.png"), full_page=True)
+    assert (tmp_path / "cbir-serve.png").stat().st_size > 10_000
+
+    # 2. drag and drop: a green image
+    data = base64.b64encode((root / "data/tiny/green/002.png").read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], 'dropped-green.png', {type: 'image/png'}));
+                    return transfer; }""",
+        data,
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("() => document.querySelector('#query-name').textContent.includes('dropped-green.png')")
+    wait_for_results(page)
+    assert page.inner_text(".predicted") == "green"
+    assert {t["cls"] for t in tiles(page, "class")} == {"green"}
+
+    # 3. a test image: its class is known, so every tile is marked right or wrong
+    test_id = served.test_ids[0]
+    page.select_option("#test-select", test_id)
+    page.click("#test-search")
+    page.wait_for_function(f"() => document.querySelector('#query-name').textContent.startsWith({test_id!r})")
+    wait_for_results(page)
+    truth = served.images[test_id].class_name
+    for mode in ("clustered", "class", "global"):
+        for tile in tiles(page, mode):
+            assert ("right" in tile["verdict"]) == (tile["cls"] == truth), tile
+            assert ("wrong" in tile["verdict"]) == (tile["cls"] != truth), tile
+    assert page.inner_text("#prediction").endswith(("✓ right", "✗ wrong"))
+    page.screenshot(path=str(tmp_path / "cbir-serve-test-image.png"), full_page=True)
+    if os.environ.get("CBIR_SCREENSHOT"):
+        shutil.copy(tmp_path / "cbir-serve-test-image.png", os.environ["CBIR_SCREENSHOT"])
+
+    # 4. a file that is not an image: the server's message is shown, and the page keeps working
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#file-input", str(notes))
+    page.wait_for_selector("#error:not([hidden])", timeout=TIMEOUT_MS)
+    assert "content type is 'text/plain'" in page.inner_text("#error")
+    page.set_input_files("#file-input", str(query))
+    wait_for_results(page)
+    assert page.is_hidden("#error")
+    assert not problems, problems
+    page.close()
