@@ -8,6 +8,7 @@ from PIL import Image
 
 from cbir.data import (
     DatasetError,
+    count_class_files,
     load_rgb_image,
     make_split,
     read_manifest,
@@ -17,6 +18,8 @@ from cbir.data import (
     write_manifest,
     write_sklearn_digits,
 )
+
+from conftest import make_image_folder
 
 
 def test_manifest_lists_every_image_with_label_size_and_checksum(image_folder: Path):
@@ -98,3 +101,15 @@ def test_sklearn_digits_become_an_image_folder(tmp_path: Path):
     assert count == len(manifest.images) == 1797
     assert manifest.classes == [str(d) for d in range(10)]
     assert (manifest.images["width"] == 16).all()
+
+
+def test_linked_folders_are_followed_and_hidden_folders_ignored(image_folder: Path, tmp_path: Path):
+    elsewhere = make_image_folder(tmp_path / "elsewhere", per_class=2)
+    (image_folder / "red" / "more").symlink_to(elsewhere / "red", target_is_directory=True)
+    (image_folder / "red" / ".cache").mkdir()
+    Image.new("RGB", (4, 4)).save(image_folder / "red" / ".cache" / "thumb.png")
+    manifest = scan_image_folder(image_folder)
+    red = set(manifest.images.loc[manifest.images["class_name"] == "red", "id"])
+    assert {"red/more/000.png", "red/more/001.png"} <= red and len(red) == 12
+    assert not any(".cache" in i for i in manifest.images["id"]) and manifest.excluded.empty
+    assert count_class_files(image_folder) == [10, 10, 12]  # blue, green, red: what the config check counts

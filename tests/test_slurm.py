@@ -152,18 +152,22 @@ def test_workflow_runs_as_slurm_jobs_and_matches_the_local_run(slurm_cluster, fi
 
 
 def test_a_failing_rule_ends_the_run_with_an_error(slurm_cluster, finished_run, tmp_path: Path):
-    """fit_pca fails under SLURM (a PCA size above the training set): the run stops, it does not hang."""
+    """fit_pca fails under SLURM (a PCA size above its sample of training images): the run stops, it does not hang.
+
+    (A PCA size above the whole training set is refused before any job: that cannot fail a job.)
+    """
     local, config = finished_run
     copy = tmp_path / "copy"
     shutil.copytree(local, copy, symlinks=True)  # features, splits and their metadata: only fit_pca runs
-    config = {**config, "grid": {**config["grid"], "pca": [4, 100]}}
+    config = {**config, "grid": {**config["grid"], "pca": [4, 8]},
+              "pca_fit": {"exact_max_images": 1, "large_method": "sample", "sample_size": 2}}  # fmt: skip
     result = run_on_slurm(copy, write_config(copy / "failing.yaml", config), str(CELL / "pca_basis.h5"), limit=300)
     _assert_finished_in_time(result)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "Error in rule fit_pca" in output
     log = (copy / "results/logs/fit_pca/tiny_lite_80-20.log").read_text()
-    assert "PCA size 100 exceeds" in log
+    assert "PCA size 8 exceeds the PCA sample of 2 images" in log
     job = JOB_ID.search(log).group(1)
     assert job.isdigit()
     assert sacct_states([job]) == {job: "FAILED"}

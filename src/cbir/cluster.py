@@ -20,7 +20,8 @@ class IntraClassClusters:
     """Centroids of every class's clusters, and each training image's cluster.
 
     ``centroid_labels[c]`` is the class of centroid ``c``; ``assignments[i]`` is the centroid
-    index of training image ``i``.
+    index of training image ``i``. ``capped`` maps each class with fewer training images than k
+    to the number of clusters it got (one per image).
     """
 
     centroids: np.ndarray
@@ -29,6 +30,11 @@ class IntraClassClusters:
     n_iter: dict[int, int] = field(default_factory=dict)
     converged: dict[int, bool] = field(default_factory=dict)
     methods: dict[int, str] = field(default_factory=dict)
+    capped: dict[int, int] = field(default_factory=dict)
+
+    def clusters_per_class(self) -> dict[int, int]:
+        labels, counts = np.unique(self.centroid_labels, return_counts=True)
+        return {int(label): int(count) for label, count in zip(labels, counts, strict=True)}
 
 
 KMEANS_METHODS = ("exact", "minibatch", "auto")
@@ -48,6 +54,9 @@ def fit_intra_class_kmeans(
 ) -> IntraClassClusters:
     """k-means with ``k`` clusters per class; a class with fewer than k images gets one per image.
 
+    That cap is what a user expects from a small class (every image its own cluster, the search
+    still works); it is warned about and recorded in ``capped`` (and the saved file's attributes).
+
     ``method``: ``exact`` (the default, the paper's) runs Lloyd's k-means on every class;
     ``minibatch`` runs MiniBatchKMeans (batches of ``batch_size`` images) on every class;
     ``auto`` runs exact k-means on classes of up to ``exact_max_images`` training images and
@@ -61,11 +70,12 @@ def fit_intra_class_kmeans(
     labels = np.asarray(labels)
     centroids, centroid_labels = [], []
     assignments = np.empty(len(labels), dtype=np.int64)
-    n_iter, converged, methods = {}, {}, {}
+    n_iter, converged, methods, capped = {}, {}, {}, {}
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         n_clusters = min(k, len(members))
         if n_clusters < k:
+            capped[int(label)] = n_clusters
             warnings.warn(
                 f"class {label} has {len(members)} training image(s), fewer than k={k}: using {n_clusters} cluster(s)",
                 stacklevel=2,
@@ -91,6 +101,7 @@ def fit_intra_class_kmeans(
         n_iter=n_iter,
         converged=converged,
         methods=methods,
+        capped=capped,
     )
 
 
@@ -107,6 +118,9 @@ def save_clusters(path: str | Path, clusters: IntraClassClusters, ids: np.ndarra
             "n_iter": {str(k): v for k, v in clusters.n_iter.items()},
             "converged": {str(k): v for k, v in clusters.converged.items()},
             "methods": {str(k): v for k, v in clusters.methods.items()},
+            "clusters_per_class": {str(k): v for k, v in clusters.clusters_per_class().items()},
+            # classes with fewer training images than k: their number of clusters
+            "k_capped": {str(k): v for k, v in clusters.capped.items()},
             **attrs,
         },
     )
@@ -121,5 +135,6 @@ def load_clusters(path: str | Path) -> tuple[IntraClassClusters, np.ndarray, dic
         n_iter={int(k): v for k, v in attrs.get("n_iter", {}).items()},
         converged={int(k): v for k, v in attrs.get("converged", {}).items()},
         methods={int(k): v for k, v in attrs.get("methods", {}).items()},
+        capped={int(k): int(v) for k, v in attrs.get("k_capped", {}).items()},
     )
     return clusters, arrays["train_ids"], attrs

@@ -143,6 +143,106 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             problems.append(f"config key 'datasets.{name}.path': required when source is 'folder'")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    problems = pca_size_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# Channels of the layer each architecture's features come from (README, "Backbones and weights").
+FEATURE_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280}
+# Images per digit (0..9) in scikit-learn's bundled digits (load_digits), 1797 in all.
+DIGITS_CLASS_SIZES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+CIFAR10_CLASS_SIZES = {"all": (6000,) * 10, OFFICIAL: (5000,) * 10}
+
+
+def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
+    """The feature dimension a backbone entry gives, where it is known without running the network.
+
+    Pooled features (avg, gem) have one value per channel; VGG16's unpooled block-5 map is
+    512 x (size // 32)^2. EfficientNet-Lite0's unpooled map size depends on its fixed padding
+    and is known only after extraction (None).
+    """
+    channels = FEATURE_CHANNELS.get(backbone["arch"])
+    if channels is None:
+        return None
+    if backbone.get("pooling", "none") != "none":
+        return channels
+    if backbone["arch"] == "vgg16":
+        return channels * (int(backbone.get("image_size", 224)) // 32) ** 2
+    return None
+
+
+def class_sizes_bound(config: Mapping[str, Any], dataset: str, split: str) -> tuple[list[int], str] | None:
+    """Images per class of a dataset as known before its manifest is built, and where that is known from.
+
+    Counted for an image folder (files with an image extension: some may still be excluded),
+    declared for the paper's datasets (n_classes x images_per_class; CIFAR-10's official
+    counts), fixed for scikit-learn's digits. None where unknown: VOC 2012, a folder not there yet.
+    """
+    from cbir.data import count_class_files
+    from cbir.datasets import CIFAR10, DIGITS, FOLDER, INDEXED_SOURCES, data_dir, indexed_spec
+
+    entry = config["datasets"][dataset]
+    source = entry["source"]
+    if source == DIGITS:
+        return list(DIGITS_CLASS_SIZES), "scikit-learn's digits"
+    if source == CIFAR10:
+        return list(CIFAR10_CLASS_SIZES[OFFICIAL if split == OFFICIAL else "all"]), "CIFAR-10"
+    if source in INDEXED_SOURCES:
+        spec = indexed_spec(source, entry)
+        return [spec.images_per_class] * spec.n_classes, f"{spec.n_classes} classes x {spec.images_per_class}"
+    folder = data_dir(dataset_root(config, dataset), entry)
+    if source == FOLDER and folder.is_dir():
+        return count_class_files(folder), f"image files in '{folder}'"
+    return None
+
+
+def max_train_images(config: Mapping[str, Any], dataset: str, split: str) -> tuple[int, str] | None:
+    """At most how many training images a split of a dataset has (None when unknown before the manifest)."""
+    from cbir.data import train_count
+
+    bound = class_sizes_bound(config, dataset, split)
+    if bound is None:
+        return None
+    sizes, source = bound
+    if split == OFFICIAL:
+        return sum(sizes), source
+    fraction = parse_split(split)
+    return sum(train_count(n, fraction) for n in sizes if n > 0), source
+
+
+def pca_size_problems(config: Mapping[str, Any]) -> list[str]:
+    """PCA sizes larger than a training set or a feature dimension, where these are known before any job.
+
+    A PCA basis has at most min(training images, feature dimension) axes. Sizes not caught here
+    (EfficientNet-Lite0 unpooled, VOC 2012) stop the PCA job with the same explanation.
+    """
+    grid = config["grid"]
+    sizes = [(i, int(p)) for i, p in enumerate(grid["pca"]) if p != ORIGINAL]
+    if not sizes:
+        return []
+    problems = []
+    for backbone in grid["backbones"]:
+        dim = static_feature_dim(config["backbones"][backbone])
+        for i, size in sizes:
+            if dim is not None and size > dim:
+                problems.append(
+                    f"config key 'grid.pca[{i}]': {size} is larger than the feature dimension {dim} of backbone "
+                    f"'{backbone}' (allowed: 1..{dim} or original)"
+                )
+    for dataset in grid["datasets"]:
+        known = [(split, max_train_images(config, dataset, split)) for split in grid["splits"]]
+        known = [(split, bound) for split, bound in known if bound is not None and bound[0] > 0]
+        if not known:  # unknown before the manifest, or no image there yet (the manifest says so)
+            continue
+        split, (n_train, source) = min(known, key=lambda item: item[1][0])
+        for i, size in sizes:
+            if size > n_train:
+                problems.append(
+                    f"config key 'grid.pca[{i}]': {size} is larger than the training set of dataset '{dataset}' "
+                    f"at split {split}: at most {n_train} images ({source}) (allowed: 1..{n_train} or original)"
+                )
+    return problems
 
 
 def parse_split(split: str) -> float:

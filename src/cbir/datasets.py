@@ -57,9 +57,9 @@ from cbir.data import (
     MANIFEST_COLUMNS,
     DatasetError,
     Manifest,
-    _unreadable_reason,
     file_sha256,
     scan_image_folder,
+    unreadable_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ def image_record(path: Path, image_id: str, label: int, class_name: str) -> dict
     """The manifest row of one image, or the reason it cannot be used."""
     if not path.is_file():
         return "file is missing"
-    reason = _unreadable_reason(path)
+    reason = unreadable_reason(path)
     if reason:
         return reason
     with Image.open(path) as image:

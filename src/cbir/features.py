@@ -18,7 +18,7 @@ from torchvision.transforms import v2 as transforms
 from tqdm import tqdm
 
 from cbir.data import load_rgb_image
-from cbir.io import STRING_DTYPE, atomic_path, library_versions, write_attrs
+from cbir.io import STRING_DTYPE, atomic_path, library_versions, terminate_cleanly, write_attrs
 from cbir.shards import ShardPlan, read_manifest_rows
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,8 @@ def extract_to_hdf5(
     """Run every image once through the backbone and stream the features into ``out_path``.
 
     Rows are written batch by batch into a chunked dataset, so memory does not grow with the
-    number of images; the file appears under its final name only once complete.
+    number of images; the file appears under its final name only once complete (and with the
+    ``complete`` attribute): an interrupted extraction leaves nothing under that name.
     """
     network = build_backbone(spec, seed=seed)
     dim = feature_dim(network, spec.image_size)
@@ -278,7 +279,8 @@ def extract_to_hdf5(
         torch_device,
         precision,
     )
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+    # SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds, and the partial file goes
+    with terminate_cleanly(), atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         features = f.create_dataset("features", shape=(len(paths), dim), dtype=dtype, chunks=(rows_per_chunk, dim))
         f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STRING_DTYPE)
         f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING_DTYPE)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,6 +22,9 @@ import h5py
 import numpy as np
 
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
+PARTIAL_MARK = ".partial-"  # temporary files are named .<name>.partial-<pid>
+
+log = logging.getLogger(__name__)
 
 
 def library_versions() -> dict[str, str]:
@@ -30,6 +37,8 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "h5py": h5py.__version__,
         "scikit-learn": metadata.version("scikit-learn"),
+        "pandas": metadata.version("pandas"),
+        "pillow": metadata.version("pillow"),
     }
     # torch is slow to import: record it only where the stage already uses it
     for name in ("torch", "torchvision"):
@@ -42,11 +51,14 @@ def library_versions() -> dict[str, str]:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling path (file or folder) that becomes ``path`` only if the block succeeds.
 
-    A killed or failing job therefore never leaves a half-written file under the final name.
+    A killed or failing job therefore never leaves a half-written file under the final name. A
+    job killed outright (SIGKILL, power loss) leaves its temporary file behind: the next write of
+    the same path removes it (see :func:`remove_stale_partials`).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    remove_stale_partials(final)
+    tmp = final.with_name(f".{final.name}{PARTIAL_MARK}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, final)
@@ -55,6 +67,72 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+
+def partial_paths(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files (or folders) left by writes of ``path`` that did not finish."""
+    final = Path(path)
+    return sorted(final.parent.glob(f".{glob.escape(final.name)}{PARTIAL_MARK}*"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files of ``path`` whose writer is gone; returns what was removed.
+
+    Only one job writes an output at a time (Snakemake locks its outputs), so a temporary file
+    whose process id is not running here is what a killed job left behind.
+    """
+    removed = []
+    for partial in partial_paths(path):
+        pid = partial.name.rpartition(PARTIAL_MARK)[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        removed.append(partial)
+        log.info("removed '%s', left by an interrupted write of '%s'", partial, path)
+    return removed
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM; raised so that ``finally`` blocks and context managers clean up.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` handler takes it for
+    an error of the file being processed.
+    """
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` instead of ending the process at once.
+
+    Python's default on SIGTERM is to die without unwinding, which would leave temporary files
+    behind; this lets :func:`atomic_path` remove them. Only the main thread can install signal
+    handlers; elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_attrs(node: h5py.HLObject, attrs: Mapping[str, Any]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 REQUIRED_FILES = ("projection.h5", "gallery.h5", "classifier.h5")
 QUERY_MODES = ("clustered", "class", "global")
+T = TypeVar("T")
 
 
 class ModelFolderError(ValueError):
@@ -64,6 +65,17 @@ def available_k(folder: Path) -> list[int]:
     )
 
 
+def _read_artifact(path: Path, loader: Callable[[Path], T]) -> T:
+    """Load one artifact; a damaged or foreign file becomes a ModelFolderError naming it."""
+    try:
+        return loader(path)
+    except (OSError, KeyError, ValueError) as error:
+        raise ModelFolderError(
+            f"'{path}' cannot be read as a cbir artifact ({type(error).__name__}: {error}); rerun the workflow "
+            "to rebuild the cell"
+        ) from error
+
+
 def load_query_model(folder: str | Path, k: int | None = None, metric: str = "euclidean") -> QueryModel:
     """Load a grid cell's artifacts, refusing an incomplete folder with the names of what is missing."""
     folder = Path(folder)
@@ -82,19 +94,19 @@ def load_query_model(folder: str | Path, k: int | None = None, metric: str = "eu
         k = ks[0]
     elif k not in ks:
         raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
-    gallery, attrs = load_arrays(folder / "gallery.h5")
+    gallery, attrs = _read_artifact(folder / "gallery.h5", load_arrays)
     backbone_attrs = attrs.get("backbone_attrs")
     if "class_names" not in attrs or not isinstance(backbone_attrs, dict):
         raise ModelFolderError(
             f"'{folder}/gallery.h5' lacks the class names or the backbone settings: it was written by an "
             "older version of cbir; rerun the workflow to rebuild the cell"
         )
-    clusters, cluster_ids, _ = load_clusters(folder / f"clusters_k{k}.h5")
+    clusters, cluster_ids, _ = _read_artifact(folder / f"clusters_k{k}.h5", load_clusters)
     if list(cluster_ids) != list(gallery["ids"]):
         raise ModelFolderError(f"'{folder}/clusters_k{k}.h5' was fitted on other images than the gallery")
     cell = build_models(
-        load_projection(folder / "projection.h5"),
-        load_mlp(folder / "classifier.h5"),
+        _read_artifact(folder / "projection.h5", load_projection),
+        _read_artifact(folder / "classifier.h5", load_mlp),
         gallery["features"],
         gallery["labels"],
         clusters,

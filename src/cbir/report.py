@@ -211,6 +211,49 @@ def write_summary(
     return frame
 
 
+DATASET_COLUMNS = [
+    "dataset", "images", "classes", "smallest_class", "excluded", "excluded_fraction", "empty_classes",
+    "duplicates", "duplicates_across_classes",
+]  # fmt: skip
+
+
+def dataset_counts(name: str, manifest_csv: str | Path, excluded_csv: str | Path, duplicates_csv: str | Path) -> dict:
+    """One row of datasets.csv: images and classes used, files excluded, duplicated content."""
+    from cbir.data import EMPTY_CLASS_REASON, excluded_file_count, read_manifest
+
+    images = read_manifest(manifest_csv)
+    excluded = pd.read_csv(excluded_csv, dtype=str, keep_default_na=False)
+    duplicates = pd.read_csv(duplicates_csv, dtype={"sha256": str, "id": str})
+    n_excluded = excluded_file_count(excluded)
+    per_class = images["class_name"].value_counts()
+    return {
+        "dataset": name,
+        "images": len(images),
+        "classes": len(per_class),
+        "smallest_class": int(per_class.min()) if len(per_class) else 0,
+        "excluded": n_excluded,
+        "excluded_fraction": round(n_excluded / max(1, len(images) + n_excluded), 6),
+        "empty_classes": int((excluded["reason"] == EMPTY_CLASS_REASON).sum()) if len(excluded) else 0,
+        "duplicates": len(duplicates),
+        "duplicates_across_classes": int(duplicates["across_classes"].astype(bool).sum()) if len(duplicates) else 0,
+    }
+
+
+def write_dataset_summary(
+    names: Iterable[str],
+    manifests: Iterable[str | Path],
+    excluded: Iterable[str | Path],
+    duplicates: Iterable[str | Path],
+    out_csv: str | Path,
+) -> pd.DataFrame:
+    """results/summary/datasets.csv: per dataset, what was used, excluded and duplicated."""
+    rows = [dataset_counts(*files) for files in zip(names, manifests, excluded, duplicates, strict=True)]
+    table = pd.DataFrame(rows, columns=DATASET_COLUMNS)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
 def _tile(ax, path: str | None, caption: str, correct: bool | None, size: int = 160) -> None:
     from cbir.data import load_rgb_image
 

@@ -96,7 +96,7 @@ def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.D
     without parsing the other rows."""
     import pandas as pd
 
-    from cbir.data import MANIFEST_COLUMNS
+    from cbir.data import MANIFEST_COLUMNS, check_ids
 
     frame = pd.read_csv(
         manifest_path,
@@ -112,6 +112,7 @@ def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.D
             f"manifest '{manifest_path}' has {start + len(frame)} rows, fewer than the {stop} planned: "
             "it changed after the shards were planned"
         )
+    check_ids(frame["id"], manifest_path)
     return frame
 
 

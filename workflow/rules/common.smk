@@ -120,7 +120,7 @@ def montage_outputs():
 
 def summary_outputs():
     return (
-        ["results/summary/metrics.csv"]
+        ["results/summary/metrics.csv", "results/summary/datasets.csv"]
         + expand("results/summary/{plot}.png", plot=SUMMARY_PLOTS)
         + expand("results/summary/{table}_{split}.{ext}", table=SUMMARY_TABLES, split=config["grid"]["splits"], ext=["csv", "md"])
         + montage_outputs()

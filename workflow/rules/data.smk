@@ -66,7 +66,11 @@ rule cifar10_images:
 
 
 rule manifest:
-    """Index the dataset through its adapter: id, path, label, class, size and checksum of every image."""
+    """Index the dataset through its adapter: id, path, label, class, size and checksum of every image.
+
+    Unusable files go to excluded.csv with the reason; above data.max_excluded_fraction of them,
+    or with fewer than two classes, or with a path outside the dataset folder, the job stops.
+    """
     input:
         manifest_input,
     output:
@@ -77,6 +81,8 @@ rule manifest:
         entry=adapter_options,
         root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
         images=lambda wildcards: f"results/{wildcards.dataset}/images",
+        # where the excluded files are listed when there are too many: the job's outputs are removed
+        rejected=lambda wildcards: f"{LOGS}/manifest/{wildcards.dataset}.excluded.csv",
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     benchmark:
@@ -89,6 +95,26 @@ rule manifest:
         CONDA_ENV
     script:
         "../scripts/build_manifest.py"
+
+
+rule duplicates:
+    """Images whose content (sha256) occurs more than once, and whether the copies are in different classes."""
+    input:
+        manifest="results/{dataset}/manifest.csv",
+    output:
+        duplicates="results/{dataset}/duplicates.csv",
+    log:
+        f"{LOGS}/duplicates/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/duplicates/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/find_duplicates.py"
 
 
 rule split:

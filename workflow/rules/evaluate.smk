@@ -55,10 +55,15 @@ rule evaluate:
 
 
 rule summarize:
-    """metrics.csv, the paper's tables and the new metric tables per split (CSV and Markdown), plots."""
+    """metrics.csv, the paper's tables and the new metric tables per split (CSV and Markdown), plots,
+    and datasets.csv: images, excluded files and duplicates per dataset."""
     input:
         metrics=metrics_files(),
+        manifests=expand("results/{dataset}/manifest.csv", dataset=config["grid"]["datasets"]),
+        excluded=expand("results/{dataset}/excluded.csv", dataset=config["grid"]["datasets"]),
+        duplicates=expand("results/{dataset}/duplicates.csv", dataset=config["grid"]["datasets"]),
     output:
+        datasets="results/summary/datasets.csv",
         metrics=report(
             "results/summary/metrics.csv",
             caption="../report/metrics.rst",
@@ -82,6 +87,7 @@ rule summarize:
         ),
     params:
         splits=config["grid"]["splits"],
+        datasets=config["grid"]["datasets"],
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/summarize.log",

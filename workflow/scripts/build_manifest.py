@@ -5,17 +5,31 @@ from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import write_manifest
-from cbir.datasets import build_manifest
+from cbir.data import accept_manifest, excluded_file_count, write_manifest
+from cbir.datasets import CIFAR10, build_manifest, data_dir
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
-    manifest = build_manifest(smk.params.source, smk.params.entry, Path(smk.params.root), Path(smk.params.images))
+    source, entry, root = smk.params.source, smk.params.entry, Path(smk.params.root)
+    manifest = build_manifest(source, entry, root, Path(smk.params.images))
+    # the folder every image must lie in: CIFAR-10's exported PNGs, or the dataset's files
+    inside = Path(smk.params.images) if source == CIFAR10 else data_dir(root, entry)
+    # read from the config, not a param: changing the limit re-indexes nothing that passed it
+    limit = smk.config["data"]["max_excluded_fraction"]
+    fraction = accept_manifest(manifest, inside, max_excluded_fraction=limit, rejected_csv=smk.params.rejected)
     write_manifest(manifest, smk.output.manifest, smk.output.excluded)
-    logging.getLogger("cbir.manifest").info(
-        "%d images in %d classes, %d excluded", len(manifest.images), len(manifest.classes), len(manifest.excluded)
-    )
+    log = logging.getLogger("cbir.manifest")
+    log.info("%d images in %d classes", len(manifest.images), len(manifest.classes))
+    n_excluded = excluded_file_count(manifest.excluded)
+    if n_excluded:
+        log.warning(
+            "%d file(s) excluded (%.1f%% of the files, limit %g), listed with the reason in %s",
+            n_excluded,
+            100 * fraction,
+            limit,
+            smk.output.excluded,
+        )
 
 
 run_step(snakemake, main)

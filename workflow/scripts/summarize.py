@@ -1,13 +1,30 @@
-"""Gather every grid cell's metrics into the summary tables and plots."""
+"""Gather every grid cell's metrics into the summary tables and plots, and the datasets' counts."""
+
+import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.report import write_summary
+from cbir.report import write_dataset_summary, write_summary
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
     write_summary(smk.input.metrics, smk.output.metrics, smk.params.splits, smk.params.out_dir)
+    table = write_dataset_summary(
+        smk.params.datasets, smk.input.manifests, smk.input.excluded, smk.input.duplicates, smk.output.datasets
+    )
+    log = logging.getLogger("cbir.summarize")
+    for row in table.itertuples():
+        if row.excluded or row.duplicates_across_classes or row.empty_classes:
+            log.warning(
+                "dataset %s: %d file(s) excluded, %d empty class folder(s), %d image(s) duplicated across classes "
+                "(results/%s/excluded.csv, duplicates.csv)",
+                row.dataset,
+                row.excluded,
+                row.empty_classes,
+                row.duplicates_across_classes,
+                row.dataset,
+            )
 
 
 run_step(snakemake, main)

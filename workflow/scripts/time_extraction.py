@@ -5,7 +5,7 @@ import torch
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.data import read_manifest
-from cbir.io import write_json
+from cbir.io import library_versions, write_json
 from cbir.runtime import run_step
 from cbir.timing import time_query_extraction
 
@@ -25,7 +25,8 @@ def main(smk) -> None:
         precision=options["precision"],
         seed=smk.params.seed,
     )
-    write_json(smk.output.timing, timing)
+    # provenance, as in every artifact: the seed and the versions of the libraries that shaped the numbers
+    write_json(smk.output.timing, {**timing, "seed": smk.params.seed, "library_versions": library_versions()})
 
 
 run_step(snakemake, main)
