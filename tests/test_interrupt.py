@@ -144,6 +144,31 @@ def test_a_killed_write_leaves_nothing_under_the_final_name(tmp_path: Path, sig:
     assert target.read_bytes() == b"all of it" and not list(tmp_path.glob(".shard.h5.partial-*"))
 
 
+RULE_STEP = """
+import os, signal, sys, time
+from types import SimpleNamespace
+from cbir.io import atomic_path
+from cbir.runtime import run_step
+
+def step(smk):
+    with atomic_path(sys.argv[1]) as tmp:
+        tmp.write_bytes(b"half of it")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+smk = SimpleNamespace(log=[], rule="fit_pca", wildcards={"split": "80-20"}, threads=1)
+run_step(smk, step)
+"""
+
+
+def test_every_rule_step_cleans_up_when_terminated(tmp_path: Path):
+    """run_step wraps every rule script: SIGTERM unwinds it and its temporary file goes."""
+    target = tmp_path / "pca_basis.h5"
+    result = subprocess.run([sys.executable, "-c", RULE_STEP, str(target)], capture_output=True, timeout=60)
+    assert result.returncode != 0 and b"Terminated: terminated by signal 15" in result.stderr
+    assert not target.exists() and not list(tmp_path.glob(".pca_basis.h5.partial-*"))
+
+
 @pytest.mark.workflow
 def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path: Path):
     data = make_image_folder(tmp_path / "data" / "tiny", per_class=N_SHARDS * SHARD_SIZE // 3)

@@ -24,8 +24,14 @@ def configure_logging(log_path: str | None) -> None:
 
 
 def run_step(smk: Any, step: Callable[[Any], None]) -> None:
-    """Run a rule's step with its log file and its thread budget; log any error before failing."""
+    """Run a rule's step with its log file and its thread budget; log any error before failing.
+
+    SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds the step, so the files it
+    was writing under temporary names are removed rather than left behind.
+    """
     from threadpoolctl import threadpool_limits
+
+    from cbir.io import terminate_cleanly
 
     configure_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"cbir.{smk.rule}")
@@ -38,7 +44,7 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
         os.environ.get("SLURM_JOB_ID", "none"),
     )
     try:
-        with threadpool_limits(limits=smk.threads):
+        with terminate_cleanly(), threadpool_limits(limits=smk.threads):
             step(smk)
     except Exception:
         log.exception("rule %s failed", smk.rule)
