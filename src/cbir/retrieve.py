@@ -75,6 +75,7 @@ def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.n
 # Above this many searched images the candidates are found in float32 and re-ranked in float64.
 FLOAT32_SCREEN_MIN_MEMBERS = 512
 _SCREEN_EXTRA_CANDIDATES = 32
+SCREEN_BLOCK_ELEMENTS = 1 << 24  # float32 distances per block of queries (64 MB)
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
 
@@ -220,9 +221,13 @@ class RetrievalIndex:
         if len(members) < FLOAT32_SCREEN_MIN_MEMBERS or top_k >= len(members):
             squared = squared_distances(queries, self.gallery[members], self._sq_norms[members])
             return _top_k(squared, members, top_k)
-        return _screened_top_k(
-            queries, queries.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k
-        )
+        # a block of queries at a time, so that memory stays bounded for many queries on a large gallery
+        rows = max(1, SCREEN_BLOCK_ELEMENTS // len(members))
+        found = [
+            _screened_top_k(b, b.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k)
+            for b in (queries[i : i + rows] for i in range(0, len(queries), rows))
+        ]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 class FaissSearch:
