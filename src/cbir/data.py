@@ -140,7 +140,7 @@ def scan_image_folder(root: str | Path) -> Manifest:
             if reason:
                 excluded.append({"path": display_path(path), "class_name": class_name, "reason": reason})
             else:
-                found.append(_image_row(path, row_id, len(classes), class_name))
+                found.append(image_row(path, row_id, len(classes), class_name))
         if not found:
             warnings.warn(f"class '{class_name}' in '{root}' has no readable image: left out", stacklevel=2)
             excluded.append({"path": display_path(class_dir), "class_name": class_name, "reason": EMPTY_CLASS_REASON})
@@ -154,7 +154,8 @@ def scan_image_folder(root: str | Path) -> Manifest:
     )
 
 
-def _image_row(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any]:
+def image_row(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any]:
+    """The manifest row of a readable image (size as displayed, after its EXIF orientation)."""
     with _open_within_pixel_limit(path) as image:
         width, height = ImageOps.exif_transpose(image).size
     return {

@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cbir.data import (
     EXCLUDED_COLUMNS,
@@ -58,6 +58,7 @@ from cbir.data import (
     DatasetError,
     Manifest,
     file_sha256,
+    image_row,
     scan_image_folder,
     unreadable_reason,
 )
@@ -441,18 +442,7 @@ def image_record(path: Path, image_id: str, label: int, class_name: str) -> dict
     reason = unreadable_reason(path)
     if reason:
         return reason
-    with Image.open(path) as image:
-        width, height = ImageOps.exif_transpose(image).size
-    return {
-        "id": image_id,
-        "path": str(path),
-        "label": label,
-        "class_name": class_name,
-        "width": width,
-        "height": height,
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
-    }
+    return image_row(path, image_id, label, class_name)
 
 
 def make_manifest(
