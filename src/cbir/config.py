@@ -172,7 +172,7 @@ def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
     return None
 
 
-def class_sizes_bound(config: Mapping[str, Any], dataset: str, split: str) -> tuple[list[int], str] | None:
+def class_sizes_bound(config: Mapping[str, Any], dataset: str, official: bool) -> tuple[list[int], str] | None:
     """Images per class of a dataset as known before its manifest is built, and where that is known from.
 
     Counted for an image folder (files with an image extension: some may still be excluded),
@@ -187,7 +187,7 @@ def class_sizes_bound(config: Mapping[str, Any], dataset: str, split: str) -> tu
     if source == DIGITS:
         return list(DIGITS_CLASS_SIZES), "scikit-learn's digits"
     if source == CIFAR10:
-        return list(CIFAR10_CLASS_SIZES[OFFICIAL if split == OFFICIAL else "all"]), "CIFAR-10"
+        return list(CIFAR10_CLASS_SIZES[OFFICIAL if official else "all"]), "CIFAR-10"
     if source in INDEXED_SOURCES:
         spec = indexed_spec(source, entry)
         return [spec.images_per_class] * spec.n_classes, f"{spec.n_classes} classes x {spec.images_per_class}"
@@ -197,18 +197,14 @@ def class_sizes_bound(config: Mapping[str, Any], dataset: str, split: str) -> tu
     return None
 
 
-def max_train_images(config: Mapping[str, Any], dataset: str, split: str) -> tuple[int, str] | None:
-    """At most how many training images a split of a dataset has (None when unknown before the manifest)."""
+def max_train_images(class_sizes: list[int], split: str) -> int:
+    """At most how many training images a split of a dataset with these class sizes has."""
     from cbir.data import train_count
 
-    bound = class_sizes_bound(config, dataset, split)
-    if bound is None:
-        return None
-    sizes, source = bound
     if split == OFFICIAL:
-        return sum(sizes), source
+        return sum(class_sizes)
     fraction = parse_split(split)
-    return sum(train_count(n, fraction) for n in sizes if n > 0), source
+    return sum(train_count(n, fraction) for n in class_sizes if n > 0)
 
 
 def pca_size_problems(config: Mapping[str, Any]) -> list[str]:
@@ -231,11 +227,20 @@ def pca_size_problems(config: Mapping[str, Any]) -> list[str]:
                     f"'{backbone}' (allowed: 1..{dim} or original)"
                 )
     for dataset in grid["datasets"]:
-        known = [(split, max_train_images(config, dataset, split)) for split in grid["splits"]]
-        known = [(split, bound) for split, bound in known if bound is not None and bound[0] > 0]
+        # a folder dataset is counted once, not once per split
+        bounds = {
+            official: class_sizes_bound(config, dataset, official)
+            for official in {s == OFFICIAL for s in grid["splits"]}
+        }
+        known = [
+            (split, max_train_images(bound[0], split), bound[1])
+            for split in grid["splits"]
+            if (bound := bounds[split == OFFICIAL]) is not None
+        ]
+        known = [item for item in known if item[1] > 0]
         if not known:  # unknown before the manifest, or no image there yet (the manifest says so)
             continue
-        split, (n_train, source) = min(known, key=lambda item: item[1][0])
+        split, n_train, source = min(known, key=lambda item: item[1])
         for i, size in sizes:
             if size > n_train:
                 problems.append(
