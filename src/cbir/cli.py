@@ -19,16 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the class of each query image and list its top-k most similar training images.",
     )
     query.add_argument("images", nargs="+", help="image files or folders of images")
-    query.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
-    query.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
+    add_model_arguments(query)
     query.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
     query.add_argument("--mode", choices=[*QUERY_MODES, "all"], default="all", help="retrieval mode (default all)")
-    query.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
-    query.add_argument("--device", default="auto", help="auto, cpu or cuda")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--montage", metavar="PNG", help="also draw the queries and their results into this image")
     add_serve_parser(commands)
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The grid cell to load and how to run it: shared by query and serve."""
+    parser.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
+    parser.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
+    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -37,15 +42,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="a web page and JSON API to search a trained grid cell with your own image",
         description="Load one grid cell once and serve a search page (/) and a JSON API (/api/..., schema at /docs).",
     )
-    serve.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
+    add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
     serve.add_argument("--top-k", type=int, default=5, help="results per mode unless a request asks (default 5)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels")
-    serve.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
-    serve.add_argument("--device", default="auto", help="auto, cpu or cuda")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads of the CNN forward (default: torch's)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -62,8 +64,9 @@ def run_query(args: argparse.Namespace) -> int:
 
         shown = [a for a in answers if "error" not in a]
         if shown:
-            titles = {"clustered": "with clustering", "class": "without clustering", "global": "all images"}
-            draw_montage(shown, args.montage, {m: titles[m] for m in modes})
+            from cbir.retrieve import MODE_TITLES
+
+            draw_montage(shown, args.montage, {m: MODE_TITLES[m] for m in modes})
     return 1 if any("error" in a for a in answers) else 0
 
 

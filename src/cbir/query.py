@@ -174,10 +174,6 @@ class Embedder:
         with self._lock, torch.inference_mode():
             return self.network(batch.to(self.device)).float().cpu().numpy()
 
-    def embed_image(self, image: Image.Image) -> np.ndarray:
-        """Features (dim,) of one decoded RGB image."""
-        return self.forward(self.preprocess(image)[None])[0]
-
     def embed_paths(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str | None]]:
         """Features of each image file; unreadable images get a row of NaN and an error message."""
         from cbir.data import load_rgb_image
@@ -199,13 +195,6 @@ class Embedder:
             if row is not None:
                 features[i] = row
         return features, errors
-
-
-def embed_images(
-    paths: Sequence[Path], backbone: dict[str, Any], device: str = "auto"
-) -> tuple[np.ndarray, list[str | None]]:
-    """Backbone features of each image; unreadable images get a row of NaN and an error message."""
-    return Embedder(backbone, device).embed_paths(paths)
 
 
 def search_features(

@@ -292,7 +292,9 @@ def draw_montage(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = modes or {"clustered": "with clustering", "class": "without clustering"}
+    from cbir.retrieve import MODE_TITLES
+
+    modes = modes or {mode: MODE_TITLES[mode] for mode in ("clustered", "class")}
     true_classes = true_classes or [None] * len(queries)
     top_k = max((len(q["results"].get(m, [])) for q in queries for m in modes), default=1)
     n_rows = len(queries) * len(modes)

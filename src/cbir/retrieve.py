@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODES = ("clustered", "class", "global")
+# how the page, the montages and the CLI name each mode
+MODE_TITLES = {"clustered": "with clustering", "class": "without clustering", "global": "all images"}
 METRICS = ("euclidean", "cosine")
 
 

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
 from cbir.query import QUERY_MODES, Embedder, QueryModel, available_k, load_query_model, search_features
+from cbir.retrieve import MODE_TITLES
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -37,7 +38,6 @@ MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file, o
 MAX_TOP_K = 50
 THUMBNAIL_PIXELS = 160
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
-MODE_TITLES = {"clustered": "with clustering", "class": "without clustering", "global": "all images"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
