@@ -113,6 +113,16 @@ def test_speed_settings_do_not_re_extract_the_features(finished_run):
     assert planned_jobs(result).get("gather_features") == 1  # the stored features change
 
 
+def test_a_retrieval_setting_reruns_only_the_jobs_that_read_it(finished_run):
+    root, config = finished_run
+    fewer = {**config, "retrieval": {"montage_queries": 2}}
+    jobs = planned_jobs(run_snakemake(root, write_config(root / "montage.yaml", fewer), "-n"))
+    assert jobs.get("montage") == 1 and "evaluate" not in jobs
+    wider = {**config, "retrieval": {"faiss": {"nprobe": 8}}}
+    jobs = planned_jobs(run_snakemake(root, write_config(root / "nprobe.yaml", wider), "-n"))
+    assert jobs.get("evaluate") == 3 and "montage" not in jobs
+
+
 def test_no_test_image_influences_any_fitted_model(finished_run, tmp_path: Path):
     """Replace the test images' features with noise: every fitted model stays bit-identical."""
     root, config = finished_run

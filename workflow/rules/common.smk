@@ -125,3 +125,8 @@ def summary_outputs():
         + expand("results/summary/{table}_{split}.{ext}", table=SUMMARY_TABLES, split=config["grid"]["splits"], ext=["csv", "md"])
         + montage_outputs()
     )
+
+
+def retrieval_settings(*keys):
+    """Only the retrieval settings that a job reads, so that changing any other one does not rerun it."""
+    return {key: config["retrieval"][key] for key in keys}

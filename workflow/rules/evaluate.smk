@@ -38,7 +38,7 @@ rule evaluate:
     output:
         metrics=f"{CELL}/metrics_k{{k}}.json",
     params:
-        retrieval=config["retrieval"],
+        retrieval=retrieval_settings("top_k", "metric", "faiss"),
         seed=SEED,
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
@@ -123,7 +123,7 @@ rule montage:
         cell=montage_cell,
         k=config["grid"]["k"][0],
         n_queries=config["retrieval"]["montage_queries"],
-        retrieval=config["retrieval"],
+        retrieval=retrieval_settings("top_k", "metric"),
     log:
         f"{LOGS}/montage/{{dataset}}_{{backbone}}.log",
     benchmark:
