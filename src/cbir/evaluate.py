@@ -144,9 +144,25 @@ def retrieval_quality(
     out: dict[str, float] = {}
     depth = max(*PRECISION_AT, top_k)
     searchers = models.searchers()
-    rankings = {mode: search(reduced, predicted, depth)[0] for mode, search in searchers.items()}
     relevant = relevance(query_sets, gallery_sets)
     n_relevant = relevant.sum(axis=1)
+    # the exact modes rank the whole gallery once, for mAP; the first `depth` columns of that
+    # ranking are their top-depth results (a partial top-k equals a full stable sort's start),
+    # padded with -1 like a top-depth search of a smaller gallery
+    full_map, exact_top = {}, {}
+    for mode in EXACT_MODES:
+        ap, top = [], []
+        for first in range(0, len(reduced), QUERY_CHUNK):
+            rows = slice(first, first + QUERY_CHUNK)
+            indices, _ = searchers[mode](reduced[rows], predicted[rows], len(gallery_sets))
+            ap.append(average_precision(ranked_relevance(indices, relevant[rows]), n_relevant[rows]))
+            top.append(np.pad(indices[:, :depth], ((0, 0), (0, max(0, depth - indices.shape[1]))), constant_values=-1))
+        full_map[mode] = float(np.concatenate(ap).mean()) if ap else float("nan")
+        exact_top[mode] = np.concatenate(top) if top else np.empty((0, depth), dtype=np.int64)
+    rankings = {
+        mode: exact_top[mode] if mode in exact_top else search(reduced, predicted, depth)[0]
+        for mode, search in searchers.items()
+    }
     for mode, indices in rankings.items():
         hits = ranked_relevance(indices, relevant)
         for k in PRECISION_AT:
@@ -154,14 +170,8 @@ def retrieval_quality(
         out[f"map_at_{top_k}_{mode}"] = float(average_precision(hits, n_relevant, top_k).mean())
         if mode != "global":
             out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
-    gallery_size = len(gallery_sets)
-    for mode in EXACT_MODES:
-        ap = []
-        for first in range(0, len(reduced), QUERY_CHUNK):
-            rows = slice(first, first + QUERY_CHUNK)
-            indices, _ = searchers[mode](reduced[rows], predicted[rows], gallery_size)
-            ap.append(average_precision(ranked_relevance(indices, relevant[rows]), n_relevant[rows]))
-        out[f"map_{mode}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
+    for mode, value in full_map.items():
+        out[f"map_{mode}"] = value
     return out
 
 
