@@ -339,9 +339,15 @@ def write_manifest(manifest: Manifest, images_csv: str | Path, excluded_csv: str
         write_table(frame, target)
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A manifest written by :func:`write_manifest`; ids that lead outside the dataset are refused."""
-    frame = pd.read_csv(path, dtype={"id": str, "path": str, "class_name": str, "sha256": str})
+def read_manifest(path: str | Path, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """A manifest written by :func:`write_manifest` (rows ``[start, stop)`` only, the others not
+    parsed); ids that lead outside the dataset are refused."""
+    frame = pd.read_csv(
+        path,
+        dtype={"id": str, "path": str, "class_name": str, "sha256": str},
+        skiprows=range(1, start + 1) if start else None,
+        nrows=None if stop is None else stop - start,
+    )
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
         raise DatasetError(f"manifest '{path}' lacks column(s): {', '.join(sorted(missing))}")

@@ -94,25 +94,14 @@ def read_shard_plan(path: str | Path) -> ShardPlan:
 def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.DataFrame:
     """Rows ``[start, stop)`` of a manifest (as :func:`cbir.data.read_manifest` reads them),
     without parsing the other rows."""
-    import pandas as pd
+    from cbir.data import read_manifest
 
-    from cbir.data import MANIFEST_COLUMNS, check_ids
-
-    frame = pd.read_csv(
-        manifest_path,
-        dtype={"id": str, "path": str, "class_name": str, "sha256": str},
-        skiprows=range(1, start + 1),
-        nrows=stop - start,
-    )
-    missing = set(MANIFEST_COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"manifest '{manifest_path}' lacks column(s): {', '.join(sorted(missing))}")
+    frame = read_manifest(manifest_path, start, stop)
     if len(frame) != stop - start:
         raise ValueError(
             f"manifest '{manifest_path}' has {start + len(frame)} rows, fewer than the {stop} planned: "
             "it changed after the shards were planned"
         )
-    check_ids(frame["id"], manifest_path)
     return frame
 
 
