@@ -214,6 +214,15 @@ class FeatureSet:
     attrs: dict[str, Any]
 
 
+def id_rows(file_ids: Sequence[str], ids: Sequence[str], path: str | Path) -> np.ndarray:
+    """The row of each of ``ids`` (in that order) among a feature file's ``file_ids``; unknown ids are a KeyError."""
+    position = {image_id: row for row, image_id in enumerate(file_ids)}
+    unknown = [i for i in ids if i not in position]
+    if unknown:
+        raise KeyError(f"{len(unknown)} id(s) not in '{path}', e.g. {unknown[:3]}")
+    return np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
+
+
 def load_features(path: str | Path, ids: Sequence[str] | None = None) -> FeatureSet:
     """Read a feature file written by the extraction stage, optionally only the rows of ``ids`` (in that order)."""
     with h5py.File(path, "r") as f:
@@ -225,11 +234,7 @@ def load_features(path: str | Path, ids: Sequence[str] | None = None) -> Feature
             rows = np.arange(len(all_ids))
             features = f["features"][()]
         else:
-            position = {image_id: row for row, image_id in enumerate(all_ids)}
-            unknown = [i for i in ids if i not in position]
-            if unknown:
-                raise KeyError(f"{len(unknown)} id(s) not in '{path}', e.g. {unknown[:3]}")
-            rows = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
+            rows = id_rows(all_ids, ids, path)
             order = np.argsort(rows)
             features = np.empty((len(rows), f["features"].shape[1]), dtype=f["features"].dtype)
             features[order] = f["features"][rows[order]]  # h5py needs increasing indices

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.io import load_arrays, save_arrays
+from cbir.io import id_rows, load_arrays, save_arrays
 
 
 @dataclass
@@ -69,11 +69,7 @@ class FeatureRows:
             if ids is None:
                 self.rows = np.arange(n_rows)
             else:
-                position = {image_id: row for row, image_id in enumerate(f["ids"].asstr()[()])}
-                unknown = [i for i in ids if i not in position]
-                if unknown:
-                    raise KeyError(f"{len(unknown)} id(s) not in '{path}', e.g. {unknown[:3]}")
-                self.rows = np.sort(np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids)))
+                self.rows = np.sort(id_rows(f["ids"].asstr()[()], ids, path))
 
     def __len__(self) -> int:
         return len(self.rows)
