@@ -71,7 +71,6 @@ INDEXED_SOURCES = ("corel1k", "corel10k", "ghim10k")
 CIFAR10 = "cifar10"
 VOC2012 = "voc2012"
 SOURCES = (FOLDER, DIGITS, *INDEXED_SOURCES, CIFAR10, VOC2012)
-OFFICIAL = "official"
 OFFICIAL_SPLIT_SOURCES = (CIFAR10, VOC2012)
 LAYOUTS = ("auto", "folders", "flat")
 

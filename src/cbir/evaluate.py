@@ -23,7 +23,7 @@ import numpy as np
 from cbir.classify import MlpModel
 from cbir.cluster import IntraClassClusters
 from cbir.reduce import Projection
-from cbir.retrieve import FaissSearch, RetrievalIndex
+from cbir.retrieve import MODES, FaissSearch, RetrievalIndex
 from cbir.timing import clock, latency_summary
 
 PRECISION_AT = (5, 10, 20)
@@ -43,8 +43,7 @@ class CellModels:
     def searchers(self) -> dict[str, Searcher]:
         """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances)."""
         modes: dict[str, Searcher] = {
-            mode: (lambda q, p, k, mode=mode: self.index.search(q, mode, k, p))
-            for mode in ("clustered", "class", "global")
+            mode: (lambda q, p, k, mode=mode: self.index.search(q, mode, k, p)) for mode in MODES
         }
         for kind, search in self.faiss.items():
             modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(q, k)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cbir.data import write_table as write_csv
 from cbir.io import atomic_path
 
 KEY_COLUMNS = ["dataset", "backbone", "split", "pca", "k"]
@@ -178,9 +179,6 @@ def plot_recall_vs_speedup(frame: pd.DataFrame, out_path: str | Path) -> None:
     _save(fig, out_path)
 
 
-SUMMARY_PLOTS = ("accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup")
-
-
 def write_summary(
     metric_paths: Iterable[str | Path],
     metrics_csv: str | Path,
@@ -189,8 +187,7 @@ def write_summary(
 ) -> pd.DataFrame:
     """metrics.csv; per split the accuracy, timing and retrieval-quality tables (CSV + Markdown); plots."""
     frame = gather_metrics(metric_paths)
-    with atomic_path(metrics_csv) as tmp:
-        frame.drop(columns=["library_versions"], errors="ignore").to_csv(tmp, index=False)
+    write_csv(frame.drop(columns=["library_versions"], errors="ignore"), metrics_csv)
     out_dir = Path(out_dir)
     for split in splits:
         tables = {
@@ -249,8 +246,7 @@ def write_dataset_summary(
     """results/summary/datasets.csv: per dataset, what was used, excluded and duplicated."""
     rows = [dataset_counts(*files) for files in zip(names, manifests, excluded, duplicates, strict=True)]
     table = pd.DataFrame(rows, columns=DATASET_COLUMNS)
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out_csv)
     return table
 
 

@@ -46,12 +46,10 @@ def has_nvidia_driver() -> bool:
 
 
 def train_fraction(split: str) -> float:
-    """The training share of a split such as '80-20'; 1 for a split named otherwise (an upper bound)."""
-    try:
-        train, test = (int(part) for part in split.split("-"))
-    except ValueError:
-        return 1.0
-    return train / (train + test)
+    """The training share of a split such as '80-20'; 1 for the official split (an upper bound)."""
+    from cbir.config import OFFICIAL, parse_split
+
+    return 1.0 if split == OFFICIAL else parse_split(split)
 
 
 def fit_pca_mem_mb(n_train: int, dim: int, n_components: int, options: Mapping[str, Any]) -> int:
