@@ -91,15 +91,14 @@ def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
     """The network alone on tensors already in memory (on the device)."""
     import torch
 
-    from cbir.features import PRECISIONS, build_backbone, resolve_device, resolve_precision
+    from cbir.features import autocast, build_backbone, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(precision, device)
     network = build_backbone(spec_from(args)).to(device, memory_format=torch.channels_last)
     batch = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     batch = batch.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(precision, device):
         network(batch)
         synchronise(device)
         start = time.perf_counter()

@@ -211,6 +211,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of a resolved precision (fp32: disabled)."""
+    return torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+
+
 class ImageFiles(Dataset):
     def __init__(self, paths: Sequence[str], transform: transforms.Compose) -> None:
         self.paths = list(paths)
@@ -300,8 +305,7 @@ def extract_to_hdf5(
             },
         )
         start = 0
-        autocast = torch.autocast(torch_device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(precision, torch_device):
             for batch in tqdm(loader, desc="features", unit="batch", file=sys.stderr, disable=not progress):
                 batch = batch.to(torch_device, non_blocking=on_cuda, memory_format=torch.channels_last)
                 out = network(batch).float().cpu().numpy()

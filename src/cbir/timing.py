@@ -35,7 +35,14 @@ def time_query_extraction(
     import torch
 
     from cbir.data import load_rgb_image
-    from cbir.features import PRECISIONS, BackboneSpec, build_backbone, preprocessing, resolve_device, resolve_precision
+    from cbir.features import (
+        BackboneSpec,
+        autocast,
+        build_backbone,
+        preprocessing,
+        resolve_device,
+        resolve_precision,
+    )
 
     spec = BackboneSpec.from_config(backbone)
     network = build_backbone(spec, seed=seed)
@@ -43,7 +50,6 @@ def time_query_extraction(
     precision = resolve_precision(precision, torch_device)
     network = network.to(torch_device, memory_format=torch.channels_last)
     transform = preprocessing(spec, network)
-    autocast = torch.autocast(torch_device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
 
     def embed(batch_paths: Sequence[str]) -> np.ndarray:
         images = torch.stack([transform(load_rgb_image(p)) for p in batch_paths])
@@ -54,7 +60,7 @@ def time_query_extraction(
         return out
 
     single_ns = []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(precision, torch_device):
         embed(paths[:1])  # warm-up: first-call allocations and kernel selection
         for path in paths:
             start = clock()
