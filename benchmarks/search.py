@@ -25,13 +25,15 @@ def synthetic(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, 
 
 
 def timed_single(search, queries: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    from cbir.timing import clock, latency_summary
+
     samples = []
     for row in range(len(queries)):
-        start = time.perf_counter_ns()
+        start = clock()
         search(queries[row : row + 1], predicted[row : row + 1])
-        samples.append(time.perf_counter_ns() - start)
-    micro = np.asarray(samples) / 1e3
-    return float(np.median(micro)), float(np.percentile(micro, 95))
+        samples.append(clock() - start)
+    summary = latency_summary(samples)
+    return summary["median_us"], summary["p95_us"]
 
 
 def timed_batch(search, queries: np.ndarray, predicted: np.ndarray, repeats: int = 3) -> float:
