@@ -60,14 +60,23 @@ def timing_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
             "total exhaustive (all images)": "time_total_global_median_us",
         }
     )
+    return _joined_table(frame, split, parts, divisor=1e3)
+
+
+def _joined_table(frame: pd.DataFrame, split: str, parts: dict[str, str], divisor: float = 1.0) -> pd.DataFrame:
+    """One paper table per metric column present (named ``<dataset>: <name>``), side by side."""
     tables = []
     for name, column in parts.items():
         if column not in frame.columns:
             continue
-        table = paper_table(frame, split, column) / 1e3
+        table = paper_table(frame, split, column) / divisor
         table.columns = [f"{c}: {name}" for c in table.columns]
         tables.append(table)
     return pd.concat(tables, axis=1)
+
+
+def _top_k(frame: pd.DataFrame) -> int:
+    return int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
 
 
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str) -> None:
@@ -92,24 +101,19 @@ def modes_in(frame: pd.DataFrame) -> list[str]:
 
 def quality_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
     """Retrieval quality per PCA size: precision@k, mAP, mAP@k and recall@k against exact search."""
-    top_k = int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
+    top_k = _top_k(frame)
     columns = {}
     for mode in modes_in(frame):
-        for name, column in [
-            (f"P@5 {mode}", f"precision_at_5_{mode}"),
-            (f"P@10 {mode}", f"precision_at_10_{mode}"),
-            (f"mAP {mode}", f"map_{mode}"),
-            (f"mAP@{top_k} {mode}", f"map_at_{top_k}_{mode}"),
-            (f"recall@{top_k} {mode}", f"recall_at_{top_k}_vs_exact_{mode}"),
-        ]:
-            if column in frame.columns:
-                columns[name] = column
-    tables = []
-    for name, column in columns.items():
-        table = paper_table(frame, split, column)
-        table.columns = [f"{c}: {name}" for c in table.columns]
-        tables.append(table)
-    return pd.concat(tables, axis=1)
+        columns.update(
+            {
+                f"P@5 {mode}": f"precision_at_5_{mode}",
+                f"P@10 {mode}": f"precision_at_10_{mode}",
+                f"mAP {mode}": f"map_{mode}",
+                f"mAP@{top_k} {mode}": f"map_at_{top_k}_{mode}",
+                f"recall@{top_k} {mode}": f"recall_at_{top_k}_vs_exact_{mode}",
+            }
+        )
+    return _joined_table(frame, split, columns)
 
 
 def _save(fig, out_path: str | Path) -> None:
@@ -162,7 +166,7 @@ def plot_accuracy(frame: pd.DataFrame, out_path: str | Path) -> None:
 
 def plot_recall_vs_speedup(frame: pd.DataFrame, out_path: str | Path) -> None:
     """Each grid cell as a point: recall@k against exact search vs speed-up over exhaustive search."""
-    top_k = int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
+    top_k = _top_k(frame)
     fig, axes = _panels(1)
     ax = axes[0]
     baseline = frame["time_search_global_median_us"]
