@@ -25,7 +25,7 @@ COREL = REPO.parent / "shared" / "data" / "corel1k"
 
 
 def spec_from(args: argparse.Namespace):
-    from cbir.features import BackboneSpec
+    from cbir.backbones import BackboneSpec
 
     return BackboneSpec(args.arch, args.weights, args.pooling, args.image_size)
 
@@ -43,7 +43,8 @@ def run_baseline(paths: list[str], args: argparse.Namespace) -> dict:
     from PIL import Image
     from torchvision import transforms
 
-    from cbir.features import build_backbone, resolve_device
+    from cbir.backbones import build_backbone
+    from cbir.network import resolve_device
 
     device = resolve_device(args.device)
     network = build_backbone(spec_from(args)).to(device)
@@ -69,9 +70,13 @@ def run_baseline(paths: list[str], args: argparse.Namespace) -> dict:
 
 
 def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
+    import h5py
     import torch
 
-    from cbir.features import build_backbone, extract_to_hdf5, resolve_device, resolve_precision
+    from cbir.backbones import build_backbone
+    from cbir.features import extract_to_hdf5
+    from cbir.io import read_attrs
+    from cbir.network import resolve_device
 
     device = resolve_device(args.device)
     warm = build_backbone(spec_from(args)).to(device)
@@ -81,40 +86,44 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> di
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         ids = [str(i) for i in range(len(paths))]
-        extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), Path(tmp) / "f.h5", batch_size=args.batch_size,
-                        num_workers=args.workers, device=args.device, precision=precision, progress=False)  # fmt: skip
+        out = extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), Path(tmp) / "f.h5",
+                              batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                              precision=precision, progress=False)  # fmt: skip
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "precision": resolve_precision(precision, device)}
+        with h5py.File(out) as f:
+            attrs = read_attrs(f)
+    # seconds include what `auto` costs: its trial on a first run, the cache read after that
+    return {"seconds": seconds, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
 
 
 def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
-    """The network alone on tensors already in memory (on the device)."""
+    """The prepared network alone (what extraction and queries run) on tensors already on the device."""
     import torch
 
-    from cbir.features import autocast, build_backbone, resolve_device, resolve_precision
+    from cbir.network import prepare_network
 
-    device = resolve_device(args.device)
-    precision = resolve_precision(precision, device)
-    network = build_backbone(spec_from(args)).to(device, memory_format=torch.channels_last)
+    prepared = prepare_network(spec_from(args), device=args.device, precision=precision, batch_size=args.batch_size)
+    device = prepared.device
     batch = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(precision, device):
-        network(batch)
-        synchronise(device)
-        start = time.perf_counter()
-        done = 0
-        while done < n:
-            network(batch).float()
-            done += len(batch)
-        synchronise(device)
-    return {"seconds": time.perf_counter() - start, "precision": precision, "images": done}
+    prepared.embed(batch)
+    synchronise(device)
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        prepared.embed(batch)
+        done += len(batch)
+    synchronise(device)
+    return {"seconds": time.perf_counter() - start, "precision": prepared.precision, "images": done,
+            "reason": prepared.precision_reason}  # fmt: skip
 
 
 def run_decode(paths: list[str], args: argparse.Namespace) -> dict:
     """Decode + resize + normalise through the engine's DataLoader, no network."""
     from torch.utils.data import DataLoader
 
-    from cbir.features import ImageFiles, build_backbone, preprocessing
+    from cbir.backbones import build_backbone, preprocessing
+    from cbir.features import ImageFiles
 
     spec = spec_from(args)
     loader = DataLoader(ImageFiles(paths, preprocessing(spec, build_backbone(spec))), batch_size=args.batch_size,
@@ -204,6 +213,9 @@ def main() -> None:
     )
     columns = ["method", "precision", "images", "seconds", "images_per_s", "ratio_vs_baseline", "peak_rss_mb"]
     print_table(rows, columns + (["gpu_peak_mb"] if any("gpu_peak_mb" in r for r in rows) else []))
+    for row in rows:
+        if row["method"].endswith("-auto"):
+            print(f"{row['method']} ran in {row['precision']}: {row['reason']}")
     path = record("extract", rows, settings={k: v for k, v in vars(args).items() if k != "child"})
     print(f"result appended to {path}")
 

@@ -23,7 +23,8 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from cbir.features import BackboneSpec, build_backbone, extract_to_hdf5, preprocessing
+    from cbir.backbones import BackboneSpec, build_backbone, preprocessing
+    from cbir.features import extract_to_hdf5
 
     torch.set_num_threads(2)
     spec = BackboneSpec(args.arch, "random", "none", args.image_size)

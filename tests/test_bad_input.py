@@ -206,7 +206,8 @@ def test_hidden_files_are_ignored_and_the_rest_is_used(odd_dataset):
 
 
 def test_odd_but_readable_images_go_through_the_network(odd_dataset, tmp_path: Path):
-    from cbir.features import BackboneSpec, extract_to_hdf5
+    from cbir.backbones import BackboneSpec
+    from cbir.features import extract_to_hdf5
     from cbir.io import load_features
 
     _, manifest = odd_dataset

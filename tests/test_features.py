@@ -5,16 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from cbir.features import (
-    BackboneSpec,
-    WeightsError,
-    build_backbone,
-    extract_to_hdf5,
-    feature_dim,
-    resolve_device,
-    resolve_precision,
-)
+from cbir.backbones import BackboneSpec, WeightsError, build_backbone, feature_dim
+from cbir.features import extract_to_hdf5
 from cbir.io import load_features, read_attrs
+from cbir.network import resolve_device
 
 
 @pytest.mark.parametrize(("pooling", "dim"), [("none", 512 * 2 * 2), ("avg", 512), ("gem", 512)])
@@ -82,11 +76,10 @@ def test_efficientnet_lite0_matches_the_packages_own_pretrained_model():
         assert torch.allclose(network(images), expected, atol=1e-4)
 
 
-def test_device_and_precision_resolution():
+def test_device_resolution():
     device = resolve_device("auto")
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_precision("fp32", device) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) in {"fp32", "bf16"}
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_extraction_streams_features_and_metadata_to_hdf5(image_folder: Path, tmp_path: Path):

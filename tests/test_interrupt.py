@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from cbir.backbones import BackboneSpec
 from cbir.data import read_manifest
-from cbir.features import BackboneSpec, extract_to_hdf5
+from cbir.features import extract_to_hdf5
 from cbir.io import atomic_path, load_features
 
 from conftest import REPO, make_image_folder, tiny_config, write_config
@@ -112,7 +113,7 @@ def uninterrupted_features(root: Path) -> np.ndarray:
         path = extract_to_hdf5(
             manifest["path"].tolist(), manifest["id"].tolist(), manifest["label"].tolist(),
             BackboneSpec("efficientnet_lite0", "pypi", "avg", 64), root / "reference.h5",
-            batch_size=BATCH_SIZE, num_workers=0, device="auto", precision="auto", progress=False,
+            batch_size=BATCH_SIZE, num_workers=0, device="auto", precision="fp32", progress=False,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)

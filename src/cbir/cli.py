@@ -7,7 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-from cbir.query import QUERY_MODES, ModelFolderError, QueryError, format_table, load_query_model, query_images
+from cbir.query import (
+    QUERY_MODES,
+    Embedder,
+    ModelFolderError,
+    QueryError,
+    format_table,
+    load_query_model,
+    query_images,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +65,10 @@ def run_query(args: argparse.Namespace) -> int:
         raise QueryError("--top-k must be at least 1")
     modes = QUERY_MODES if args.mode == "all" else (args.mode,)
     model = load_query_model(args.model, k=args.k, metric=args.metric)
-    answers = query_images(model, args.images, top_k=args.top_k, modes=modes, device=args.device)
+    embedder = Embedder(model.backbone, args.device)
+    if embedder.notice:
+        print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
+    answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
     print(json.dumps(answers, indent=2) if args.json else format_table(answers))
     if args.montage:
         from cbir.report import draw_montage

@@ -46,7 +46,7 @@ class QueryError(ValueError):
 class QueryModel:
     folder: Path
     k: int
-    backbone: dict[str, Any]
+    backbone: dict[str, Any]  # the gallery's feature record: backbone, seed, precision, preprocessing
     class_names: list[str]
     gallery_ids: np.ndarray
     gallery_paths: np.ndarray
@@ -112,11 +112,10 @@ def load_query_model(folder: str | Path, k: int | None = None, metric: str = "eu
         clusters,
         metric=metric,
     )
-    backbone = {key: backbone_attrs[key] for key in ("arch", "weights", "pooling", "image_size")}
     return QueryModel(
         folder=folder,
         k=k,
-        backbone=backbone,
+        backbone=backbone_attrs,
         class_names=list(attrs["class_names"]),
         gallery_ids=gallery["ids"],
         gallery_paths=gallery["paths"],
@@ -147,32 +146,35 @@ def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
 
 
 class Embedder:
-    """A backbone ready to embed query images: network and preprocessing built once, reused per call.
+    """The gallery's network, ready to embed query images: prepared once from the feature record, reused per call.
 
     Preprocessing runs in the caller's thread; the forward pass holds a lock, so one embedder can
     serve concurrent requests (the network is read-only, but a single forward at a time keeps
     memory and CPU threads bounded).
     """
 
-    def __init__(self, backbone: dict[str, Any], device: str = "auto") -> None:
-        from cbir.features import BackboneSpec, build_backbone, preprocessing, resolve_device
+    def __init__(self, record: dict[str, Any], device: str = "auto") -> None:
+        from cbir.network import RecordError, prepare_from_record
 
-        self.spec = BackboneSpec.from_config(backbone)
-        self.device = resolve_device(device)
-        self.network = build_backbone(self.spec).to(self.device)
-        self.transform = preprocessing(self.spec, self.network)
+        try:
+            self.prepared = prepare_from_record(record, device)
+        except RecordError as error:
+            raise ModelFolderError(f"{error}; rerun the workflow to rebuild the cell") from error
         self._lock = threading.Lock()
+
+    @property
+    def notice(self) -> str | None:
+        """Why queries cannot run exactly as the gallery was extracted (None: they do)."""
+        return self.prepared.notice
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The network's input tensor (3 x size x size) for a decoded RGB image."""
-        return self.transform(image)
+        return self.prepared.preprocess(image)
 
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Features (batch, dim) of preprocessed images, one forward pass at a time."""
-        import torch
-
-        with self._lock, torch.inference_mode():
-            return self.network(batch.to(self.device)).float().cpu().numpy()
+        with self._lock:
+            return self.prepared.embed(batch)
 
     def embed_paths(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str | None]]:
         """Features of each image file; unreadable images get a row of NaN and an error message."""
@@ -212,7 +214,8 @@ def search_features(
     if features.shape[1] != model.feature_dim:
         raise QueryError(
             f"query features have {features.shape[1]} dimensions but the model in '{model.folder}' expects "
-            f"{model.feature_dim}: the model was built with backbone {model.backbone}"
+            f"{model.feature_dim}: the model was built with backbone "
+            f"{ {key: model.backbone.get(key) for key in ('arch', 'weights', 'pooling', 'image_size')} }"
         )
     steps = timings if timings is not None else {}
     start = time.perf_counter()

@@ -14,6 +14,7 @@ import functools
 import io
 import ipaddress
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cbir import __version__
 from cbir.query import QUERY_MODES, Embedder, QueryModel, available_k, load_query_model, search_features
 from cbir.retrieve import MODE_TITLES
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -104,7 +107,10 @@ class ServedModel:
         images, test_ids = index_images(model)
         metrics_path = model.folder / f"metrics_k{model.k}.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        return cls(settings, model, Embedder(model.backbone, settings.device), images, test_ids, metrics)
+        embedder = Embedder(model.backbone, settings.device)
+        if embedder.notice:
+            log.warning("%s", embedder.notice)
+        return cls(settings, model, embedder, images, test_ids, metrics)
 
     def thumbnail(self, image_id: str) -> bytes:
         if image_id not in self.images:
@@ -131,6 +137,9 @@ class ServedModel:
         return {
             **names,
             **{key: self.model.backbone[key] for key in ("arch", "weights", "pooling", "image_size")},
+            "seed": self.embedder.prepared.seed,
+            "precision": self.embedder.prepared.precision,
+            "precision_notice": self.embedder.notice,
             "k": self.model.k,
             "available_k": available_k(self.model.folder),
             "gallery_size": len(self.model.gallery_ids),
@@ -374,6 +383,9 @@ class ModelInfo(BaseModel):
     weights: str
     pooling: str
     image_size: int
+    seed: int
+    precision: str = Field(description="the precision queries run in: the gallery's, where this machine has it")
+    precision_notice: str | None = Field(description="why queries cannot run in the gallery's precision, if so")
     k: int
     available_k: list[int]
     gallery_size: int

@@ -105,8 +105,8 @@ def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.D
     return frame
 
 
-# attributes that must agree between shards; device and precision may differ between the
-# machines that ran them and are then recorded as the list of what was used
+# attributes that must agree between shards; device and precision (and why it was chosen) may
+# differ between the machines that ran them and are then recorded as the list of what was used
 _SHARD_INVARIANTS = ("arch", "weights", "pooling", "image_size", "layer", "feature_dim", "preprocessing", "seed")
 
 
@@ -149,7 +149,7 @@ def gather_shards(
 
     shard_keys = {"shard", "n_shards", "row_start", "row_stop", "complete"}
     merged = {key: value for key, value in first.items() if key not in shard_keys | {"rows", "dim", "dtype"}}
-    for key in ("device", "precision"):
+    for key in ("device", "precision", "precision_reason"):
         used = sorted({str(meta.get(key)) for meta in metas})
         merged[key] = used[0] if len(used) == 1 else used
     merged["n_shards"] = len(shard_paths)

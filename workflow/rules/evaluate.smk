@@ -1,15 +1,15 @@
 rule time_extraction:
-    """Latency of a query image through the backbone (decode, preprocess, forward), once per dataset."""
+    """Latency of a query image through the features' own network (decode, preprocess, forward)."""
     input:
         manifest="results/{dataset}/manifest.csv",
+        # the network, seed and precision come from what the feature file recorded
+        features="results/{dataset}/features/{backbone}.h5",
     output:
         timing="results/{dataset}/features/{backbone}.timing.json",
     params:
-        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
         # only what changes the timing: sharding settings must not rerun it
-        extraction={key: config["extraction"][key] for key in ("device", "precision", "batch_size")},
+        extraction={key: config["extraction"][key] for key in ("device", "batch_size")},
         n_images=config["retrieval"]["timing_images"],
-        seed=SEED,
     log:
         f"{LOGS}/time_extraction/{{dataset}}_{{backbone}}.log",
     benchmark:

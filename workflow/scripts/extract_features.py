@@ -4,7 +4,8 @@ import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.features import BackboneSpec, extract_shard
+from cbir.backbones import BackboneSpec
+from cbir.features import extract_shard
 from cbir.runtime import run_step
 from cbir.shards import read_shard_plan
 

@@ -1,11 +1,15 @@
-"""Time query images through the backbone, one at a time and batched."""
+"""Time query images through the network the features were extracted with, one at a time and batched."""
 
+import logging
+
+import h5py
 import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.data import read_manifest
-from cbir.io import library_versions, write_json
+from cbir.io import library_versions, read_attrs, write_json
+from cbir.network import prepare_from_record
 from cbir.runtime import run_step
 from cbir.timing import time_query_extraction
 
@@ -16,17 +20,15 @@ def main(smk) -> None:
     # a fixed, spread-out sample: every n-th image
     step = max(1, len(manifest) // smk.params.n_images)
     paths = manifest["path"].iloc[::step].head(smk.params.n_images).tolist()
-    options = smk.params.extraction
-    timing = time_query_extraction(
-        paths,
-        smk.params.backbone,
-        batch_size=options["batch_size"],
-        device=options["device"],
-        precision=options["precision"],
-        seed=smk.params.seed,
-    )
+    with h5py.File(smk.input.features, "r") as f:
+        record = read_attrs(f)
+    # the network a query runs through: the one recorded in the feature file, not `auto` resolved again
+    prepared = prepare_from_record(record, smk.params.extraction["device"])
+    if prepared.notice:
+        logging.getLogger("cbir.time_extraction").warning("%s", prepared.notice)
+    timing = time_query_extraction(paths, prepared, batch_size=smk.params.extraction["batch_size"])
     # provenance, as in every artifact: the seed and the versions of the libraries that shaped the numbers
-    write_json(smk.output.timing, {**timing, "seed": smk.params.seed, "library_versions": library_versions()})
+    write_json(smk.output.timing, {**timing, "seed": prepared.seed, "library_versions": library_versions()})
 
 
 run_step(snakemake, main)

@@ -77,6 +77,7 @@ function renderModel(model) {
   addEntry(info, "dataset", model.dataset);
   addEntry(info, "backbone", model.backbone);
   addEntry(info, "network", `${model.arch}, ${model.pooling} pooling, ${model.image_size} px`);
+  addEntry(info, "precision", model.precision_notice ? `${model.precision} (${model.precision_notice})` : model.precision);
   addEntry(info, "split", model.split);
   addEntry(info, "PCA size", model.pca === "original" ? `original (${model.reduced_dim})` : model.pca);
   addEntry(info, "k (clusters per class)", model.k);
