@@ -315,8 +315,10 @@ def test_duplicate_files_across_classes_are_reported_and_counted(tmp_path: Path)
 
 def _model_folder(folder: Path, raw_dim: int, arch: str = "efficientnet_lite0") -> Path:
     """A grid cell as the workflow writes it, from random features of ``raw_dim`` dimensions."""
+    from cbir.backbones import BackboneSpec
     from cbir.classify import save_mlp, train_mlp
     from cbir.io import save_arrays
+    from cbir.network import prepare_network
     from cbir.reduce import fit_pca_basis, save_projection
 
     rng = np.random.default_rng(0)
@@ -325,7 +327,8 @@ def _model_folder(folder: Path, raw_dim: int, arch: str = "efficientnet_lite0") 
     basis = fit_pca_basis(features, 4)
     reduced = basis.transform(features)
     ids = np.array([f"c{label}/{i}.png" for i, label in enumerate(labels)])
-    backbone = {"arch": arch, "weights": "random", "pooling": "avg", "image_size": 32}
+    # the network's record, as the extraction writes it into every feature file
+    backbone = prepare_network(BackboneSpec(arch, "random", "avg", 32), device="cpu", precision="fp32").record()
     attrs = {"pca": "4", "seed": 0, "backbone_attrs": backbone, "class_names": ["zero", "one"]}
     save_projection(folder / "projection.h5", basis, attrs)
     save_arrays(folder / "gallery.h5", {"features": reduced, "ids": ids, "labels": labels, "paths": ids}, attrs)
