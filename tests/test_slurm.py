@@ -104,9 +104,10 @@ def _assert_finished_in_time(result: subprocess.CompletedProcess) -> None:
 
 
 def test_workflow_runs_as_slurm_jobs_and_matches_the_local_run(slurm_cluster, finished_run, tmp_path: Path):
-    local, _ = finished_run
+    local, local_config = finished_run
     data = make_image_folder(tmp_path / "data" / "tiny", per_class=10)  # the same images
     config = tiny_config(data)
+    config["extraction"]["precision"] = local_config["extraction"]["precision"]  # the same computation
     # two shards, extracted as two SLURM jobs; shard size = batch size, so the batches (and
     # therefore the features) are those of the local single-shard run
     config["extraction"] = {**config["extraction"], "shard_size": 16}
