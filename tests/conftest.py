@@ -70,6 +70,13 @@ def tiny_config(data_path: Path, **grid: object) -> dict:
     }
 
 
+def session_config(data_path: Path) -> dict:
+    """The config of the session's run (:func:`finished_run`): the tiny one, extracted in bf16."""
+    config = tiny_config(data_path)
+    config["extraction"]["precision"] = "bf16"
+    return config
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
@@ -110,9 +117,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     follow the precision the gallery was extracted in, and this is where a mismatch shows.
     """
     root = tmp_path_factory.mktemp("workflow")
-    data = make_image_folder(root / "data" / "tiny", per_class=10)
-    config = tiny_config(data)
-    config["extraction"]["precision"] = "bf16"
+    config = session_config(make_image_folder(root / "data" / "tiny", per_class=10))
     result = run_snakemake(root, write_config(root / "config.yaml", config))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root, config

@@ -17,7 +17,7 @@ import pytest
 
 from cbir.io import load_arrays, read_attrs
 
-from conftest import make_image_folder, run_snakemake, tiny_config, write_config
+from conftest import make_image_folder, run_snakemake, session_config, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -33,7 +33,7 @@ def second_run(finished_run, tmp_path_factory) -> tuple[Path, Path]:
     data = make_image_folder(root / "data" / "tiny", per_class=10)
     for name, content in UNUSABLE.items():
         (data / name).write_bytes(content)
-    again = tiny_config(data)
+    again = session_config(data)
     # the same settings; only the folder differs
     assert {**again, "data_root": None, "datasets": None} == {**config, "data_root": None, "datasets": None}
     result = run_snakemake(root, write_config(root / "config.yaml", again))

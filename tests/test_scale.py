@@ -14,7 +14,7 @@ import pytest
 from cbir.data import MANIFEST_COLUMNS
 from cbir.shards import write_shard_plan
 
-from conftest import make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
+from conftest import make_image_folder, planned_jobs, run_snakemake, session_config, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 FEATURES = "results/tiny/features/lite.h5"
@@ -46,10 +46,10 @@ def test_a_backbone_change_re_extracts_the_temporary_shards_and_a_scheduling_hin
 
 
 def test_shards_gather_into_the_single_shard_features_and_a_failed_shard_reruns_alone(finished_run, tmp_path: Path):
-    reference, reference_config = finished_run
+    reference, _ = finished_run
     data = make_image_folder(tmp_path / "data" / "tiny", per_class=10)
-    sharded = _sharded_config(data, 8)
-    sharded["extraction"]["precision"] = reference_config["extraction"]["precision"]  # the same computation
+    sharded = session_config(data)  # the reference run's settings, in 4 shards
+    sharded["extraction"]["shard_size"] = 8
     config = write_config(tmp_path / "config.yaml", sharded)
     assert run_snakemake(tmp_path, config, "results/tiny/manifest.csv").returncode == 0
 

@@ -22,7 +22,7 @@ import pytest
 
 from cbir.io import load_arrays
 
-from conftest import REPO, make_image_folder, tiny_config, write_config
+from conftest import REPO, make_image_folder, session_config, write_config
 
 pytestmark = pytest.mark.slurm
 PROFILE = REPO / "profiles" / "slurm-local"
@@ -104,10 +104,9 @@ def _assert_finished_in_time(result: subprocess.CompletedProcess) -> None:
 
 
 def test_workflow_runs_as_slurm_jobs_and_matches_the_local_run(slurm_cluster, finished_run, tmp_path: Path):
-    local, local_config = finished_run
+    local, _ = finished_run
     data = make_image_folder(tmp_path / "data" / "tiny", per_class=10)  # the same images
-    config = tiny_config(data)
-    config["extraction"]["precision"] = local_config["extraction"]["precision"]  # the same computation
+    config = session_config(data)  # the same settings as the local run
     # two shards, extracted as two SLURM jobs; shard size = batch size, so the batches (and
     # therefore the features) are those of the local single-shard run
     config["extraction"] = {**config["extraction"], "shard_size": 16}
