@@ -119,16 +119,16 @@ def prepare_from_record(record: Mapping[str, Any], device: str = "auto") -> Prep
         raise RecordError(f"the feature record lacks {', '.join(missing)}: it was written by an older cbir")
     spec = BackboneSpec.from_config(record)
     seed = int(record.get("seed", 0))
+    torch_device = resolve_device(device)
     try:
         transform = transform_from_description(record["preprocessing"])
-        precision, notice = follow_recorded(record["precision"], resolve_device(device))
+        precision, notice = follow_recorded(record["precision"], torch_device)
     except (ValueError, KeyError, TypeError) as error:
         raise RecordError(f"the feature record cannot be followed: {error}") from error
     network = build_backbone(spec, seed=seed)
     dim = feature_dim(network, spec.image_size)
     if "feature_dim" in record and int(record["feature_dim"]) != dim:
         raise RecordError(f"the record says {record['feature_dim']}-D features but {spec} gives {dim}-D")
-    torch_device = resolve_device(device)
     reason = notice or f"{precision}, as the gallery was extracted"
     return PreparedNetwork(spec, seed, torch_device, precision, reason, _place(network, torch_device), transform,
                            dict(record["preprocessing"]), dim, notice)  # fmt: skip
