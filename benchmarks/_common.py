@@ -84,3 +84,14 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None, pooling: str | None = None) -> None:
+    """``--arch`` (choices: the backbone registry) and, where given a default, ``--weights`` and ``--pooling``."""
+    from cbir.backbones import BACKBONES, POOLINGS
+
+    parser.add_argument("--arch", default=arch, choices=list(BACKBONES))
+    if weights is not None:
+        parser.add_argument("--weights", default=weights, help="a named weights of the architecture, or a file")
+    if pooling is not None:
+        parser.add_argument("--pooling", default=pooling, choices=list(POOLINGS))

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, make_jpegs, peak_rss_mb, print_table, record
+from _common import REPO, add_backbone_arguments, make_jpegs, peak_rss_mb, print_table, record
 
 COREL = REPO.parent / "shared" / "data" / "corel1k"
 
@@ -169,9 +169,7 @@ def image_paths(args: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="vgg16", choices=["vgg16", "efficientnet_lite0"])
-    parser.add_argument("--weights", default="random")
-    parser.add_argument("--pooling", default="none")
+    add_backbone_arguments(parser, "vgg16", weights="random", pooling="none")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--source", default="jpeg", choices=["jpeg", "corel"])

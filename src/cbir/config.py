@@ -21,7 +21,32 @@ class ConfigError(ValueError):
 
 def load_schema(path: str | Path) -> dict[str, Any]:
     with open(path) as f:
-        return yaml.safe_load(f)
+        return _registry_enums(yaml.safe_load(f))
+
+
+def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)."""
+    from cbir.backbones import BACKBONES, POOLINGS
+
+    backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    backbone["arch"]["enum"] = list(BACKBONES)
+    backbone["pooling"]["enum"] = list(POOLINGS)
+    return schema
+
+
+def _load_config_plugins(config: Mapping[str, Any]) -> None:
+    """Import the config's plugins, so that the backbones and sources they register are known to the checks."""
+    from cbir.plugins import PluginError, load_plugin
+
+    plugins = config.get("plugins", [])
+    if not isinstance(plugins, list):
+        return  # the schema reports it
+    for i, ref in enumerate(plugins):
+        if isinstance(ref, str):
+            try:
+                load_plugin(ref)
+            except PluginError as error:
+                raise ConfigError(f"invalid configuration:\n  config key 'plugins[{i}]': {error}") from None
 
 
 def _key_path(parts: Iterator[Any]) -> str:
@@ -75,6 +100,8 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
     config = copy.deepcopy(dict(config))
+    _load_config_plugins(config)
+    schema = _registry_enums(copy.deepcopy(dict(schema)))  # a plugin may have added entries
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -137,6 +164,7 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
                     f"config key 'grid.{kind}[{i}]': '{name}' is not defined under '{kind}' "
                     f"(defined: {', '.join(sorted(config[kind])) or 'none'})"
                 )
+    problems.extend(weights_problems(config))
     for name in grid["datasets"]:
         entry = config["datasets"].get(name, {})
         if entry.get("source") == "folder" and "path" not in entry:
@@ -148,28 +176,34 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-# Channels of the layer each architecture's features come from (README, "Backbones and weights").
-FEATURE_CHANNELS = {"vgg16": 512, "efficientnet_lite0": 1280}
 # Images per digit (0..9) in scikit-learn's bundled digits (load_digits), 1797 in all.
 DIGITS_CLASS_SIZES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 CIFAR10_CLASS_SIZES = {"all": (6000,) * 10, OFFICIAL: (5000,) * 10}
 
 
+def weights_problems(config: Mapping[str, Any]) -> list[str]:
+    """Backbone entries whose ``weights`` name neither weights of their architecture nor a state-dict file."""
+    from cbir.backbones import weights_problem
+
+    return [
+        f"config key 'backbones.{name}.weights': {problem}"
+        for name, entry in config["backbones"].items()
+        if (problem := weights_problem(entry["arch"], entry["weights"]))
+    ]
+
+
 def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
     """The feature dimension a backbone entry gives, where it is known without running the network.
 
-    Pooled features (avg, gem) have one value per channel; VGG16's unpooled block-5 map is
-    512 x (size // 32)^2. EfficientNet-Lite0's unpooled map size depends on its fixed padding
-    and is known only after extraction (None).
+    From the registry (:data:`cbir.backbones.BACKBONES`): pooled features (avg, gem) have one value
+    per channel; an unpooled map has channels x (image_size // stride)^2 values, or is known only
+    after extraction (None) where padding sets its size (EfficientNet-Lite0).
     """
-    channels = FEATURE_CHANNELS.get(backbone["arch"])
-    if channels is None:
-        return None
-    if backbone.get("pooling", "none") != "none":
-        return channels
-    if backbone["arch"] == "vgg16":
-        return channels * (int(backbone.get("image_size", 224)) // 32) ** 2
-    return None
+    from cbir.backbones import get_backbone
+
+    return get_backbone(backbone["arch"]).static_feature_dim(
+        backbone.get("pooling", "none"), int(backbone.get("image_size", 224))
+    )
 
 
 def class_sizes_bound(config: Mapping[str, Any], dataset: str, official: bool) -> tuple[list[int], str] | None:

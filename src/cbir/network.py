@@ -18,13 +18,16 @@ import torch
 from torchvision.transforms import v2 as transforms
 
 from cbir.backbones import (
+    BACKBONES,
     BackboneSpec,
-    FeatureNetwork,
     build_backbone,
     feature_dim,
+    get_backbone,
     preprocessing_description,
     transform_from_description,
 )
+from cbir.layers import FeatureNetwork
+from cbir.plugins import PluginError, load_plugin
 from cbir.precision import autocast, follow_recorded, resolve_precision
 
 if TYPE_CHECKING:
@@ -83,6 +86,7 @@ class PreparedNetwork:
             "precision_reason": self.precision_reason,
             "device": str(self.device),
             "seed": self.seed,
+            **({"plugin": plugin} if (plugin := get_backbone(self.spec.arch).plugin) else {}),
         }
 
 
@@ -117,6 +121,13 @@ def prepare_from_record(record: Mapping[str, Any], device: str = "auto") -> Prep
                if key not in record]  # fmt: skip
     if missing:
         raise RecordError(f"the feature record lacks {', '.join(missing)}: it was written by an older cbir")
+    if record.get("plugin") and record["arch"] not in BACKBONES:
+        try:
+            load_plugin(str(record["plugin"]))
+        except PluginError as error:
+            raise RecordError(
+                f"the backbone '{record['arch']}' comes from a plugin that cannot be loaded: {error}"
+            ) from error
     spec = BackboneSpec.from_config(record)
     seed = int(record.get("seed", 0))
     torch_device = resolve_device(device)

@@ -32,6 +32,7 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
     from threadpoolctl import threadpool_limits
 
     from cbir.io import terminate_cleanly
+    from cbir.plugins import load_plugins
 
     configure_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"cbir.{smk.rule}")
@@ -44,6 +45,8 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
         os.environ.get("SLURM_JOB_ID", "none"),
     )
     try:
+        # the backbones and sources that the config's plugins register (README, "Extending")
+        load_plugins(getattr(smk, "config", {}).get("plugins", []))
         with terminate_cleanly(), threadpool_limits(limits=smk.threads):
             step(smk)
     except Exception:
