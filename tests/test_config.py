@@ -297,7 +297,7 @@ def test_a_pca_size_above_the_training_set_stops(tmp_path: Path):
     # the digits' class sizes are scikit-learn's
     from sklearn.datasets import load_digits
 
-    from cbir.config import DIGITS_CLASS_SIZES
+    from cbir.datasets.digits import DIGITS_CLASS_SIZES
 
     assert list(DIGITS_CLASS_SIZES) == np.bincount(load_digits().target).tolist()
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tarfile
 import urllib.request
 import warnings
@@ -23,13 +24,18 @@ from cbir.data import DatasetError, read_manifest
 from cbir.datasets import (
     CIFAR10_CLASSES,
     COREL1K_CLASSES,
+    SOURCES,
     UNPACKED_STAMP,
     VOC_CLASSES,
+    Source,
     UnsafePickleError,
     build_manifest,
+    data_dir,
     export_cifar10_png,
     fetch_dataset,
+    get_source,
     official_split_table,
+    register_source,
     restricted_load,
     safe_extract,
     voc_labels,
@@ -549,6 +555,92 @@ def test_official_split_is_accepted_for_cifar10_and_voc(tmp_path: Path):
     entries = {"c": {"source": "cifar10"}, "v": {"source": "voc2012"}}
     config = validate_config(base_config(tmp_path, entries, ["official", "80-20"]), SCHEMA)
     assert config["grid"]["splits"] == ["official", "80-20"]
+
+
+# --- the source registry -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_source_implements_its_own_presence_check(tmp_path: Path, name: str):
+    source = SOURCES[name]
+    assert source.name == name
+    check = type(source).missing_reason
+    assert check is not Source.missing_reason and not getattr(check, "__isabstractmethod__", False)
+    # nothing in the data root: only a generated source (the workflow writes it) is not missing
+    reason = source.missing_reason({"source": name}, tmp_path / name)
+    assert reason is None if source.generated else isinstance(reason, str) and reason
+
+
+def test_a_source_without_its_check_or_with_a_taken_name_is_not_registered():
+    class NoCheck(Source):
+        name = "no_check"
+        keys = frozenset()
+
+        def manifest(self, entry, root, images_dir=None):
+            raise AssertionError("never called")
+
+    class NotACheck(NoCheck):
+        missing_reason = None  # "implemented" for the abstract base class, but not a check
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoCheck()
+    with pytest.raises(TypeError, match="'no_check' does not implement missing_reason"):
+        register_source(NotACheck())
+    with pytest.raises(TypeError, match=r"not a cbir\.datasets\.Source"):
+        register_source(object())
+    with pytest.raises(ValueError, match="'corel1k' is already registered"):
+        register_source(type(SOURCES["corel1k"])())
+    assert "no_check" not in SOURCES and list(SOURCES)[:3] == ["folder", "sklearn_digits", "corel1k"]
+    with pytest.raises(DatasetError, match=r"unknown dataset source 'imagenet' \(known: folder, sklearn_digits, "):
+        get_source("imagenet")
+
+
+def test_the_schema_allows_exactly_the_registered_sources(tmp_path: Path):
+    schema = load_schema(REPO / "config" / "schema.yaml")
+    assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(SOURCES)
+    with pytest.raises(ConfigError) as error:
+        validate_config(base_config(tmp_path, {"d": {"source": "imagenet"}}), schema)
+    assert "config key 'datasets.d.source': 'imagenet' is not one of" in str(error.value)
+    assert f"(allowed: {', '.join(SOURCES)})" in str(error.value)
+
+
+def test_a_registered_source_is_one_the_config_and_the_checks_know(tmp_path: Path):
+    class Shoebox(Source):
+        """A plugin's source: images in a folder named 'shoebox' inside the dataset folder."""
+
+        name = "shoebox"
+        keys = frozenset({"path"})
+        how_to_provide = "put the shoebox there"
+
+        def missing_reason(self, entry, root):
+            return None if (root / "shoebox").is_dir() else "no shoebox"
+
+        def manifest(self, entry, root, images_dir=None):
+            from cbir.data import scan_image_folder
+
+            return scan_image_folder(root / "shoebox")
+
+    register_source(Shoebox())
+    try:
+        config = validate_config(base_config(tmp_path, {"box": {"source": "shoebox"}}), SCHEMA)
+        [message] = missing_datasets(config)
+        assert "source shoebox: no shoebox" in message and "put the shoebox there" in message
+        class_folders(tmp_path / "box" / "shoebox", ["a", "b"], per_class=2)
+        assert missing_datasets(config) == []
+        manifest = build_manifest("shoebox", config["datasets"]["box"], tmp_path / "box")
+        assert len(manifest.images) == 4 and manifest.classes == ["a", "b"]
+        assert get_source("shoebox").images_folder({}, tmp_path / "box") == data_dir(tmp_path / "box", {})
+    finally:
+        SOURCES.pop("shoebox", None)
+
+
+def test_a_source_prepared_by_a_rule_names_a_rule_with_an_output_folder():
+    rules = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    blocks = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", rules, flags=re.M | re.S))
+    prepared = {name: source.prepared_by for name, source in SOURCES.items() if source.prepared_by}
+    assert prepared == {"sklearn_digits": "prepare_digits", "cifar10": "cifar10_images"}
+    for rule in prepared.values():
+        assert re.search(r"output:\n\s+folder=directory\(", blocks[rule]), rule
 
 
 # --- the workflow --------------------------------------------------------------------------

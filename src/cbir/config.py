@@ -27,10 +27,12 @@ def load_schema(path: str | Path) -> dict[str, Any]:
 def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)."""
     from cbir.backbones import BACKBONES, POOLINGS
+    from cbir.datasets import SOURCES
 
     backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
     backbone["arch"]["enum"] = list(BACKBONES)
     backbone["pooling"]["enum"] = list(POOLINGS)
+    schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] = list(SOURCES)
     return schema
 
 
@@ -134,21 +136,20 @@ def _check_dataset_entries(config: Mapping[str, Any]) -> None:
 
 
 def _check_semantics(config: Mapping[str, Any]) -> None:
-    from cbir.datasets import OFFICIAL_SPLIT_SOURCES
+    from cbir.datasets import SOURCES, official_split_sources
 
     problems = []
     grid = config["grid"]
     for i, split in enumerate(grid["splits"]):
         if split == OFFICIAL:
+            official = official_split_sources()
             without = [
-                name
-                for name in grid["datasets"]
-                if config["datasets"].get(name, {}).get("source") not in OFFICIAL_SPLIT_SOURCES
+                name for name in grid["datasets"] if config["datasets"].get(name, {}).get("source") not in official
             ]
             if without:
                 problems.append(
                     f"config key 'grid.splits[{i}]': 'official' needs datasets with their own train/test split "
-                    f"(sources {', '.join(OFFICIAL_SPLIT_SOURCES)}); {', '.join(without)} has none"
+                    f"(sources {', '.join(official)}); {', '.join(without)} has none"
                 )
             continue
         train, test = (int(p) for p in split.split("-"))
@@ -167,18 +168,14 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     problems.extend(weights_problems(config))
     for name in grid["datasets"]:
         entry = config["datasets"].get(name, {})
-        if entry.get("source") == "folder" and "path" not in entry:
-            problems.append(f"config key 'datasets.{name}.path': required when source is 'folder'")
+        source = SOURCES.get(entry.get("source", ""))
+        if source is not None and source.path_required and "path" not in entry:
+            problems.append(f"config key 'datasets.{name}.path': required when source is '{source.name}'")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     problems = pca_size_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-
-
-# Images per digit (0..9) in scikit-learn's bundled digits (load_digits), 1797 in all.
-DIGITS_CLASS_SIZES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
-CIFAR10_CLASS_SIZES = {"all": (6000,) * 10, OFFICIAL: (5000,) * 10}
 
 
 def weights_problems(config: Mapping[str, Any]) -> list[str]:
@@ -209,26 +206,15 @@ def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
 def class_sizes_bound(config: Mapping[str, Any], dataset: str, official: bool) -> tuple[list[int], str] | None:
     """Images per class of a dataset as known before its manifest is built, and where that is known from.
 
-    Counted for an image folder (files with an image extension: some may still be excluded),
-    declared for the paper's datasets (n_classes x images_per_class; CIFAR-10's official
-    counts), fixed for scikit-learn's digits. None where unknown: VOC 2012, a folder not there yet.
+    Asked of the dataset's source: counted for an image folder (files with an image extension:
+    some may still be excluded), declared for the paper's datasets (n_classes x images_per_class;
+    CIFAR-10's official counts), fixed for scikit-learn's digits. None where unknown: VOC 2012, a
+    folder not there yet.
     """
-    from cbir.data import count_class_files
-    from cbir.datasets import CIFAR10, DIGITS, FOLDER, INDEXED_SOURCES, data_dir, indexed_spec
+    from cbir.datasets import get_source
 
     entry = config["datasets"][dataset]
-    source = entry["source"]
-    if source == DIGITS:
-        return list(DIGITS_CLASS_SIZES), "scikit-learn's digits"
-    if source == CIFAR10:
-        return list(CIFAR10_CLASS_SIZES[OFFICIAL if official else "all"]), "CIFAR-10"
-    if source in INDEXED_SOURCES:
-        spec = indexed_spec(source, entry)
-        return [spec.images_per_class] * spec.n_classes, f"{spec.n_classes} classes x {spec.images_per_class}"
-    folder = data_dir(dataset_root(config, dataset), entry)
-    if source == FOLDER and folder.is_dir():
-        return count_class_files(folder), f"image files in '{folder}'"
-    return None
+    return get_source(entry["source"]).class_sizes(entry, dataset_root(config, dataset), official)
 
 
 def max_train_images(class_sizes: list[int], split: str) -> int:
@@ -325,21 +311,21 @@ def missing_datasets(config: Mapping[str, Any]) -> list[str]:
     Generated datasets and datasets with a ``url`` (the workflow fetches them) are never missing;
     any other dataset must be present in the layout of its source.
     """
-    from cbir.datasets import DIGITS, how_to_provide, missing_reason
+    from cbir.datasets import get_source
 
     messages = []
     for name in config["grid"]["datasets"]:
         entry = config["datasets"][name]
-        source = entry["source"]
-        if source == DIGITS or entry.get("url"):
+        source = get_source(entry["source"])
+        if source.generated or entry.get("url"):
             continue
         root = dataset_root(config, name)
-        reason = missing_reason(source, entry, root)
+        reason = source.missing_reason(entry, root)
         if reason:
             how = entry.get("how_to_get", "")
             messages.append(
-                f"dataset '{name}' not found at '{root}' (source {source}: {reason}): "
-                f"{how_to_provide(name, source)}." + (f" {how.strip()}" if how else "")
+                f"dataset '{name}' not found at '{root}' (source {source.name}: {reason}): "
+                f"{source.instructions(name)}." + (f" {how.strip()}" if how else "")
             )
     return messages
 

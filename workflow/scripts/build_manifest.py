@@ -1,4 +1,4 @@
-"""Index a dataset through its adapter (image folder, Corel, GHIM, CIFAR-10, VOC) into the manifest."""
+"""Index a dataset through its source (cbir.datasets: image folder, Corel, GHIM, CIFAR-10, VOC) into the manifest."""
 
 import logging
 from pathlib import Path
@@ -6,15 +6,15 @@ from pathlib import Path
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.data import accept_manifest, excluded_file_count, write_manifest
-from cbir.datasets import CIFAR10, build_manifest, data_dir
+from cbir.datasets import build_manifest, get_source
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
-    source, entry, root = smk.params.source, smk.params.entry, Path(smk.params.root)
-    manifest = build_manifest(source, entry, root, Path(smk.params.images))
-    # the folder every image must lie in: CIFAR-10's exported PNGs, or the dataset's files
-    inside = Path(smk.params.images) if source == CIFAR10 else data_dir(root, entry)
+    source, entry, root, images = smk.params.source, smk.params.entry, Path(smk.params.root), Path(smk.params.images)
+    manifest = build_manifest(source, entry, root, images)
+    # the folder every image must lie in: the images the workflow exported (CIFAR-10), or the dataset's files
+    inside = get_source(source).images_folder(entry, root, images)
     # read from the config, not a param: changing the limit re-indexes nothing that passed it
     limit = smk.config["data"]["max_excluded_fraction"]
     fraction = accept_manifest(manifest, inside, max_excluded_fraction=limit, rejected_csv=smk.params.rejected)
