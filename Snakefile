@@ -31,5 +31,6 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
-        summary_outputs(),
+        rules.summarize.output,
+        montage_outputs(),
     default_target: True

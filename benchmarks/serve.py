@@ -30,7 +30,10 @@ from _common import REPO, make_jpegs, print_table, record
 
 
 def default_model() -> Path:
-    cells = sorted((REPO / "results").glob("*/*/80-20/*/gallery.h5"))
+    from cbir.cell import CELL_FOLDER, GALLERY
+
+    pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
+    cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))
     if not cells:
         sys.exit("no trained cell under results/*/*/80-20/: run the workflow first, or pass --model")
     return cells[0].parent
@@ -99,7 +102,7 @@ def in_process_query(model_folder: Path, paths: list[str], top_k: int, threads: 
 
         torch.set_num_threads(threads)
     model = load_query_model(model_folder)
-    embedder = Embedder(model.backbone)
+    embedder = Embedder(model.record)
     return lambda i: query_images(model, [paths[i % len(paths)]], top_k=top_k, embedder=embedder)
 
 

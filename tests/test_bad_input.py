@@ -33,8 +33,8 @@ from cbir.data import (
     read_manifest,
     scan_image_folder,
     split_table,
+    write_csv_table,
     write_manifest,
-    write_table,
 )
 from cbir.io import atomic_path, partial_paths
 from cbir.report import write_dataset_summary
@@ -303,7 +303,7 @@ def test_duplicate_files_across_classes_are_reported_and_counted(tmp_path: Path)
     assert (duplicates["copies"] == 2).all()
 
     write_manifest(manifest, tmp_path / "manifest.csv", tmp_path / "excluded.csv")
-    write_table(duplicates, tmp_path / "duplicates.csv")
+    write_csv_table(duplicates, tmp_path / "duplicates.csv")
     table = write_dataset_summary(["tiny"], [tmp_path / "manifest.csv"], [tmp_path / "excluded.csv"],
                                   [tmp_path / "duplicates.csv"], tmp_path / "datasets.csv")  # fmt: skip
     row = table.iloc[0]
@@ -395,13 +395,13 @@ UNSAFE_LOADS = {
 def test_no_artifact_or_weights_file_is_unpickled():
     """Models are HDF5, weights go through torch.load(weights_only=True) or safetensors; the only
     unpickler is CIFAR-10's restricted one (tests/test_datasets.py checks it refuses code)."""
-    sources = [*sorted((REPO / "src" / "cbir").glob("*.py")), *sorted((REPO / "workflow" / "scripts").glob("*.py"))]
+    sources = [*sorted((REPO / "src" / "cbir").rglob("*.py")), *sorted((REPO / "workflow" / "scripts").glob("*.py"))]
     found = []
     for path in sources:
         text = path.read_text()
         found += [f"{path.name}: {what}" for pattern, what in UNSAFE_LOADS.items() if re.search(pattern, text)]
     assert found == []
-    assert "class RestrictedUnpickler(pickle.Unpickler)" in (REPO / "src/cbir/datasets.py").read_text()
+    assert "class RestrictedUnpickler(pickle.Unpickler)" in (REPO / "src/cbir/datasets/cifar10.py").read_text()
 
 
 @pytest.mark.parametrize(

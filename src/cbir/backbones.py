@@ -197,6 +197,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
 }
 
+
 def register_backbone(entry: Backbone) -> Backbone:
     """Add an architecture to :data:`BACKBONES` (from a plugin: README, "Extending")."""
     if entry.name in BACKBONES and BACKBONES[entry.name].plugin is None:

@@ -7,15 +7,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from cbir.query import (
-    QUERY_MODES,
-    Embedder,
-    ModelFolderError,
-    QueryError,
-    format_table,
-    load_query_model,
-    query_images,
-)
+from cbir.cell import ModelFolderError
+from cbir.query import Embedder, QueryError, format_table, load_query_model, query_images
+from cbir.retrieve import MODE_TITLES, MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("images", nargs="+", help="image files or folders of images")
     add_model_arguments(query)
     query.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
-    query.add_argument("--mode", choices=[*QUERY_MODES, "all"], default="all", help="retrieval mode (default all)")
+    query.add_argument("--mode", choices=[*MODES, "all"], default="all", help="retrieval mode (default all)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--montage", metavar="PNG", help="also draw the queries and their results into this image")
     add_serve_parser(commands)
@@ -63,9 +57,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 def run_query(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise QueryError("--top-k must be at least 1")
-    modes = QUERY_MODES if args.mode == "all" else (args.mode,)
+    modes = MODES if args.mode == "all" else (args.mode,)
     model = load_query_model(args.model, k=args.k, metric=args.metric)
-    embedder = Embedder(model.backbone, args.device)
+    embedder = Embedder(model.record, args.device)
     if embedder.notice:
         print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
     answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
@@ -75,9 +69,7 @@ def run_query(args: argparse.Namespace) -> int:
 
         shown = [a for a in answers if "error" not in a]
         if shown:
-            from cbir.retrieve import MODE_TITLES
-
-            draw_montage(shown, args.montage, {m: MODE_TITLES[m] for m in modes})
+            draw_montage(shown, args.montage, {m: MODE_TITLES[m].short for m in modes})
     return 1 if any("error" in a for a in answers) else 0
 
 

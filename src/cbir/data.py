@@ -25,7 +25,6 @@ EXCLUDED_COLUMNS = ["path", "class_name", "reason"]
 DUPLICATE_COLUMNS = ["sha256", "id", "class_name", "copies", "across_classes"]
 # the excluded.csv row of a class folder in which no image could be used (the class is left out)
 EMPTY_CLASS_REASON = "class folder holds no readable image: the class is left out"
-DEFAULT_MAX_EXCLUDED_FRACTION = 0.2
 
 
 class DatasetError(ValueError):
@@ -269,7 +268,7 @@ def accept_manifest(
     try:
         fraction = check_excluded_fraction(len(manifest.images), manifest.excluded, max_excluded_fraction, rejected_csv)
     except DatasetError:
-        write_table(manifest.excluded, rejected_csv)
+        write_csv_table(manifest.excluded, rejected_csv)
         raise
     check_usable(manifest.images, root)
     return fraction
@@ -326,7 +325,7 @@ def check_manifest_paths(images: pd.DataFrame, root: str | Path, manifest: str |
         )
 
 
-def write_table(frame: pd.DataFrame, target: str | Path) -> None:
+def write_csv_table(frame: pd.DataFrame, target: str | Path) -> None:
     """A table as CSV, atomically."""
     from cbir.io import atomic_path
 
@@ -336,7 +335,7 @@ def write_table(frame: pd.DataFrame, target: str | Path) -> None:
 
 def write_manifest(manifest: Manifest, images_csv: str | Path, excluded_csv: str | Path) -> None:
     for frame, target in ((manifest.images, images_csv), (manifest.excluded, excluded_csv)):
-        write_table(frame, target)
+        write_csv_table(frame, target)
 
 
 def read_manifest(path: str | Path, start: int = 0, stop: int | None = None) -> pd.DataFrame:

@@ -14,68 +14,16 @@ searches instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cbir.classify import MlpModel
-from cbir.cluster import IntraClassClusters
-from cbir.reduce import Projection
-from cbir.retrieve import MODES, FaissSearch, RetrievalIndex
+from cbir.cell import CellModels, load_cell
 from cbir.timing import clock, latency_summary
 
 PRECISION_AT = (5, 10, 20)
 EXACT_MODES = ("class", "global")
 QUERY_CHUNK = 256
-
-Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class CellModels:
-    projection: Projection
-    mlp: MlpModel
-    index: RetrievalIndex
-    faiss: dict[str, FaissSearch] = field(default_factory=dict)
-
-    def searchers(self) -> dict[str, Searcher]:
-        """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances)."""
-        modes: dict[str, Searcher] = {
-            mode: (lambda q, p, k, mode=mode: self.index.search(q, mode, k, p)) for mode in MODES
-        }
-        for kind, search in self.faiss.items():
-            modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(q, k)
-        return modes
-
-
-def build_models(
-    projection: Projection,
-    mlp: MlpModel,
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    clusters: IntraClassClusters,
-    *,
-    metric: str = "euclidean",
-    faiss_options: dict[str, Any] | None = None,
-    seed: int = 0,
-) -> CellModels:
-    index = RetrievalIndex(
-        gallery=train_features,
-        labels=train_labels,
-        centroids=clusters.centroids,
-        centroid_labels=clusters.centroid_labels,
-        assignments=clusters.assignments,
-        metric=metric,
-    )
-    faiss = {}
-    if faiss_options and faiss_options.get("enabled"):
-        for kind in ("flat", "ivf"):
-            faiss[kind] = FaissSearch(
-                train_features, kind, metric, faiss_options["nlist"], faiss_options["nprobe"], seed
-            )
-    return CellModels(projection, mlp, index, faiss)
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -268,61 +216,39 @@ def cell_metrics(
     features: str,
     manifest: str,
     split: str,
-    projection: str,
-    gallery: str,
-    classifier: str,
-    clusters: str,
+    cell_folder: str,
+    k: int,
     extraction_timing: str,
     out_path: str,
-    cell: dict[str, str],
     retrieval: dict[str, Any],
     seed: int,
 ) -> dict[str, Any]:
-    """Load one grid cell's artifacts, evaluate it on its test images and write the metrics JSON."""
+    """Load one grid cell with k clusters per class, evaluate it on its test images and write the metrics JSON."""
     import json
 
-    from cbir.classify import load_mlp
-    from cbir.cluster import load_clusters
     from cbir.data import read_manifest, split_ids
-    from cbir.io import library_versions, load_arrays, load_features, write_json
-    from cbir.reduce import load_projection
+    from cbir.io import library_versions, load_features, write_json
 
     test = load_features(features, split_ids(split, "test"))
-    train, _ = load_arrays(gallery)
-    fitted_clusters, cluster_ids, _ = load_clusters(clusters)
-    if list(cluster_ids) != list(train["ids"]):
-        raise ValueError(f"'{clusters}' was fitted on other training images than '{gallery}'")
-    mlp = load_mlp(classifier)
+    cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed)
+    models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
-    models = build_models(
-        load_projection(projection),
-        mlp,
-        train["features"],
-        train["labels"],
-        fitted_clusters,
-        metric=retrieval["metric"],
-        faiss_options=retrieval.get("faiss"),
-        seed=seed,
-    )
     table = read_manifest(manifest)
     n_classes = int(table["label"].max()) + 1
     result: dict[str, Any] = {
-        "dataset": cell["dataset"],
-        "backbone": cell["backbone"],
-        "split": cell["split"],
-        "pca": cell["pca"],
-        "k": int(cell["k"]),
-        "n_train": len(train["ids"]),
-        "n_classes": len(np.unique(train["labels"])),
+        **cell.identity.as_dict(),
+        "k": cell.k,
+        "n_train": len(cell.gallery_ids),
+        "n_classes": len(np.unique(cell.gallery_labels)),
         "feature_dim": int(test.features.shape[1]),
-        "reduced_dim": int(train["features"].shape[1]),
+        "reduced_dim": int(models.index.gallery.shape[1]),
         "top_k": top_k,
         "metric": retrieval["metric"],
-        "n_clusters": len(fitted_clusters.centroids),
-        "kmeans_max_iter_used": max(fitted_clusters.n_iter.values(), default=0),
-        "kmeans_all_converged": all(fitted_clusters.converged.values()),
-        "mlp_n_iter": mlp.n_iter,
-        "mlp_converged": mlp.converged,
+        "n_clusters": len(clusters.centroids),
+        "kmeans_max_iter_used": max(clusters.n_iter.values(), default=0),
+        "kmeans_all_converged": all(clusters.converged.values()),
+        "mlp_n_iter": models.mlp.n_iter,
+        "mlp_converged": models.mlp.converged,
         "faiss_ivf_nlist": models.faiss["ivf"].nlist if "ivf" in models.faiss else None,
     }
     result.update(
@@ -331,13 +257,13 @@ def cell_metrics(
             test.features,
             test.labels,
             manifest_label_sets(table, test.ids, n_classes),
-            manifest_label_sets(table, train["ids"], n_classes),
+            manifest_label_sets(table, cell.gallery_ids, n_classes),
             top_k=top_k,
         )
     )
     with open(extraction_timing) as f:
         timing = json.load(f)
-    result.update({k: v for k, v in timing.items() if k.startswith("time_")})
+    result.update({key: value for key, value in timing.items() if key.startswith("time_")})
     result.update(total_query_times(result, list(models.searchers())))
     result["seed"] = seed
     result["library_versions"] = library_versions()

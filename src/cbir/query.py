@@ -1,127 +1,36 @@
 """Query a trained grid cell with your own images: the machinery behind ``cbir query``.
 
-A model folder is one grid cell, ``results/<dataset>/<backbone>/<split>/<pca>/``: the
-projection, the gallery (projected training images with their ids, paths and classes), the
-MLP and the intra-class clusters for one or more k. The backbone is rebuilt from the settings
-recorded in the gallery, so a query image goes through exactly what the gallery went through.
+A model folder is one grid cell, ``results/<dataset>/<backbone>/<split>/<pca>/`` (see
+:mod:`cbir.cell`). The backbone is rebuilt from the settings recorded in the gallery, so a query
+image goes through exactly what the gallery went through.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cbir.classify import load_mlp
-from cbir.cluster import load_clusters
+from cbir.cell import Cell, ModelFolderError, load_cell
 from cbir.data import IMAGE_EXTENSIONS
-from cbir.evaluate import CellModels, build_models
-from cbir.io import load_arrays
-from cbir.reduce import load_projection
+from cbir.retrieve import MODES
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-REQUIRED_FILES = ("projection.h5", "gallery.h5", "classifier.h5")
-QUERY_MODES = ("clustered", "class", "global")
-T = TypeVar("T")
-
-
-class ModelFolderError(ValueError):
-    """The model folder cannot be used; the message says what is missing or wrong."""
 
 
 class QueryError(ValueError):
     """A query image cannot be used; the message names it and says why."""
 
 
-@dataclass
-class QueryModel:
-    folder: Path
-    k: int
-    backbone: dict[str, Any]  # the gallery's feature record: backbone, seed, precision, preprocessing
-    class_names: list[str]
-    gallery_ids: np.ndarray
-    gallery_paths: np.ndarray
-    gallery_labels: np.ndarray
-    cell: CellModels
-
-    @property
-    def feature_dim(self) -> int:
-        projection = self.cell.projection
-        return len(projection.mean) if projection.mean is not None else self.cell.index.gallery.shape[1]
-
-
-def available_k(folder: Path) -> list[int]:
-    return sorted(
-        int(m.group(1)) for p in folder.glob("clusters_k*.h5") if (m := re.fullmatch(r"clusters_k(\d+)\.h5", p.name))
-    )
-
-
-def _read_artifact(path: Path, loader: Callable[[Path], T]) -> T:
-    """Load one artifact; a damaged or foreign file becomes a ModelFolderError naming it."""
-    try:
-        return loader(path)
-    except (OSError, KeyError, ValueError) as error:
-        raise ModelFolderError(
-            f"'{path}' cannot be read as a cbir artifact ({type(error).__name__}: {error}); rerun the workflow "
-            "to rebuild the cell"
-        ) from error
-
-
-def load_query_model(folder: str | Path, k: int | None = None, metric: str = "euclidean") -> QueryModel:
-    """Load a grid cell's artifacts, refusing an incomplete folder with the names of what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFolderError(f"model folder '{folder}' does not exist")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    ks = available_k(folder)
-    if not ks:
-        missing.append("clusters_k<k>.h5")
-    if missing:
-        raise ModelFolderError(
-            f"model folder '{folder}' is incomplete: missing {', '.join(missing)} "
-            "(expected a grid cell such as results/<dataset>/<backbone>/<split>/<pca>/ after a finished run)"
-        )
-    if k is None:
-        k = ks[0]
-    elif k not in ks:
-        raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
-    gallery, attrs = _read_artifact(folder / "gallery.h5", load_arrays)
-    backbone_attrs = attrs.get("backbone_attrs")
-    if "class_names" not in attrs or not isinstance(backbone_attrs, dict):
-        raise ModelFolderError(
-            f"'{folder}/gallery.h5' lacks the class names or the backbone settings: it was written by an "
-            "older version of cbir; rerun the workflow to rebuild the cell"
-        )
-    clusters, cluster_ids, _ = _read_artifact(folder / f"clusters_k{k}.h5", load_clusters)
-    if list(cluster_ids) != list(gallery["ids"]):
-        raise ModelFolderError(f"'{folder}/clusters_k{k}.h5' was fitted on other images than the gallery")
-    cell = build_models(
-        _read_artifact(folder / "projection.h5", load_projection),
-        _read_artifact(folder / "classifier.h5", load_mlp),
-        gallery["features"],
-        gallery["labels"],
-        clusters,
-        metric=metric,
-    )
-    return QueryModel(
-        folder=folder,
-        k=k,
-        backbone=backbone_attrs,
-        class_names=list(attrs["class_names"]),
-        gallery_ids=gallery["ids"],
-        gallery_paths=gallery["paths"],
-        gallery_labels=gallery["labels"],
-        cell=cell,
-    )
+def load_query_model(folder: str | Path, k: int | None = None, metric: str = "euclidean") -> Cell:
+    """A grid cell to query (see :func:`cbir.cell.load_cell`); raises ModelFolderError saying what is wrong."""
+    return load_cell(folder, k, metric)
 
 
 def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
@@ -200,10 +109,10 @@ class Embedder:
 
 
 def search_features(
-    model: QueryModel,
+    model: Cell,
     features: np.ndarray,
     top_k: int = 5,
-    modes: Sequence[str] = QUERY_MODES,
+    modes: Sequence[str] = MODES,
     timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Predicted class and top-k results per mode for each row of raw backbone features.
@@ -215,15 +124,15 @@ def search_features(
         raise QueryError(
             f"query features have {features.shape[1]} dimensions but the model in '{model.folder}' expects "
             f"{model.feature_dim}: the model was built with backbone "
-            f"{ {key: model.backbone.get(key) for key in ('arch', 'weights', 'pooling', 'image_size')} }"
+            f"{ {key: model.record.get(key) for key in ('arch', 'weights', 'pooling', 'image_size')} }"
         )
     steps = timings if timings is not None else {}
     start = time.perf_counter()
-    reduced = model.cell.projection.transform(features)
-    probabilities = model.cell.mlp.predict_proba(reduced)
-    predicted = model.cell.mlp.classes[np.argmax(probabilities, axis=1)]
+    reduced = model.models.projection.transform(features)
+    probabilities = model.models.mlp.predict_proba(reduced)
+    predicted = model.models.mlp.classes[np.argmax(probabilities, axis=1)]
     steps["project_predict"] = (time.perf_counter() - start) * 1e3
-    searchers = model.cell.searchers()
+    searchers = model.models.searchers()
     found = {}
     for mode in modes:
         start = time.perf_counter()
@@ -252,11 +161,11 @@ def search_features(
     return answers
 
 
-def query_images(model: QueryModel, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = QUERY_MODES,
+def query_images(model: Cell, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = MODES,
                  device: str = "auto", embedder: Embedder | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run image files or folders through the model; unreadable images are reported, not fatal."""
     paths = collect_query_paths(arguments)
-    features, errors = (embedder or Embedder(model.backbone, device)).embed_paths(paths)
+    features, errors = (embedder or Embedder(model.record, device)).embed_paths(paths)
     readable = [i for i, error in enumerate(errors) if error is None]
     answers: list[dict[str, Any]] = [{"query": str(p)} for p in paths]
     if readable:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from cbir.data import write_table as write_csv
+from cbir.data import write_csv_table
 from cbir.io import atomic_path
+from cbir.retrieve import MODE_TITLES
 
 KEY_COLUMNS = ["dataset", "backbone", "split", "pca", "k"]
 
@@ -52,7 +53,7 @@ def timing_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
     """Median time per query in ms: the search alone for every mode, then the whole query
     (extraction + projection + prediction + search) with clustering, without clustering (the
     predicted class) and exhaustively (all images)."""
-    parts = {f"search {MODE_NAMES[m]}": f"time_search_{m}_median_us" for m in modes_in(frame)}
+    parts = {f"search {MODE_TITLES[m].report}": f"time_search_{m}_median_us" for m in modes_in(frame)}
     parts.update(
         {
             "total with clustering": "time_total_clustered_median_us",
@@ -79,24 +80,15 @@ def _top_k(frame: pd.DataFrame) -> int:
     return int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
 
 
-def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str) -> None:
+def write_csv_and_markdown(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str) -> None:
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, float_format="%.4f")
     with atomic_path(md_path) as tmp:
         tmp.write_text(f"## {title}\n\n{table.to_markdown(floatfmt='.3f')}\n")
 
 
-MODE_NAMES = {
-    "clustered": "clustered (paper)",
-    "class": "predicted class, exact",
-    "global": "all images, exact",
-    "faiss_flat": "faiss flat",
-    "faiss_ivf": "faiss IVF",
-}
-
-
 def modes_in(frame: pd.DataFrame) -> list[str]:
-    return [m for m in MODE_NAMES if f"time_search_{m}_median_us" in frame.columns]
+    return [m for m in MODE_TITLES if f"time_search_{m}_median_us" in frame.columns]
 
 
 def quality_table(frame: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -172,7 +164,7 @@ def plot_recall_vs_speedup(frame: pd.DataFrame, out_path: str | Path) -> None:
     baseline = frame["time_search_global_median_us"]
     for mode in [m for m in ("clustered", "class", "faiss_ivf") if f"recall_at_{top_k}_vs_exact_{m}" in frame]:
         speedup = baseline / frame[f"time_search_{mode}_median_us"]
-        ax.scatter(speedup, frame[f"recall_at_{top_k}_vs_exact_{mode}"], label=MODE_NAMES[mode], alpha=0.7)
+        ax.scatter(speedup, frame[f"recall_at_{top_k}_vs_exact_{mode}"], label=MODE_TITLES[mode].report, alpha=0.7)
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("speed-up of the search over exhaustive exact search (median, one query)")
@@ -183,32 +175,48 @@ def plot_recall_vs_speedup(frame: pd.DataFrame, out_path: str | Path) -> None:
     _save(fig, out_path)
 
 
+def plot_map(frame: pd.DataFrame, out_path: str | Path) -> None:
+    plot_vs_pca(frame, {"class": "map_class", "all images": "map_global"}, "mAP", out_path)
+
+
+def plot_latency(frame: pd.DataFrame, out_path: str | Path) -> None:
+    latency = {MODE_TITLES[m].report: f"time_search_{m}_median_us" for m in modes_in(frame)}
+    plot_vs_pca(frame, latency, "median search time per query (µs)", out_path, log=True)
+
+
+# the summary's tables, one per split: name -> (title, the table from the metrics of every cell)
+TABLES: dict[str, tuple[str, Callable[[pd.DataFrame, str], pd.DataFrame]]] = {
+    "accuracy": ("Classification accuracy (%)", lambda frame, split: paper_table(frame, split, "accuracy") * 100),
+    "retrieval_time": ("Median time per query (ms)", timing_table),
+    "retrieval_quality": ("Retrieval quality", quality_table),
+}
+PLOTS: dict[str, Callable[[pd.DataFrame, str | Path], None]] = {
+    "accuracy_vs_pca": plot_accuracy,
+    "map_vs_pca": plot_map,
+    "latency_vs_pca": plot_latency,
+    "recall_vs_speedup": plot_recall_vs_speedup,
+}
+
+
 def write_summary(
     metric_paths: Iterable[str | Path],
     metrics_csv: str | Path,
-    splits: Iterable[str],
-    out_dir: str | Path,
+    tables: Mapping[tuple[str, str, str], str | Path],
+    plots: Mapping[str, str | Path],
 ) -> pd.DataFrame:
-    """metrics.csv; per split the accuracy, timing and retrieval-quality tables (CSV + Markdown); plots."""
+    """metrics.csv, and exactly the tables and plots asked for.
+
+    ``tables`` maps (table, split, "csv" or "md") to its path, a table of :data:`TABLES` written
+    both as CSV and as Markdown; ``plots`` maps a plot of :data:`PLOTS` to its path.
+    """
     frame = gather_metrics(metric_paths)
-    write_csv(frame.drop(columns=["library_versions"], errors="ignore"), metrics_csv)
-    out_dir = Path(out_dir)
-    for split in splits:
-        tables = {
-            "accuracy": (paper_table(frame, split, "accuracy") * 100, f"Classification accuracy (%), split {split}"),
-            "retrieval_time": (
-                timing_table(frame, split),
-                f"Median time per query (ms), split {split}",
-            ),
-            "retrieval_quality": (quality_table(frame, split), f"Retrieval quality, split {split}"),
-        }
-        for name, (table, title) in tables.items():
-            write_table(table, out_dir / f"{name}_{split}.csv", out_dir / f"{name}_{split}.md", title)
-    plot_accuracy(frame, out_dir / "accuracy_vs_pca.png")
-    plot_vs_pca(frame, {"class": "map_class", "all images": "map_global"}, "mAP", out_dir / "map_vs_pca.png")
-    latency = {MODE_NAMES[m]: f"time_search_{m}_median_us" for m in modes_in(frame)}
-    plot_vs_pca(frame, latency, "median search time per query (µs)", out_dir / "latency_vs_pca.png", log=True)
-    plot_recall_vs_speedup(frame, out_dir / "recall_vs_speedup.png")
+    write_csv_table(frame.drop(columns=["library_versions"], errors="ignore"), metrics_csv)
+    for name, split in dict.fromkeys((name, split) for name, split, _ in tables):
+        title, make_table = TABLES[name]
+        csv_path, md_path = tables[name, split, "csv"], tables[name, split, "md"]
+        write_csv_and_markdown(make_table(frame, split), csv_path, md_path, f"{title}, split {split}")
+    for name, path in plots.items():
+        PLOTS[name](frame, path)
     return frame
 
 
@@ -250,7 +258,7 @@ def write_dataset_summary(
     """results/summary/datasets.csv: per dataset, what was used, excluded and duplicated."""
     rows = [dataset_counts(*files) for files in zip(names, manifests, excluded, duplicates, strict=True)]
     table = pd.DataFrame(rows, columns=DATASET_COLUMNS)
-    write_csv(table, out_csv)
+    write_csv_table(table, out_csv)
     return table
 
 
@@ -292,9 +300,7 @@ def draw_montage(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cbir.retrieve import MODE_TITLES
-
-    modes = modes or {mode: MODE_TITLES[mode] for mode in ("clustered", "class")}
+    modes = modes or {mode: MODE_TITLES[mode].short for mode in ("clustered", "class")}
     true_classes = true_classes or [None] * len(queries)
     top_k = max((len(q["results"].get(m, [])) for q in queries for m in modes), default=1)
     n_rows = len(queries) * len(modes)

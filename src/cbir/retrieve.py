@@ -12,12 +12,26 @@ deterministic. Rows shorter than ``top_k`` (a small cluster) are padded with -1 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 MODES = ("clustered", "class", "global")
-# how the page, the montages and the CLI name each mode
-MODE_TITLES = {"clustered": "with clustering", "class": "without clustering", "global": "all images"}
+
+
+class ModeTitle(NamedTuple):
+    short: str  # on the page, the montages and the CLI
+    report: str  # in the summary's tables and plots
+
+
+# every search mode evaluated: the three above, then faiss over the whole gallery (exact, approximate)
+MODE_TITLES = {
+    "clustered": ModeTitle("with clustering", "clustered (paper)"),
+    "class": ModeTitle("without clustering", "predicted class, exact"),
+    "global": ModeTitle("all images", "all images, exact"),
+    "faiss_flat": ModeTitle("faiss flat", "faiss flat"),
+    "faiss_ivf": ModeTitle("faiss IVF", "faiss IVF"),
+}
 METRICS = ("euclidean", "cosine")
 
 

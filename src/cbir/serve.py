@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import io
 import ipaddress
-import json
 import logging
 import threading
 import time
@@ -30,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
-from cbir.query import QUERY_MODES, Embedder, QueryModel, available_k, load_query_model, search_features
-from cbir.retrieve import MODE_TITLES
+from cbir.cell import Cell, available_k, load_cell
+from cbir.query import Embedder, search_features
+from cbir.retrieve import MODE_TITLES, MODES
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ServedModel:
     """Everything a request reads: the query model, the embedder and the images known by id."""
 
     settings: ServeSettings
-    model: QueryModel
+    model: Cell
     embedder: Embedder
     images: dict[str, ImageEntry]
     test_ids: list[str]
@@ -103,14 +103,12 @@ class ServedModel:
             import torch
 
             torch.set_num_threads(settings.threads)
-        model = load_query_model(settings.model, k=settings.k, metric=settings.metric)
+        model = load_cell(settings.model, k=settings.k, metric=settings.metric)
         images, test_ids = index_images(model)
-        metrics_path = model.folder / f"metrics_k{model.k}.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        embedder = Embedder(model.backbone, settings.device)
+        embedder = Embedder(model.record, settings.device)
         if embedder.notice:
             log.warning("%s", embedder.notice)
-        return cls(settings, model, embedder, images, test_ids, metrics)
+        return cls(settings, model, embedder, images, test_ids, model.saved_metrics())
 
     def thumbnail(self, image_id: str) -> bytes:
         if image_id not in self.images:
@@ -130,13 +128,10 @@ class ServedModel:
         return buffer.getvalue()
 
     def info(self) -> dict[str, Any]:
-        parts = ("", "", "", *self.model.folder.resolve().parts)[-4:]  # <dataset>/<backbone>/<split>/<pca>
-        names = dict(zip(("dataset", "backbone", "split", "pca"), parts, strict=True))
-        names.update({key: str(self.metrics[key]) for key in names if key in self.metrics})
-        index = self.model.cell.index
+        index = self.model.models.index
         return {
-            **names,
-            **{key: self.model.backbone[key] for key in ("arch", "weights", "pooling", "image_size")},
+            **self.model.identity.as_dict(),
+            **{key: self.model.record[key] for key in ("arch", "weights", "pooling", "image_size")},
             "seed": self.embedder.prepared.seed,
             "precision": self.embedder.prepared.precision,
             "precision_notice": self.embedder.notice,
@@ -152,7 +147,7 @@ class ServedModel:
             "max_top_k": MAX_TOP_K,
             "max_upload_bytes": self.settings.max_upload_bytes,
             "max_pixels": self.settings.max_pixels,
-            "modes": MODE_TITLES,
+            "modes": {mode: MODE_TITLES[mode].short for mode in MODES},
             "metrics": quality_metrics(self.metrics),
         }
 
@@ -165,7 +160,7 @@ class ServedModel:
         start = time.perf_counter()
         features = self.embedder.forward(tensor[None])
         timings["forward"] = _ms_since(start)
-        [answer] = search_features(self.model, features, top_k, QUERY_MODES, timings=timings)
+        [answer] = search_features(self.model, features, top_k, MODES, timings=timings)
         results = {
             mode: [
                 {
@@ -196,7 +191,7 @@ def quality_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     top_k = metrics.get("top_k", 5)
     keys = ["accuracy"]
     for pattern in (f"map_at_{top_k}_{{}}", "map_{}", f"precision_at_{top_k}_{{}}"):
-        keys += [pattern.format(mode) for mode in QUERY_MODES]
+        keys += [pattern.format(mode) for mode in MODES]
     return {key: float(metrics[key]) for key in keys if isinstance(metrics.get(key), int | float)}
 
 
@@ -210,7 +205,7 @@ def thumbnail_url(image_id: str) -> str:
     return f"/api/images/{quote(image_id, safe='/')}"
 
 
-def index_images(model: QueryModel) -> tuple[dict[str, ImageEntry], list[str]]:
+def index_images(model: Cell) -> tuple[dict[str, ImageEntry], list[str]]:
     """Gallery images (from gallery.h5) plus the split's test images (from the dataset's manifest).
 
     The cell is ``<root>/results/<dataset>/<backbone>/<split>/<pca>/``; relative manifest paths
@@ -243,7 +238,7 @@ def _resolve(path: str, root: Path) -> Path:
     return candidate if candidate.is_absolute() else root / candidate
 
 
-def _gallery_images(model: QueryModel, root: Path) -> dict[str, ImageEntry]:
+def _gallery_images(model: Cell, root: Path) -> dict[str, ImageEntry]:
     return {
         str(image_id): ImageEntry(str(image_id), _resolve(str(path), root), model.class_names[int(label)], "train")
         for image_id, path, label in zip(model.gallery_ids, model.gallery_paths, model.gallery_labels, strict=True)

@@ -17,6 +17,17 @@ from cbir.config import (  # noqa: E402
     pca_sizes,
     validate_config,
 )
+from cbir.cell import (  # noqa: E402
+    CELL_FOLDER,
+    CLASSIFIER,
+    GALLERY,
+    PROJECTION,
+    cell_folder,
+    clusters_name,
+    metrics_name,
+    model_files,
+)
+from cbir.datasets import get_source  # noqa: E402
 
 try:
     config.update(validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml")))
@@ -39,7 +50,10 @@ wildcard_constraints:
 CONDA_ENV = "../../envs/cbir.yaml"
 SEED = config["seed"]
 
-CELL = "results/{dataset}/{backbone}/{split}/{pca}"
+CELL = CELL_FOLDER  # results/{dataset}/{backbone}/{split}/{pca}
+MANIFEST = "results/{dataset}/manifest.csv"
+SPLIT = "results/{dataset}/splits/{split}.csv"
+FEATURES = "results/{dataset}/features/{backbone}.h5"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
@@ -65,12 +79,11 @@ def download_input(wildcards):
 
 
 def manifest_input(wildcards):
-    """What the manifest is built from: generated digits, CIFAR-10's PNGs, or the (downloaded) files."""
-    source = dataset_source(wildcards.dataset)
-    if source == "sklearn_digits":
-        return str(dataset_root(config, wildcards.dataset))
-    if source == "cifar10":
-        return f"results/{wildcards.dataset}/images"
+    """What the manifest is built from: the folder written by the rule the source names as ``prepared_by``
+    (generated digits, CIFAR-10's PNGs), or the dataset's (downloaded) files."""
+    prepared_by = get_source(dataset_source(wildcards.dataset)).prepared_by
+    if prepared_by:
+        return getattr(rules, prepared_by).output.folder.format(dataset=wildcards.dataset)
     return download_input(wildcards)
 
 
@@ -86,14 +99,14 @@ def basis_input(wildcards):
 
 
 def metrics_files():
-    return [
-        f"results/{c.dataset}/{c.backbone}/{c.split}/{c.pca}/metrics_k{c.k}.json"
-        for c in grid_cells(config)
-    ]
+    return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
 
 
 SUMMARY_TABLES = ["accuracy", "retrieval_time", "retrieval_quality"]
 SUMMARY_PLOTS = ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup"]
+# the summary's tables, each split's as CSV and as Markdown: (table, split, ext)
+SUMMARY_TABLE_FILES = [(t, s, ext) for t in SUMMARY_TABLES for s in config["grid"]["splits"] for ext in ("csv", "md")]
+MONTAGE = "results/summary/montages/{dataset}/{backbone}.png"
 
 
 def montage_split_and_pca():
@@ -105,26 +118,16 @@ def montage_split_and_pca():
 
 
 def montage_cell(wildcards):
-    split, pca = montage_split_and_pca()
-    return f"results/{wildcards.dataset}/{wildcards.backbone}/{split}/{pca}"
+    return cell_folder(wildcards.dataset, wildcards.backbone, *montage_split_and_pca())
 
 
 def montage_split(wildcards):
-    return "results/{}/splits/{}.csv".format(wildcards.dataset, montage_split_and_pca()[0])
+    return SPLIT.format(dataset=wildcards.dataset, split=montage_split_and_pca()[0])
 
 
 def montage_outputs():
     grid = config["grid"]
-    return expand("results/summary/montages/{dataset}/{backbone}.png", dataset=grid["datasets"], backbone=grid["backbones"])
-
-
-def summary_outputs():
-    return (
-        ["results/summary/metrics.csv", "results/summary/datasets.csv"]
-        + expand("results/summary/{plot}.png", plot=SUMMARY_PLOTS)
-        + expand("results/summary/{table}_{split}.{ext}", table=SUMMARY_TABLES, split=config["grid"]["splits"], ext=["csv", "md"])
-        + montage_outputs()
-    )
+    return expand(MONTAGE, dataset=grid["datasets"], backbone=grid["backbones"])
 
 
 def retrieval_settings(*keys):

@@ -74,7 +74,7 @@ rule manifest:
     input:
         manifest_input,
     output:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
         excluded="results/{dataset}/excluded.csv",
     params:
         source=lambda wildcards: dataset_source(wildcards.dataset),
@@ -100,7 +100,7 @@ rule manifest:
 rule duplicates:
     """Images whose content (sha256) occurs more than once, and whether the copies are in different classes."""
     input:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
     output:
         duplicates="results/{dataset}/duplicates.csv",
     log:
@@ -120,9 +120,9 @@ rule duplicates:
 rule split:
     """Stratified, seeded train/test split (or the dataset's official one), listing image ids."""
     input:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
     output:
-        split="results/{dataset}/splits/{split}.csv",
+        split=SPLIT,
     params:
         seed=SEED,
     log:

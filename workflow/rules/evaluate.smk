@@ -1,9 +1,9 @@
 rule time_extraction:
     """Latency of a query image through the features' own network (decode, preprocess, forward)."""
     input:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
         # the network, seed and precision come from what the feature file recorded
-        features="results/{dataset}/features/{backbone}.h5",
+        features=FEATURES,
     output:
         timing="results/{dataset}/features/{backbone}.timing.json",
     params:
@@ -27,16 +27,16 @@ rule time_extraction:
 rule evaluate:
     """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell."""
     input:
-        features="results/{dataset}/features/{backbone}.h5",
+        features=FEATURES,
         timing="results/{dataset}/features/{backbone}.timing.json",
-        manifest="results/{dataset}/manifest.csv",
-        split="results/{dataset}/splits/{split}.csv",
-        projection=f"{CELL}/projection.h5",
-        gallery=f"{CELL}/gallery.h5",
-        classifier=f"{CELL}/classifier.h5",
-        clusters=f"{CELL}/clusters_k{{k}}.h5",
+        manifest=MANIFEST,
+        split=SPLIT,
+        projection=f"{CELL}/{PROJECTION}",
+        gallery=f"{CELL}/{GALLERY}",
+        classifier=f"{CELL}/{CLASSIFIER}",
+        clusters=f"{CELL}/{clusters_name('{k}')}",
     output:
-        metrics=f"{CELL}/metrics_k{{k}}.json",
+        metrics=f"{CELL}/{metrics_name('{k}')}",
     params:
         retrieval=retrieval_settings("top_k", "metric", "faiss"),
         seed=SEED,
@@ -59,7 +59,7 @@ rule summarize:
     and datasets.csv: images, excluded files and duplicates per dataset."""
     input:
         metrics=metrics_files(),
-        manifests=expand("results/{dataset}/manifest.csv", dataset=config["grid"]["datasets"]),
+        manifests=expand(MANIFEST, dataset=config["grid"]["datasets"]),
         excluded=expand("results/{dataset}/excluded.csv", dataset=config["grid"]["datasets"]),
         duplicates=expand("results/{dataset}/duplicates.csv", dataset=config["grid"]["datasets"]),
     output:
@@ -71,12 +71,7 @@ rule summarize:
             labels={"table": "all grid cells"},
         ),
         tables=report(
-            expand(
-                "results/summary/{table}_{split}.{ext}",
-                table=SUMMARY_TABLES,
-                split=config["grid"]["splits"],
-                ext=["csv", "md"],
-            ),
+            [f"results/summary/{table}_{split}.{ext}" for table, split, ext in SUMMARY_TABLE_FILES],
             caption="../report/tables.rst",
             category="Tables",
         ),
@@ -86,9 +81,10 @@ rule summarize:
             category="Plots",
         ),
     params:
-        splits=config["grid"]["splits"],
+        # what each of output.tables and output.plots is, in their order
+        tables=SUMMARY_TABLE_FILES,
+        plots=SUMMARY_PLOTS,
         datasets=config["grid"]["datasets"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/summarize.log",
     benchmark:
@@ -106,15 +102,12 @@ rule summarize:
 rule montage:
     """Retrieval montage like the paper's figures, for a few fixed test queries of one dataset."""
     input:
-        features="results/{dataset}/features/{backbone}.h5",
+        features=FEATURES,
         split=montage_split,
-        cell=lambda wildcards: [
-            f"{montage_cell(wildcards)}/{name}"
-            for name in ("projection.h5", "gallery.h5", "classifier.h5", f"clusters_k{config['grid']['k'][0]}.h5")
-        ],
+        cell=lambda wildcards: [f"{montage_cell(wildcards)}/{name}" for name in model_files(config["grid"]["k"][0])],
     output:
         montage=report(
-            "results/summary/montages/{dataset}/{backbone}.png",
+            MONTAGE,
             caption="../report/montage.rst",
             category="Montages",
             labels={"dataset": "{dataset}", "backbone": "{backbone}"},

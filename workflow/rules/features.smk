@@ -7,7 +7,7 @@
 checkpoint plan_shards:
     """Cut a dataset's manifest into shards of extraction.shard_size images."""
     input:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
     output:
         plan="results/{dataset}/shards/plan.json",
     params:
@@ -29,7 +29,7 @@ checkpoint plan_shards:
 rule extract_features:
     """One shard of a dataset's images once through the backbone (CUDA when present)."""
     input:
-        manifest="results/{dataset}/manifest.csv",
+        manifest=MANIFEST,
         plan="results/{dataset}/shards/plan.json",
     output:
         shard=temp(SHARD),
@@ -61,7 +61,7 @@ rule gather_features:
     input:
         shards=feature_shards,
     output:
-        features="results/{dataset}/features/{backbone}.h5",
+        features=FEATURES,
     params:
         # the shards' own settings: the shards are temporary, so a change is seen here and
         # re-extracts them

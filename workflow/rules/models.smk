@@ -1,8 +1,8 @@
 rule fit_pca:
     """One PCA per training split, at the grid's largest size: exact, or streamed for large training sets."""
     input:
-        features="results/{dataset}/features/{backbone}.h5",
-        split="results/{dataset}/splits/{split}.csv",
+        features=FEATURES,
+        split=SPLIT,
     output:
         basis="results/{dataset}/{backbone}/{split}/pca_basis.h5",
     params:
@@ -26,13 +26,13 @@ rule fit_pca:
 rule project:
     """PCA(n) projection of the training images: the cell's gallery."""
     input:
-        features="results/{dataset}/features/{backbone}.h5",
-        manifest="results/{dataset}/manifest.csv",
-        split="results/{dataset}/splits/{split}.csv",
+        features=FEATURES,
+        manifest=MANIFEST,
+        split=SPLIT,
         basis=basis_input,
     output:
-        projection=f"{CELL}/projection.h5",
-        gallery=f"{CELL}/gallery.h5",
+        projection=f"{CELL}/{PROJECTION}",
+        gallery=f"{CELL}/{GALLERY}",
     params:
         seed=SEED,
     log:
@@ -53,9 +53,9 @@ rule project:
 rule cluster:
     """k-means with k clusters inside each class of the training images."""
     input:
-        gallery=f"{CELL}/gallery.h5",
+        gallery=f"{CELL}/{GALLERY}",
     output:
-        clusters=f"{CELL}/clusters_k{{k}}.h5",
+        clusters=f"{CELL}/{clusters_name('{k}')}",
     params:
         kmeans=config["kmeans"],
         seed=SEED,
@@ -76,9 +76,9 @@ rule cluster:
 rule train_mlp:
     """The MLP classifier on the reduced training features."""
     input:
-        gallery=f"{CELL}/gallery.h5",
+        gallery=f"{CELL}/{GALLERY}",
     output:
-        classifier=f"{CELL}/classifier.h5",
+        classifier=f"{CELL}/{CLASSIFIER}",
     params:
         mlp=config["mlp"],
         seed=SEED,

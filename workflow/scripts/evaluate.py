@@ -1,5 +1,7 @@
 """Evaluate one grid cell on its test images: accuracy, retrieval quality, timings."""
 
+import os
+
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.evaluate import cell_metrics
@@ -11,13 +13,11 @@ def main(smk) -> None:
         features=smk.input.features,
         manifest=smk.input.manifest,
         split=smk.input.split,
-        projection=smk.input.projection,
-        gallery=smk.input.gallery,
-        classifier=smk.input.classifier,
-        clusters=smk.input.clusters,
+        # the cell's artifacts are the rule's inputs, so that Snakemake tracks them; they are read from its folder
+        cell_folder=os.path.dirname(smk.input.gallery),
+        k=int(smk.wildcards.k),
         extraction_timing=smk.input.timing,
         out_path=smk.output.metrics,
-        cell=dict(smk.wildcards.items()),
         retrieval=smk.params.retrieval,
         seed=smk.params.seed,
     )

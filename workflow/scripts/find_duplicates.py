@@ -4,13 +4,13 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import find_duplicates, read_manifest, write_table
+from cbir.data import find_duplicates, read_manifest, write_csv_table
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
     duplicates = find_duplicates(read_manifest(smk.input.manifest))
-    write_table(duplicates, smk.output.duplicates)
+    write_csv_table(duplicates, smk.output.duplicates)
     across = duplicates[duplicates["across_classes"]]
     if len(across):
         logging.getLogger("cbir.duplicates").warning(

@@ -2,6 +2,7 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.cell import CellIdentity
 from cbir.data import class_names, read_manifest, split_ids
 from cbir.io import load_features, save_arrays
 from cbir.reduce import Projection, load_projection, save_projection
@@ -9,13 +10,15 @@ from cbir.runtime import run_step
 
 
 def main(smk) -> None:
+    wildcards = smk.wildcards
     train = load_features(smk.input.features, split_ids(smk.input.split, "train"))
-    if smk.wildcards.pca == "original":
+    if wildcards.pca == "original":
         projection = Projection(mean=None, components=None)
     else:
-        projection = load_projection(smk.input.basis).truncate(int(smk.wildcards.pca))
+        projection = load_projection(smk.input.basis).truncate(int(wildcards.pca))
     attrs = {
-        "pca": smk.wildcards.pca,
+        # which grid cell, read back by cbir.cell.load_cell wherever the cell's folder is copied to
+        **CellIdentity(wildcards.dataset, wildcards.backbone, wildcards.split, wildcards.pca).as_dict(),
         "seed": smk.params.seed,
         "backbone_attrs": train.attrs,
         "class_names": class_names(read_manifest(smk.input.manifest)),

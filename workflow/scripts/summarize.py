@@ -9,7 +9,10 @@ from cbir.runtime import run_step
 
 
 def main(smk) -> None:
-    write_summary(smk.input.metrics, smk.output.metrics, smk.params.splits, smk.params.out_dir)
+    # the outputs the rule declares, keyed by what they hold
+    tables = dict(zip(map(tuple, smk.params.tables), smk.output.tables, strict=True))
+    plots = dict(zip(smk.params.plots, smk.output.plots, strict=True))
+    write_summary(smk.input.metrics, smk.output.metrics, tables, plots)
     table = write_dataset_summary(
         smk.params.datasets, smk.input.manifests, smk.input.excluded, smk.input.duplicates, smk.output.datasets
     )
