@@ -20,8 +20,8 @@ from _common import REPO, add_backbone_arguments, print_table, record
 
 def accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     from cbir.classify import train_mlp
-    from cbir.data import make_split
     from cbir.reduce import fit_pca_basis
+    from cbir.split import make_split
 
     is_train = make_split(labels, 0.8, seed)
     projection = fit_pca_basis(features[is_train], 100, seed)
@@ -40,9 +40,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from cbir.backbones import BackboneSpec
-    from cbir.data import scan_image_folder
     from cbir.features import extract_to_hdf5
     from cbir.io import load_features
+    from cbir.manifest import scan_image_folder
 
     manifest = scan_image_folder(args.folder).images
     spec = BackboneSpec(args.arch, args.weights, args.pooling, args.image_size)

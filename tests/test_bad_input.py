@@ -21,7 +21,9 @@ import pytest
 from PIL import Image
 
 from cbir.cluster import fit_intra_class_kmeans, load_clusters, save_clusters
-from cbir.data import (
+from cbir.images import load_rgb_image
+from cbir.io import atomic_path, partial_paths
+from cbir.manifest import (
     EMPTY_CLASS_REASON,
     DatasetError,
     Manifest,
@@ -29,15 +31,13 @@ from cbir.data import (
     check_excluded_fraction,
     check_manifest_paths,
     find_duplicates,
-    load_rgb_image,
     read_manifest,
     scan_image_folder,
-    split_table,
     write_csv_table,
     write_manifest,
 )
-from cbir.io import atomic_path, partial_paths
 from cbir.report import write_dataset_summary
+from cbir.split import split_table
 
 from conftest import REPO, make_image_folder, run_snakemake, tiny_config, write_config
 

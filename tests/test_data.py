@@ -6,18 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.data import (
-    DatasetError,
-    count_class_files,
-    load_rgb_image,
-    make_split,
-    read_manifest,
-    scan_image_folder,
-    split_ids,
-    split_table,
-    write_manifest,
-    write_sklearn_digits,
-)
+from cbir.datasets.digits import write_sklearn_digits
+from cbir.images import load_rgb_image
+from cbir.manifest import DatasetError, count_class_files, read_manifest, scan_image_folder, write_manifest
+from cbir.split import make_split, split_ids, split_table
 
 from conftest import make_image_folder
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from cbir.backbones import BackboneSpec
-from cbir.data import read_manifest
 from cbir.features import extract_to_hdf5
 from cbir.io import atomic_path, load_features
+from cbir.manifest import read_manifest
 
 from conftest import REPO, make_image_folder, tiny_config, write_config
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.data import MANIFEST_COLUMNS
+from cbir.manifest import MANIFEST_COLUMNS
 from cbir.shards import write_shard_plan
 
 from conftest import make_image_folder, planned_jobs, run_snakemake, session_config, tiny_config, write_config

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from cbir.backbones import BackboneSpec
-from cbir.data import read_manifest, scan_image_folder, write_manifest
 from cbir.features import extract_shard, extract_to_hdf5
 from cbir.io import read_attrs
+from cbir.manifest import read_manifest, scan_image_folder, write_manifest
 from cbir.shards import ShardPlan, gather_shards, read_manifest_rows, read_shard_plan, write_shard_plan
 
 SPEC = BackboneSpec("efficientnet_lite0", "random", "avg", 32)

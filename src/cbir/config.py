@@ -219,7 +219,7 @@ def class_sizes_bound(config: Mapping[str, Any], dataset: str, official: bool) -
 
 def max_train_images(class_sizes: list[int], split: str) -> int:
     """At most how many training images a split of a dataset with these class sizes has."""
-    from cbir.data import train_count
+    from cbir.split import train_count
 
     if split == OFFICIAL:
         return sum(class_sizes)

@@ -226,8 +226,9 @@ def cell_metrics(
     """Load one grid cell with k clusters per class, evaluate it on its test images and write the metrics JSON."""
     import json
 
-    from cbir.data import read_manifest, split_ids
     from cbir.io import library_versions, load_features, write_json
+    from cbir.manifest import read_manifest
+    from cbir.split import split_ids
 
     test = load_features(features, split_ids(split, "test"))
     cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed)

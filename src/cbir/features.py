@@ -16,7 +16,7 @@ from torchvision.transforms import v2 as transforms
 from tqdm import tqdm
 
 from cbir.backbones import BackboneSpec
-from cbir.data import load_rgb_image
+from cbir.images import load_rgb_image
 from cbir.io import STRING_DTYPE, atomic_path, library_versions, terminate_cleanly, write_attrs
 from cbir.network import prepare_network
 from cbir.shards import ShardPlan, read_manifest_rows

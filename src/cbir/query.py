@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cbir.cell import Cell, ModelFolderError, load_cell
-from cbir.data import IMAGE_EXTENSIONS
+from cbir.images import IMAGE_EXTENSIONS
 from cbir.retrieve import MODES
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str | None]]:
         """Features of each image file; unreadable images get a row of NaN and an error message."""
-        from cbir.data import load_rgb_image
+        from cbir.images import load_rgb_image
 
         rows: list[np.ndarray | None] = []
         errors: list[str | None] = []
@@ -206,9 +206,9 @@ def montage_for_cell(
     metric: str = "euclidean",
 ) -> None:
     """The montage of ``n_queries`` fixed test images (spread evenly over the test list)."""
-    from cbir.data import split_ids
     from cbir.io import load_features
     from cbir.report import draw_montage
+    from cbir.split import split_ids
 
     model = load_query_model(cell_folder, k=k, metric=metric)
     test_ids = split_ids(split_csv, "test")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cbir.data import write_csv_table
 from cbir.io import atomic_path
+from cbir.manifest import write_csv_table
 from cbir.retrieve import MODE_TITLES
 
 KEY_COLUMNS = ["dataset", "backbone", "split", "pca", "k"]
@@ -228,7 +228,7 @@ DATASET_COLUMNS = [
 
 def dataset_counts(name: str, manifest_csv: str | Path, excluded_csv: str | Path, duplicates_csv: str | Path) -> dict:
     """One row of datasets.csv: images and classes used, files excluded, duplicated content."""
-    from cbir.data import EMPTY_CLASS_REASON, excluded_file_count, read_manifest
+    from cbir.manifest import EMPTY_CLASS_REASON, excluded_file_count, read_manifest
 
     images = read_manifest(manifest_csv)
     excluded = pd.read_csv(excluded_csv, dtype=str, keep_default_na=False)
@@ -263,7 +263,7 @@ def write_dataset_summary(
 
 
 def _tile(ax, path: str | None, caption: str, correct: bool | None, size: int = 160) -> None:
-    from cbir.data import load_rgb_image
+    from cbir.images import load_rgb_image
 
     ax.set_xticks([])
     ax.set_yticks([])

@@ -119,7 +119,7 @@ class ServedModel:
             raise HTTPException(404, f"image '{image_id}' cannot be read on the server: {error}") from error
 
     def _make_thumbnail(self, image_id: str) -> bytes:
-        from cbir.data import load_rgb_image
+        from cbir.images import load_rgb_image
 
         image = load_rgb_image(self.images[image_id].path)
         image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
@@ -250,7 +250,7 @@ def _gallery_images(model: Cell, root: Path) -> dict[str, ImageEntry]:
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode image bytes to RGB (EXIF orientation applied), refusing non-images and oversized images."""
-    from cbir.data import load_rgb_image
+    from cbir.images import load_rgb_image
 
     if not data:
         raise UploadError(400, "the upload is empty")

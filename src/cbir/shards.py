@@ -92,9 +92,9 @@ def read_shard_plan(path: str | Path) -> ShardPlan:
 
 
 def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.DataFrame:
-    """Rows ``[start, stop)`` of a manifest (as :func:`cbir.data.read_manifest` reads them),
+    """Rows ``[start, stop)`` of a manifest (as :func:`cbir.manifest.read_manifest` reads them),
     without parsing the other rows."""
-    from cbir.data import read_manifest
+    from cbir.manifest import read_manifest
 
     frame = read_manifest(manifest_path, start, stop)
     if len(frame) != stop - start:

@@ -30,7 +30,7 @@ def time_query_extraction(paths: Sequence[str], prepared: PreparedNetwork, *, ba
     """
     import torch
 
-    from cbir.data import load_rgb_image
+    from cbir.images import load_rgb_image
 
     def embed(batch_paths: Sequence[str]) -> np.ndarray:
         return prepared.embed(torch.stack([prepared.preprocess(load_rgb_image(p)) for p in batch_paths]))

@@ -15,7 +15,7 @@ from torch import nn
 
 from cbir.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone
 from cbir.datasets import Source, data_dir, register_source
-from cbir.datasets.manifest import image_record, make_manifest
+from cbir.manifest import image_record, make_manifest
 
 
 def _toy_cnn() -> nn.Module:

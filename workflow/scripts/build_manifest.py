@@ -5,8 +5,8 @@ from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import accept_manifest, excluded_file_count, write_manifest
 from cbir.datasets import build_manifest, get_source
+from cbir.manifest import accept_manifest, excluded_file_count, write_manifest
 from cbir.runtime import run_step
 
 

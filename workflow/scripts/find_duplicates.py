@@ -4,7 +4,7 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import find_duplicates, read_manifest, write_csv_table
+from cbir.manifest import find_duplicates, read_manifest, write_csv_table
 from cbir.runtime import run_step
 
 

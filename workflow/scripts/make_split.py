@@ -3,10 +3,11 @@
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.config import OFFICIAL, parse_split
-from cbir.data import read_manifest, split_table
 from cbir.datasets import official_split_table
 from cbir.io import atomic_path
+from cbir.manifest import read_manifest
 from cbir.runtime import run_step
+from cbir.split import split_table
 
 
 def main(smk) -> None:

@@ -4,7 +4,7 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import write_sklearn_digits
+from cbir.datasets.digits import write_sklearn_digits
 from cbir.io import atomic_path
 from cbir.runtime import run_step
 

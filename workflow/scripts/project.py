@@ -3,10 +3,11 @@
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.cell import CellIdentity
-from cbir.data import class_names, read_manifest, split_ids
 from cbir.io import load_features, save_arrays
+from cbir.manifest import class_names, read_manifest
 from cbir.reduce import Projection, load_projection, save_projection
 from cbir.runtime import run_step
+from cbir.split import split_ids
 
 
 def main(smk) -> None:

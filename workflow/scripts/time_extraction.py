@@ -7,8 +7,8 @@ import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.data import read_manifest
 from cbir.io import library_versions, read_attrs, write_json
+from cbir.manifest import read_manifest
 from cbir.network import prepare_from_record
 from cbir.runtime import run_step
 from cbir.timing import time_query_extraction

@@ -1,6 +1,6 @@
 """The dataset sources (``datasets.<name>.source`` in the config) in one registry, and their manifests.
 
-Every source ends in the same :class:`cbir.data.Manifest` as an image folder (``id``, ``path``,
+Every source ends in the same :class:`cbir.manifest.Manifest` as an image folder (``id``, ``path``,
 ``label``, ``class_name``, ``width``, ``height``, ``bytes``, ``sha256`` of each image, and the
 ``excluded`` table), with the class mapping of the literature. Two add columns:
 ``official_subset`` (``train``/``test`` of the dataset's own split: CIFAR-10, VOC 2012) and
@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from cbir.data import DatasetError, Manifest
 from cbir.datasets.cifar10 import (
     CIFAR10_BATCHES,
     CIFAR10_CLASSES,
@@ -42,6 +41,7 @@ from cbir.datasets.folder import FolderSource
 from cbir.datasets.indexed import COREL1K_CLASSES, Corel1kSource, Corel10kSource, Ghim10kSource, IndexedSpec
 from cbir.datasets.source import COMMON_KEYS, Source, data_dir
 from cbir.datasets.voc2012 import VOC_CLASSES, Voc2012Source, voc_labels
+from cbir.manifest import DatasetError, Manifest
 
 __all__ = [
     "CIFAR10_BATCHES",

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.data import EXCLUDED_COLUMNS, DatasetError, Manifest, scan_image_folder
-from cbir.datasets.manifest import check_class_counts, relabel
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
+from cbir.manifest import EXCLUDED_COLUMNS, DatasetError, Manifest, check_class_counts, relabel, scan_image_folder
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")

@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.data import Manifest, scan_image_folder
+import numpy as np
+from PIL import Image
+
 from cbir.datasets.source import Source, data_dir
+from cbir.manifest import Manifest, scan_image_folder
 
 # Images per digit (0..9) in scikit-learn's bundled digits (load_digits), 1797 in all.
 DIGITS_CLASS_SIZES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
@@ -27,3 +30,21 @@ class DigitsSource(Source):
 
     def manifest(self, entry: Mapping[str, Any], root: Path, images_dir: Path | None = None) -> Manifest:
         return scan_image_folder(data_dir(root, entry))
+
+
+def write_sklearn_digits(out_dir: str | Path, image_size: int) -> int:
+    """Write scikit-learn's bundled 8x8 digits as ``out_dir/<digit>/<index>.png``, upscaled.
+
+    Returns the number of images written. The 0..16 intensities become 0..255 grey levels.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out_dir = Path(out_dir)
+    for index, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        class_dir = out_dir / str(target)
+        class_dir.mkdir(parents=True, exist_ok=True)
+        grey = np.clip(pixels * (255.0 / 16.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L").resize((image_size, image_size), Image.BICUBIC)
+        image.save(class_dir / f"{index:04d}.png")
+    return len(digits.images)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from cbir.data import DatasetError, file_sha256
+from cbir.images import file_sha256
+from cbir.manifest import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.data import Manifest, count_class_files, scan_image_folder
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
+from cbir.manifest import Manifest, count_class_files, scan_image_folder
 
 
 class FolderSource(Source):

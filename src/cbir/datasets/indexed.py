@@ -16,9 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from cbir.data import DatasetError, Manifest, scan_image_folder
-from cbir.datasets.manifest import check_class_counts, image_record, make_manifest, natural_key, relabel
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
+from cbir.manifest import (
+    DatasetError,
+    Manifest,
+    check_class_counts,
+    image_record,
+    make_manifest,
+    natural_key,
+    relabel,
+    scan_image_folder,
+)
 
 COREL1K_CLASSES = (
     "africans", "beaches", "buildings", "buses", "dinosaurs",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.data import Manifest
+from cbir.manifest import Manifest
 
 FETCH_KEYS = frozenset({"url", "sha256", "size"})  # any source whose files can be downloaded
 COMMON_KEYS = frozenset({"source", "how_to_get"})  # allowed in every entry

@@ -8,9 +8,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.data import DatasetError, Manifest
-from cbir.datasets.manifest import image_record, make_manifest
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
+from cbir.manifest import DatasetError, Manifest, image_record, make_manifest
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

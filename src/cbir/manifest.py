@@ -1,25 +1,28 @@
-"""Datasets: image folders become a manifest; manifests become stratified, seeded splits."""
+"""Manifests: an image folder or a dataset source indexed, checked, written and read back."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import logging
 import os
+import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ImageOps
 
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+from cbir.images import (
+    IMAGE_EXTENSIONS,
+    display_path,
+    file_sha256,
+    is_utf8_name,
+    link_problem,
+    open_within_pixel_limit,
+    unreadable_reason,
 )
+
 MANIFEST_COLUMNS = ["id", "path", "label", "class_name", "width", "height", "bytes", "sha256"]
 EXCLUDED_COLUMNS = ["path", "class_name", "reason"]
 DUPLICATE_COLUMNS = ["sha256", "id", "class_name", "copies", "across_classes"]
@@ -29,78 +32,6 @@ EMPTY_CLASS_REASON = "class folder holds no readable image: the class is left ou
 
 class DatasetError(ValueError):
     """The dataset cannot be used; the message says what is wrong and where."""
-
-
-def _open_within_pixel_limit(path: str | Path) -> Image.Image:
-    """``Image.open`` that refuses any image above Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``).
-
-    Pillow itself only warns between the limit and twice the limit (and refuses above); a
-    decompression bomb in that range would still be decoded, so it is refused here too.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(path)
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and image.width * image.height > limit:
-        image.close()
-        raise Image.DecompressionBombError(
-            f"image of {image.width}x{image.height} = {image.width * image.height} pixels exceeds the limit of "
-            f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS), could be a decompression bomb"
-        )
-    return image
-
-
-def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit grey images scaled to 8 bits (``convert`` would clip every value above 255).
-
-    ``I;16*`` images are scaled from 0..65535; ``I`` and ``F`` images are taken as 16-bit when
-    their maximum is above 255 and as 8-bit otherwise.
-    """
-    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16") or (values.size and values.max() > 255):
-        values = values / 257.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def load_rgb_image(path: str | Path) -> Image.Image:
-    """Open an image fully decoded as RGB, with its EXIF orientation applied.
-
-    Transparency is composited on white; 16-bit grey images are scaled to 8 bits; CMYK, grey
-    and palette images are converted. Images above Pillow's pixel limit are refused
-    (:class:`PIL.Image.DecompressionBombError`).
-    """
-    with _open_within_pixel_limit(path) as image:
-        image.load()
-        image = _high_bit_depth_to_8bit(ImageOps.exif_transpose(image))
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            # composite on white rather than letting convert() drop alpha onto black
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
-
-
-def display_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as text that can always be written to a UTF-8 file (undecodable bytes as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def is_utf8_name(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a file name whose bytes are not UTF-8 (held as surrogates)
-        return False
-    return True
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -155,7 +86,7 @@ def scan_image_folder(root: str | Path) -> Manifest:
 
 def image_row(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any]:
     """The manifest row of a readable image (size as displayed, after its EXIF orientation)."""
-    with _open_within_pixel_limit(path) as image:
+    with open_within_pixel_limit(path) as image:
         width, height = ImageOps.exif_transpose(image).size
     return {
         "id": image_id,
@@ -167,21 +98,6 @@ def image_row(path: Path, image_id: str, label: int, class_name: str) -> dict[st
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
-
-
-def _link_problem(path: Path) -> str | None:
-    """Why a symbolic link cannot be followed (None when it can, or is no link)."""
-    if not path.is_symlink():
-        return None
-    try:
-        path.resolve(strict=True)
-    except RuntimeError:  # Python < 3.13 reports a loop this way
-        return "symbolic link loop"
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "symbolic link loop"
-        return f"broken symbolic link (to '{display_path(os.readlink(path))}')"
-    return None
 
 
 def _class_files(class_dir: Path, excluded: list[dict[str, Any]], class_name: str) -> list[Path]:
@@ -196,7 +112,7 @@ def _class_files(class_dir: Path, excluded: list[dict[str, Any]], class_name: st
             excluded.append({"path": display_path(folder), "class_name": class_name, "reason": f"cannot list: {error}"})
             continue
         for path in entries:
-            problem = _link_problem(path)
+            problem = link_problem(path)
             if problem is None and path.is_dir():
                 real = path.resolve()
                 if any(folder == real or folder.is_relative_to(real) for folder in chain):
@@ -211,24 +127,73 @@ def _class_files(class_dir: Path, excluded: list[dict[str, Any]], class_name: st
     return sorted(files)
 
 
-def unreadable_reason(path: Path) -> str | None:
-    """Why a file cannot be used as an image (None when it can): extension, decoding, pixel limit."""
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image file extension ({path.suffix or 'none'})"
-    problem = _link_problem(path)
-    if problem:
-        return problem
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        load_rgb_image(path)
-    except Image.DecompressionBombError as error:
-        return f"too many pixels: {error}"
-    except UnidentifiedImageError as error:
-        return f"cannot decode: not an image Pillow can read ({error})"
-    except Exception as error:  # Pillow raises many types for a damaged file; none may stop the scan
-        return f"cannot decode: {type(error).__name__}: {error}"
-    return None
+def count_class_files(root: str | Path) -> list[int]:
+    """Files with an image extension per class folder of ``root``, without opening them.
+
+    An upper bound of the images per class the manifest will hold (some may not decode), cheap
+    enough to check the configuration with before any job runs.
+    """
+    counts = []
+    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _class_files(class_dir, [], class_dir.name)
+        counts.append(sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in files))
+    return counts
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key putting '2' before '10'."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", name)]
+
+
+def image_record(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any] | str:
+    """The manifest row of one image, or the reason it cannot be used."""
+    if not path.is_file():
+        return "file is missing"
+    reason = unreadable_reason(path)
+    if reason:
+        return reason
+    return image_row(path, image_id, label, class_name)
+
+
+def make_manifest(
+    rows: list[dict[str, Any]], excluded: list[dict[str, Any]], classes: Sequence[str], extra: Sequence[str] = ()
+) -> Manifest:
+    return Manifest(
+        images=pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *extra]),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        classes=list(classes),
+    )
+
+
+def relabel(manifest: Manifest, mapping: Mapping[str, int], classes: Sequence[str]) -> Manifest:
+    """Replace the folder-order labels by a fixed class order; ``mapping`` maps folder -> label."""
+    images = manifest.images.copy()
+    folders = images["class_name"]
+    images["label"] = folders.map(mapping).astype(int)
+    images["class_name"] = images["label"].map(lambda label: classes[label])
+    excluded = manifest.excluded.copy()
+    excluded["class_name"] = [
+        classes[mapping[name]] if name in mapping else name for name in excluded["class_name"]
+    ]  # fmt: skip
+    return Manifest(images=images, excluded=excluded, classes=list(classes))
+
+
+def check_class_counts(
+    images: pd.DataFrame, classes: Sequence[str], expected: int | None, n_classes: int | None = None
+) -> list[str]:
+    """Warn (and return the messages) for each class whose image count differs from ``expected``."""
+    counts = images["class_name"].value_counts()
+    problems = []
+    if n_classes is not None and len(classes) != n_classes:
+        problems.append(f"{len(classes)} classes found, expected {n_classes}")
+    if expected:
+        for name in classes:
+            have = int(counts.get(name, 0))
+            if have != expected:
+                problems.append(f"class '{name}' has {have} images, expected {expected}")
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    return problems
 
 
 def excluded_file_count(excluded: pd.DataFrame) -> int:
@@ -360,87 +325,6 @@ def check_ids(ids: pd.Series, manifest: str | Path) -> None:
         problem = id_problem(image_id)
         if problem:
             raise DatasetError(f"manifest '{manifest}' row {row + 1}: {problem}; ids must stay inside the dataset")
-
-
-def write_sklearn_digits(out_dir: str | Path, image_size: int) -> int:
-    """Write scikit-learn's bundled 8x8 digits as ``out_dir/<digit>/<index>.png``, upscaled.
-
-    Returns the number of images written. The 0..16 intensities become 0..255 grey levels.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    out_dir = Path(out_dir)
-    for index, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
-        class_dir = out_dir / str(target)
-        class_dir.mkdir(parents=True, exist_ok=True)
-        grey = np.clip(pixels * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        image = Image.fromarray(grey, mode="L").resize((image_size, image_size), Image.BICUBIC)
-        image.save(class_dir / f"{index:04d}.png")
-    return len(digits.images)
-
-
-def make_split(labels: np.ndarray, train_fraction: float, seed: int) -> np.ndarray:
-    """Stratified, seeded train/test assignment: True where the image is in the training set.
-
-    Each class is shuffled with its own generator seeded by (seed, label), so adding a class
-    does not reshuffle the others. Every class keeps at least one training image, and at least
-    one test image when it has two or more.
-    """
-    labels = np.asarray(labels)
-    is_train = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rng = np.random.default_rng([seed, int(label)])
-        order = rng.permutation(members)
-        is_train[order[: train_count(len(members), train_fraction)]] = True
-    return is_train
-
-
-def train_count(n_images: int, train_fraction: float) -> int:
-    """Training images of a class of ``n_images`` (see :func:`make_split`); never falls as the class grows."""
-    return min(max(round(train_fraction * n_images), 1), max(n_images - 1, 1))
-
-
-def count_class_files(root: str | Path) -> list[int]:
-    """Files with an image extension per class folder of ``root``, without opening them.
-
-    An upper bound of the images per class the manifest will hold (some may not decode), cheap
-    enough to check the configuration with before any job runs.
-    """
-    counts = []
-    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = _class_files(class_dir, [], class_dir.name)
-        counts.append(sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in files))
-    return counts
-
-
-def split_table(manifest: pd.DataFrame, train_fraction: float, seed: int) -> pd.DataFrame:
-    """The split file: image id, label and subset ('train' or 'test'), in manifest order.
-
-    A split without any test image (every class has a single image) is a :class:`DatasetError`.
-    """
-    is_train = make_split(manifest["label"].to_numpy(), train_fraction, seed)
-    if is_train.all():
-        raise DatasetError(
-            f"a {train_fraction:.0%} training split of {len(is_train)} image(s) leaves no test image: "
-            "a class needs at least two images to have one in each subset"
-        )
-    return pd.DataFrame(
-        {
-            "id": manifest["id"],
-            "label": manifest["label"],
-            "subset": np.where(is_train, "train", "test"),
-        }
-    )
-
-
-def split_ids(split_csv: str | Path, subset: str) -> list[str]:
-    """Image ids of one subset ('train' or 'test') of a split file, in file order."""
-    table = pd.read_csv(split_csv, dtype={"id": str, "subset": str})
-    if subset not in ("train", "test"):
-        raise ValueError(f"subset must be 'train' or 'test', not '{subset}'")
-    return table.loc[table["subset"] == subset, "id"].tolist()
 
 
 def class_names(manifest: pd.DataFrame) -> list[str]:

@@ -1,0 +1,123 @@
+"""One image file: decoding it as RGB within the pixel limit, why it cannot be used, its checksum and name."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def open_within_pixel_limit(path: str | Path) -> Image.Image:
+    """``Image.open`` that refuses any image above Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``).
+
+    Pillow itself only warns between the limit and twice the limit (and refuses above); a
+    decompression bomb in that range would still be decoded, so it is refused here too.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise Image.DecompressionBombError(
+            f"image of {image.width}x{image.height} = {image.width * image.height} pixels exceeds the limit of "
+            f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS), could be a decompression bomb"
+        )
+    return image
+
+
+def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images scaled to 8 bits (``convert`` would clip every value above 255).
+
+    ``I;16*`` images are scaled from 0..65535; ``I`` and ``F`` images are taken as 16-bit when
+    their maximum is above 255 and as 8-bit otherwise.
+    """
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def load_rgb_image(path: str | Path) -> Image.Image:
+    """Open an image fully decoded as RGB, with its EXIF orientation applied.
+
+    Transparency is composited on white; 16-bit grey images are scaled to 8 bits; CMYK, grey
+    and palette images are converted. Images above Pillow's pixel limit are refused
+    (:class:`PIL.Image.DecompressionBombError`).
+    """
+    with open_within_pixel_limit(path) as image:
+        image.load()
+        image = _high_bit_depth_to_8bit(ImageOps.exif_transpose(image))
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # composite on white rather than letting convert() drop alpha onto black
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (None when it can, or is no link)."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"broken symbolic link (to '{display_path(os.readlink(path))}')"
+    return None
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a file cannot be used as an image (None when it can): extension, decoding, pixel limit."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file extension ({path.suffix or 'none'})"
+    problem = link_problem(path)
+    if problem:
+        return problem
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        load_rgb_image(path)
+    except Image.DecompressionBombError as error:
+        return f"too many pixels: {error}"
+    except UnidentifiedImageError as error:
+        return f"cannot decode: not an image Pillow can read ({error})"
+    except Exception as error:  # Pillow raises many types for a damaged file; none may stop the scan
+        return f"cannot decode: {type(error).__name__}: {error}"
+    return None
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that can always be written to a UTF-8 file (undecodable bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_name(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name whose bytes are not UTF-8 (held as surrogates)
+        return False
+    return True
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
