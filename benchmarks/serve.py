@@ -95,13 +95,14 @@ class ApiClient:
 
 def in_process_query(model_folder: Path, paths: list[str], top_k: int, threads: int | None):
     """The path of `cbir query` with the model and backbone loaded once: read, decode, forward, search."""
-    from cbir.query import Embedder, load_query_model, query_images
+    from cbir.cell import load_cell
+    from cbir.query import Embedder, query_images
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    model = load_query_model(model_folder)
+    model = load_cell(model_folder)
     embedder = Embedder(model.record)
     return lambda i: query_images(model, [paths[i % len(paths)]], top_k=top_k, embedder=embedder)
 

@@ -358,7 +358,8 @@ def test_a_query_that_is_not_an_image_is_reported_and_the_others_run(tmp_path: P
 
 
 def test_a_model_from_another_backbone_is_refused_with_both_dimensions(tmp_path: Path, capsys):
-    from cbir.query import QueryError, load_query_model, search_features
+    from cbir.cell import load_cell
+    from cbir.query import QueryError, search_features
 
     # the gallery says EfficientNet-Lite0 (1280-D), but the projection was fitted on 512-D features
     model = _model_folder(tmp_path / "model", 512)
@@ -367,7 +368,7 @@ def test_a_model_from_another_backbone_is_refused_with_both_dimensions(tmp_path:
     error = capsys.readouterr().err
     assert "query features have 1280 dimensions but the model" in error and "expects 512" in error
     with pytest.raises(QueryError, match=r"have 2048 dimensions .* expects 512"):
-        search_features(load_query_model(model), np.zeros((1, 2048), dtype=np.float32))
+        search_features(load_cell(model), np.zeros((1, 2048), dtype=np.float32))
 
 
 def test_an_incomplete_model_folder_is_refused_naming_what_is_missing(tmp_path: Path, capsys):

@@ -106,7 +106,7 @@ def test_a_gallery_from_an_older_version_is_refused_with_a_message(finished_run,
 
     import h5py
 
-    from cbir.query import ModelFolderError, load_query_model
+    from cbir.cell import ModelFolderError, load_cell
 
     root, _ = finished_run
     old = tmp_path / "old"
@@ -114,17 +114,17 @@ def test_a_gallery_from_an_older_version_is_refused_with_a_message(finished_run,
     with h5py.File(old / "gallery.h5", "r+") as f:
         del f.attrs["class_names"]
     with pytest.raises(ModelFolderError, match="older version of cbir; rerun the workflow"):
-        load_query_model(old)
+        load_cell(old)
 
 
 def test_a_damaged_artifact_is_refused_with_its_name(finished_run, tmp_path: Path):
     import shutil
 
-    from cbir.query import ModelFolderError, load_query_model
+    from cbir.cell import ModelFolderError, load_cell
 
     root, _ = finished_run
     damaged = tmp_path / "damaged"
     shutil.copytree(root / CELL, damaged)
     (damaged / "classifier.h5").write_bytes((damaged / "classifier.h5").read_bytes()[:300])  # truncated
     with pytest.raises(ModelFolderError, match=r"classifier\.h5' cannot be read as a cbir artifact"):
-        load_query_model(damaged)
+        load_cell(damaged)

@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from cbir.cell import ModelFolderError
-from cbir.query import Embedder, QueryError, format_table, load_query_model, query_images
+from cbir.cell import ModelFolderError, load_cell
+from cbir.query import Embedder, QueryError, format_table, query_images
 from cbir.retrieve import MODE_TITLES, MODES
 
 
@@ -58,7 +58,7 @@ def run_query(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise QueryError("--top-k must be at least 1")
     modes = MODES if args.mode == "all" else (args.mode,)
-    model = load_query_model(args.model, k=args.k, metric=args.metric)
+    model = load_cell(args.model, k=args.k, metric=args.metric)
     embedder = Embedder(model.record, args.device)
     if embedder.notice:
         print(f"cbir query: note: {embedder.notice}", file=sys.stderr)

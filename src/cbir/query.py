@@ -28,11 +28,6 @@ class QueryError(ValueError):
     """A query image cannot be used; the message names it and says why."""
 
 
-def load_query_model(folder: str | Path, k: int | None = None, metric: str = "euclidean") -> Cell:
-    """A grid cell to query (see :func:`cbir.cell.load_cell`); raises ModelFolderError saying what is wrong."""
-    return load_cell(folder, k, metric)
-
-
 def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
     """Image files named directly, plus the images inside named folders (recursively, sorted)."""
     paths: list[Path] = []
@@ -210,7 +205,7 @@ def montage_for_cell(
     from cbir.report import draw_montage
     from cbir.split import split_ids
 
-    model = load_query_model(cell_folder, k=k, metric=metric)
+    model = load_cell(cell_folder, k=k, metric=metric)
     test_ids = split_ids(split_csv, "test")
     picks = np.linspace(0, len(test_ids) - 1, num=min(n_queries, len(test_ids))).round().astype(int)
     queries = load_features(features_h5, [test_ids[i] for i in picks])

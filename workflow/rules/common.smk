@@ -28,6 +28,7 @@ from cbir.cell import (  # noqa: E402
     model_files,
 )
 from cbir.datasets import get_source  # noqa: E402
+from cbir.report import PLOTS, TABLES  # noqa: E402
 
 try:
     config.update(validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml")))
@@ -102,8 +103,8 @@ def metrics_files():
     return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
 
 
-SUMMARY_TABLES = ["accuracy", "retrieval_time", "retrieval_quality"]
-SUMMARY_PLOTS = ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup"]
+SUMMARY_TABLES = list(TABLES)
+SUMMARY_PLOTS = list(PLOTS)
 # the summary's tables, each split's as CSV and as Markdown: (table, split, ext)
 SUMMARY_TABLE_FILES = [(t, s, ext) for t in SUMMARY_TABLES for s in config["grid"]["splits"] for ext in ("csv", "md")]
 MONTAGE = "results/summary/montages/{dataset}/{backbone}.png"
