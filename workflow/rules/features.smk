@@ -26,11 +26,39 @@ checkpoint plan_shards:
         "../scripts/plan_shards.py"
 
 
+rule prepare_engine:
+    """The engine extraction runs in: OpenVINO (int8: quantized, calibrated on training images) or torch,
+    checked against torch fp32 on held-out training images and, for auto, timed on this machine."""
+    input:
+        manifest=MANIFEST,
+    output:
+        engine=directory(ENGINE),
+    params:
+        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        extraction=EXTRACTION_OPTIONS,
+        # calibration images come from the training set of every split
+        splits=config["grid"]["splits"],
+        seed=SEED,
+    log:
+        f"{LOGS}/prepare_engine/{{dataset}}_{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare_engine/{{dataset}}_{{backbone}}.tsv"
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: attempt * 8000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/prepare_engine.py"
+
+
 rule extract_features:
     """One shard of a dataset's images once through the backbone (CUDA when present)."""
     input:
         manifest=MANIFEST,
         plan="results/{dataset}/shards/plan.json",
+        engine=engine_input,
     output:
         shard=temp(SHARD),
     params:

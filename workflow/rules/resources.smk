@@ -19,7 +19,17 @@ SHARD = "results/{dataset}/shards/{backbone}/{shard}.h5"
 # The extraction settings that change the features, and so re-extract them when changed; speed
 # settings (batch size, workers, threads) and the shard layout's sizing are read from the config
 # by the scripts and rerun nothing.
-EXTRACTION_OPTIONS = {key: config["extraction"][key] for key in ("device", "precision", "feature_dtype")}
+EXTRACTION_OPTIONS = {
+    key: config["extraction"][key] for key in ("device", "precision", "feature_dtype", "engine", "calibration_images")
+}
+ENGINE = "results/{dataset}/engine/{backbone}"
+
+
+def engine_input(wildcards):
+    """The prepared engine of a dataset and backbone, unless extraction.engine is torch (nothing to prepare)."""
+    if config["extraction"]["engine"] == "torch":
+        return []
+    return ENGINE.format(dataset=wildcards.dataset, backbone=wildcards.backbone)
 
 
 def feature_shards(wildcards):

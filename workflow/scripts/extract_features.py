@@ -5,6 +5,7 @@ import torch
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.backbones import BackboneSpec
+from cbir.engines import read_engine
 from cbir.features import extract_shard
 from cbir.runtime import run_step
 from cbir.shards import read_shard_plan
@@ -25,6 +26,7 @@ def main(smk) -> None:
         precision=options["precision"],
         feature_dtype=options["feature_dtype"],
         seed=smk.params.seed,
+        engine=read_engine(smk.input.engine) if smk.input.engine else None,
         attrs={"dataset": smk.wildcards.dataset, "backbone": smk.wildcards.backbone},
     )
 

@@ -1,0 +1,33 @@
+"""Prepare the engine a dataset's features are extracted with: convert, quantize, check, time, choose."""
+
+import torch
+
+import _package  # noqa: F401  (makes cbir importable)
+
+from cbir.backbones import BackboneSpec
+from cbir.engines import calibration_sample, prepare_engine
+from cbir.manifest import read_manifest
+from cbir.network import resolve_device
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    torch.set_num_threads(smk.threads)
+    options = smk.params.extraction
+    calibration, holdout = calibration_sample(
+        read_manifest(smk.input.manifest), smk.params.splits, smk.params.seed, options["calibration_images"]
+    )
+    prepare_engine(
+        BackboneSpec.from_config(smk.params.backbone),
+        smk.output.engine,
+        # OpenVINO runs on the CPU: where extraction runs on CUDA, torch does
+        engine=options["engine"] if resolve_device(options["device"]).type == "cpu" else "torch",
+        precision=options["precision"],
+        calibration_paths=calibration,
+        holdout_paths=holdout,
+        seed=smk.params.seed,
+        threads=smk.threads,
+    )
+
+
+run_step(snakemake, main)
