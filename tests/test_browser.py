@@ -3,7 +3,7 @@
 The page is served by uvicorn on 127.0.0.1; the test uploads an image with the file picker,
 drops one on the drop zone, searches a test image and checks the result tiles. Without Chromium
 or Playwright the test is skipped with the reason; with CBIR_REQUIRE_BROWSER=1 (set by CI in
-`.ci/run`, which installs chromium) it fails instead.
+`.ci/run`, which installs chromium) it fails instead (the ``browser`` fixture, in conftest.py).
 """
 
 from __future__ import annotations
@@ -17,41 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 CELL = "results/tiny/lite/80-20/8"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 TOP_K = 4
 TIMEOUT_MS = 60_000
-
-
-def chromium_path() -> str | None:
-    configured = os.environ.get("CBIR_CHROMIUM")
-    if configured:
-        return configured if Path(configured).is_file() else None
-    return next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()), None)
-
-
-def browser_problem() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright for Python is not installed (pip install -r requirements-test.txt)"
-    if chromium_path() is None:
-        return "no Chromium at /usr/bin/chromium (apt-get install chromium chromium-driver, or set CBIR_CHROMIUM)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    problem = browser_problem()
-    if problem is not None:
-        if os.environ.get("CBIR_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"the browser test is required (CBIR_REQUIRE_BROWSER=1) but cannot run: {problem}")
-        pytest.skip(problem)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

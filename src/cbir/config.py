@@ -25,14 +25,17 @@ def load_schema(path: str | Path) -> dict[str, Any]:
 
 
 def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)."""
+    """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)
+    and from the paper's figures (its datasets)."""
     from cbir.backbones import BACKBONES, POOLINGS
     from cbir.datasets import SOURCES
+    from cbir.paper import paper_datasets
 
     backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
     backbone["arch"]["enum"] = list(BACKBONES)
     backbone["pooling"]["enum"] = list(POOLINGS)
     schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] = list(SOURCES)
+    schema["properties"]["paper"]["properties"]["datasets"]["additionalProperties"]["enum"] = paper_datasets()
     return schema
 
 
@@ -166,6 +169,16 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
                     f"(defined: {', '.join(sorted(config[kind])) or 'none'})"
                 )
     problems.extend(weights_problems(config))
+    extraction = config["extraction"]
+    if extraction["engine"] != "torch" and extraction["precision"] == "fp16":
+        problems.append(
+            f"config key 'extraction.precision': fp16 runs on CUDA with engine torch, not with engine "
+            f"{extraction['engine']} (allowed there: auto, fp32, bf16, int8)"
+        )
+    if extraction["engine"] == "openvino" and extraction["device"] == "cuda":
+        problems.append("config key 'extraction.engine': openvino runs on the CPU; with device cuda use torch or auto")
+    if extraction["engine"] == "torch" and extraction["precision"] == "int8":
+        problems.append("config key 'extraction.precision': int8 needs extraction.engine openvino or auto")
     for name in grid["datasets"]:
         entry = config["datasets"].get(name, {})
         source = SOURCES.get(entry.get("source", ""))

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from cbir.cell import CellModels, load_cell
-from cbir.timing import clock, latency_summary
+from cbir.timing import clock, cpu_hardware, latency_summary
 
 PRECISION_AT = (5, 10, 20)
+# what the feature file recorded of the network that made it, copied into the metrics as features_<key>
+FEATURE_RECORD = ("arch", "weights", "pooling", "image_size", "layer", "engine", "precision")
 EXACT_MODES = ("class", "global")
 QUERY_CHUNK = 256
 
@@ -266,6 +268,10 @@ def cell_metrics(
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})
     result.update(total_query_times(result, list(models.searchers())))
+    # what ran: the network as the feature file recorded it, and the hardware of the timings
+    result.update({f"features_{key}": test.attrs.get(key) for key in FEATURE_RECORD})
+    result["hardware_extract"] = timing.get("hardware", timing.get("device"))
+    result["hardware_search"] = cpu_hardware()
     result["seed"] = seed
     result["library_versions"] = library_versions()
     write_json(out_path, result)

@@ -21,6 +21,8 @@ def configure_logging(log_path: str | None) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    # faiss's loader reports each CPU-specific library it tries and lacks at INFO, as if an error
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run_step(smk: Any, step: Callable[[Any], None]) -> None:

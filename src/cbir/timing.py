@@ -1,9 +1,12 @@
-"""Latency measurement: monotonic high-resolution clock, median and p95 per step."""
+"""Latency measurement: monotonic high-resolution clock, median and p95 per step, and the hardware it ran on."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +15,22 @@ if TYPE_CHECKING:
     from cbir.network import PreparedNetwork
 
 clock = time.perf_counter_ns
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    return "unknown CPU"
+
+
+def cpu_hardware() -> str:
+    """The CPU a timing ran on, for the record: its model and the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()} ({cores} cores)"
 
 
 def latency_summary(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float]:
@@ -30,10 +49,8 @@ def time_query_extraction(paths: Sequence[str], prepared: PreparedNetwork, *, ba
     """
     import torch
 
-    from cbir.images import load_rgb_image
-
     def embed(batch_paths: Sequence[str]) -> np.ndarray:
-        return prepared.embed(torch.stack([prepared.preprocess(load_rgb_image(p)) for p in batch_paths]))
+        return prepared.embed(torch.stack([prepared.preprocess(prepared.decode(p)) for p in batch_paths]))
 
     embed(paths[:1])  # warm-up: first-call allocations and kernel selection
     single_ns = []
@@ -46,9 +63,15 @@ def time_query_extraction(paths: Sequence[str], prepared: PreparedNetwork, *, ba
         embed(paths[first : first + batch_size])
     batched_us = (clock() - start) / 1e3 / max(len(paths), 1)
     summary = latency_summary(single_ns)
+    if prepared.device.type == "cuda":
+        hardware = torch.cuda.get_device_name(prepared.device)
+    else:
+        threads = torch.get_num_threads()
+        hardware = f"{cpu_hardware()}, {threads} thread{'s' if threads > 1 else ''}"
     return {
         "n_images": len(paths),
         "device": str(prepared.device),
+        "hardware": hardware,
         "precision": prepared.precision,
         "precision_reason": prepared.precision_reason,
         "time_extract_median_us": summary["median_us"],

@@ -28,7 +28,8 @@ from cbir.cell import (  # noqa: E402
     model_files,
 )
 from cbir.datasets import get_source  # noqa: E402
-from cbir.report import PLOTS, TABLES  # noqa: E402
+from cbir.paper import summary_settings  # noqa: E402
+from cbir.report import PAGES, PLOTS, TABLES, page_files  # noqa: E402
 
 try:
     config.update(validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml")))
@@ -107,6 +108,28 @@ SUMMARY_TABLES = list(TABLES)
 SUMMARY_PLOTS = list(PLOTS)
 # the summary's tables, each split's as CSV and as Markdown: (table, split, ext)
 SUMMARY_TABLE_FILES = [(t, s, ext) for t in SUMMARY_TABLES for s in config["grid"]["splits"] for ext in ("csv", "md")]
+
+
+def summary_page_outputs():
+    """The report's pages (cbir.report.PAGES): one named output per page, so that each gets its category and
+    caption (workflow/report/<page>.rst); HTML under results/summary/html/, Markdown beside the tables.
+
+    Returns the outputs and what each of their files is: output name -> [(page, split or "", ext)].
+    """
+    outputs, files = {}, {}
+    for page, split, ext in page_files(config["grid"]["splits"]):
+        name = page + (f"_{split}" if split else "")
+        if ext == "html":
+            output = f"page_{page}"
+            path = report(f"results/summary/html/{name}.html", caption=f"../report/{page}.rst", category=PAGES[page].category)
+        else:
+            output, path = f"page_{page}_md", f"results/summary/{name}.md"
+        outputs.setdefault(output, []).append(path)
+        files.setdefault(output, []).append((page, split, ext))
+    return outputs, files
+
+
+SUMMARY_PAGES, SUMMARY_PAGE_FILES = summary_page_outputs()
 MONTAGE = "results/summary/montages/{dataset}/{backbone}.png"
 
 

@@ -55,8 +55,9 @@ rule evaluate:
 
 
 rule summarize:
-    """metrics.csv, the paper's tables and the new metric tables per split (CSV and Markdown), plots,
-    and datasets.csv: images, excluded files and duplicates per dataset."""
+    """metrics.csv, the paper's tables beside ours and the metric tables per split (wide CSV, readable
+    Markdown), plots, the report's pages (paper comparison, tables, deviations, datasets), and
+    datasets.csv: images, excluded files and duplicates per dataset."""
     input:
         metrics=metrics_files(),
         manifests=expand(MANIFEST, dataset=config["grid"]["datasets"]),
@@ -67,24 +68,29 @@ rule summarize:
         metrics=report(
             "results/summary/metrics.csv",
             caption="../report/metrics.rst",
-            category="Tables",
+            category="7 Data files (CSV, Markdown)",
             labels={"table": "all grid cells"},
         ),
         tables=report(
             [f"results/summary/{table}_{split}.{ext}" for table, split, ext in SUMMARY_TABLE_FILES],
-            caption="../report/tables.rst",
-            category="Tables",
+            caption="../report/data_files.rst",
+            category="7 Data files (CSV, Markdown)",
         ),
         plots=report(
             expand("results/summary/{plot}.png", plot=SUMMARY_PLOTS),
             caption="../report/plots.rst",
-            category="Plots",
+            category="3 Plots",
         ),
+        # the report's pages: page_<page> (HTML), page_<page>_md (Markdown)
+        **SUMMARY_PAGES,
     params:
-        # what each of output.tables and output.plots is, in their order
+        # what each of output.tables, output.plots and the page outputs is, in their order
         tables=SUMMARY_TABLE_FILES,
         plots=SUMMARY_PLOTS,
+        pages=SUMMARY_PAGE_FILES,
         datasets=config["grid"]["datasets"],
+        # which datasets are compared with the paper's, and what the deviations name
+        settings=summary_settings(config),
     log:
         f"{LOGS}/summarize.log",
     benchmark:
@@ -109,7 +115,7 @@ rule montage:
         montage=report(
             MONTAGE,
             caption="../report/montage.rst",
-            category="Montages",
+            category="4 Montages",
             labels={"dataset": "{dataset}", "backbone": "{backbone}"},
         ),
     params:

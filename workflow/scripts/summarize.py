@@ -1,4 +1,4 @@
-"""Gather every grid cell's metrics into the summary tables and plots, and the datasets' counts."""
+"""Gather every grid cell's metrics into the summary tables, plots and report pages, and the datasets' counts."""
 
 import logging
 
@@ -12,9 +12,16 @@ def main(smk) -> None:
     # the outputs the rule declares, keyed by what they hold
     tables = dict(zip(map(tuple, smk.params.tables), smk.output.tables, strict=True))
     plots = dict(zip(smk.params.plots, smk.output.plots, strict=True))
-    write_summary(smk.input.metrics, smk.output.metrics, tables, plots)
+    pages = {
+        tuple(key): path
+        for output, keys in smk.params.pages.items()
+        for key, path in zip(keys, getattr(smk.output, output), strict=True)
+    }
     table = write_dataset_summary(
         smk.params.datasets, smk.input.manifests, smk.input.excluded, smk.input.duplicates, smk.output.datasets
+    )
+    write_summary(
+        smk.input.metrics, smk.output.metrics, tables, plots, pages, settings=smk.params.settings, datasets=table
     )
     log = logging.getLogger("cbir.summarize")
     for row in table.itertuples():
