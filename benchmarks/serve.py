@@ -103,7 +103,7 @@ def in_process_query(model_folder: Path, paths: list[str], top_k: int, threads: 
 
         torch.set_num_threads(threads)
     model = load_cell(model_folder)
-    embedder = Embedder(model.record)
+    embedder = Embedder(model.record, root=model.root)
     return lambda i: query_images(model, [paths[i % len(paths)]], top_k=top_k, embedder=embedder)
 
 

@@ -52,6 +52,19 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads of the CNN forward (default: torch's)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="every request then needs 'Authorization: Bearer <token>' or a login at /login; required off "
+        "loopback. Prefer the CBIR_TOKEN environment variable: an argument shows in the process list",
+    )
+    serve.add_argument("--max-concurrent", type=int, default=32,
+                       help="requests in progress per worker; more get 503 + Retry-After (default 32)")  # fmt: skip
+    serve.add_argument("--upload-timeout", type=float, default=30.0,
+                       help="seconds for a request body to arrive, else 408 (default 30)")  # fmt: skip
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default 1)")
+    serve.add_argument("--reload-interval", type=float, default=10.0,
+                       help="seconds between checks for a rewritten cell, 0: only on SIGHUP (default 10)")  # fmt: skip
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -59,7 +72,7 @@ def run_query(args: argparse.Namespace) -> int:
         raise QueryError("--top-k must be at least 1")
     modes = MODES if args.mode == "all" else (args.mode,)
     model = load_cell(args.model, k=args.k, metric=args.metric)
-    embedder = Embedder(model.record, args.device)
+    embedder = Embedder(model.record, args.device, model.root)
     if embedder.notice:
         print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
     answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
@@ -74,14 +87,22 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
-    from cbir.serve import MAX_TOP_K, ServeSettings, create_app, is_loopback, run_server
+    from cbir.serve import MAX_TOP_K, ServeSettings, create_app, run_server
+    from cbir.serve_auth import TOKEN_ENV, token_problem
 
+    token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    problem = token_problem(args.host, token)
+    if problem:
+        raise QueryError(problem)
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise QueryError(f"--top-k must be between 1 and {MAX_TOP_K}")
     if args.max_upload_mb <= 0 or args.max_pixels <= 0 or (args.threads is not None and args.threads < 1):
         raise QueryError("--max-upload-mb, --max-pixels and --threads must be positive")
+    if args.max_concurrent < 1 or args.workers < 1 or args.upload_timeout <= 0 or args.reload_interval < 0:
+        raise QueryError("--max-concurrent, --workers and --upload-timeout must be positive, --reload-interval >= 0")
     settings = ServeSettings(
         model=Path(args.model),
         k=args.k,
@@ -91,12 +112,20 @@ def run_serve(args: argparse.Namespace) -> int:
         device=args.device,
         metric=args.metric,
         threads=args.threads,
+        max_concurrent=args.max_concurrent,
+        upload_timeout=args.upload_timeout,
+        reload_interval=args.reload_interval,
+        token=token,
     )
-    app = create_app(settings)
-    if not is_loopback(args.host):
-        print(f"cbir serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    print(f"cbir serve: http://{args.host}:{args.port}/ (API schema at /docs)", file=sys.stderr)
-    run_server(app, args.host, args.port, args.log_level)
+    if args.workers == 1:
+        target: object = create_app(settings)
+    else:
+        load_cell(settings.model, k=settings.k, metric=settings.metric)  # a bad folder fails here, not in a worker
+        target = settings
+    access = "token required" if token else "no token"
+    print(f"cbir serve: http://{args.host}:{args.port}/ ({access}, {args.workers} worker(s); API schema at /docs)",
+          file=sys.stderr)  # fmt: skip
+    run_server(target, args.host, args.port, args.log_level, workers=args.workers)  # type: ignore[arg-type]
     return 0
 
 

@@ -305,13 +305,20 @@ def write_manifest(manifest: Manifest, images_csv: str | Path, excluded_csv: str
 
 def read_manifest(path: str | Path, start: int = 0, stop: int | None = None) -> pd.DataFrame:
     """A manifest written by :func:`write_manifest` (rows ``[start, stop)`` only, the others not
-    parsed); ids that lead outside the dataset are refused."""
-    frame = pd.read_csv(
-        path,
-        dtype={"id": str, "path": str, "class_name": str, "sha256": str},
-        skiprows=range(1, start + 1) if start else None,
-        nrows=None if stop is None else stop - start,
-    )
+    parsed); ids that lead outside the dataset are refused, and so is a file that is no CSV
+    (:class:`DatasetError` naming it)."""
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"id": str, "path": str, "class_name": str, "sha256": str},
+            skiprows=range(1, start + 1) if start else None,
+            nrows=None if stop is None else stop - start,
+        )
+    except (ValueError, OverflowError) as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise DatasetError(
+            f"manifest '{path}' cannot be read as a CSV table ({type(error).__name__}: {error}); "
+            "rerun the workflow's manifest step to write it again"
+        ) from error
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
         raise DatasetError(f"manifest '{path}' lacks column(s): {', '.join(sorted(missing))}")
@@ -321,8 +328,9 @@ def read_manifest(path: str | Path, start: int = 0, stop: int | None = None) -> 
 
 def check_ids(ids: pd.Series, manifest: str | Path) -> None:
     """Refuse ids that are absolute or contain '..' (a tampered or hand-edited manifest)."""
-    for row, image_id in enumerate(ids.astype(str)):
-        problem = id_problem(image_id)
+    for row, image_id in enumerate(ids):
+        # an empty cell is missing, not '' (pandas keeps it missing through astype(str) as well)
+        problem = "the id is empty" if pd.isna(image_id) else id_problem(str(image_id))
         if problem:
             raise DatasetError(f"manifest '{manifest}' row {row + 1}: {problem}; ids must stay inside the dataset")
 

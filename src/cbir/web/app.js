@@ -33,6 +33,10 @@ function errorText(body, response) {
 
 async function api(path, options) {
   const response = await fetch(path, options);
+  if (response.status === 401) {
+    window.location.assign("/login"); // a server started with a token: log in first
+    throw new Error("this server needs its token: log in at /login");
+  }
   let body = null;
   try {
     body = await response.json();
