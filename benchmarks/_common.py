@@ -95,3 +95,23 @@ def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None
         parser.add_argument("--weights", default=weights, help="a named weights of the architecture, or a file")
     if pooling is not None:
         parser.add_argument("--pooling", default=pooling, choices=list(POOLINGS))
+
+
+def default_model() -> Path:
+    """The first trained 80-20 cell under results/, for the serve benchmarks."""
+    from cbir.cell import CELL_FOLDER, GALLERY
+
+    pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
+    cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))
+    if not cells:
+        sys.exit("no trained cell under results/*/*/80-20/: run the workflow first, or pass --model")
+    return cells[0].parent
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

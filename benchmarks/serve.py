@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,23 +25,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, make_jpegs, print_table, record
-
-
-def default_model() -> Path:
-    from cbir.cell import CELL_FOLDER, GALLERY
-
-    pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
-    cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))
-    if not cells:
-        sys.exit("no trained cell under results/*/*/80-20/: run the workflow first, or pass --model")
-    return cells[0].parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from _common import REPO, default_model, free_port, make_jpegs, print_table, record
 
 
 def multipart(path: str) -> tuple[bytes, str]:

@@ -33,28 +33,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, print_table, record
+from _common import REPO, default_model, free_port, print_table, record
 
 DRIVER = Path(__file__).with_name("_load_driver.py")
 UPLOAD_SIZES = (96, 320, 800)
-
-
-def default_model() -> Path:
-    from cbir.cell import CELL_FOLDER, GALLERY
-
-    pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
-    cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))
-    if not cells:
-        sys.exit("no trained cell under results/*/*/80-20/: run the workflow first, or pass --model")
-    return cells[0].parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- the server and its memory -------------------------------------------------------------
