@@ -196,7 +196,8 @@ def prepare_from_record(
     if "feature_dim" in record and int(record["feature_dim"]) != dim:
         raise RecordError(f"the record says {record['feature_dim']}-D features but {spec} gives {dim}-D")
     engine = "openvino" if runner is not None else "torch"
-    reason = notice or f"{engine} {precision}, as the gallery was extracted"
+    prefix = "openvino " if engine == "openvino" else ""
+    reason = notice or f"{prefix}{precision}, as the gallery was extracted"
     return PreparedNetwork(spec, seed, torch_device, precision, reason, _place(network, torch_device), transform,
                            dict(record["preprocessing"]), dim, notice, engine,
                            str(model_file) if runner is not None else None, runner)  # fmt: skip
