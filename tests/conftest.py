@@ -78,6 +78,9 @@ def session_config(data_path: Path) -> dict:
     # batches of 8: the sharded runs' shards (8 and 16 images) then hold the same batches, so
     # their bf16 features are the same computation on any CPU, emulated bf16 included
     config["extraction"].update({"precision": "bf16", "batch_size": 8})
+    # every embedding space of cbir's registry, with both re-rankings measured
+    config["grid"]["embeddings"] = ["raw", "l2", "whiten", "lda", "mlp"]
+    config["embeddings"] = {"rerank": {"query_expansion": {"n": 2, "alpha": 3}, "dba": {"k": 2, "alpha": 3}}}
     return config
 
 

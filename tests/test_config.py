@@ -227,7 +227,7 @@ def test_an_unknown_key_anywhere_is_named_with_the_allowed_keys(path):
                                             "(defined: digits)"),
         (("grid", "backbones"), ["resnet50"], "'grid.backbones[0]': 'resnet50' is not defined under 'backbones' "
                                               "(defined: efficientnet_lite0, vgg16)"),
-        (("backbones", "vgg16", "arch"), "resnet50", "allowed: vgg16, efficientnet_lite0"),
+        (("backbones", "vgg16", "arch"), "resnet9000", "allowed: vgg16, efficientnet_lite0"),
         (("datasets", "digits", "source"), "imagenet", "allowed: folder, sklearn_digits, corel1k"),
         (("grid", "splits"), ["80/20"], "'grid.splits[0]': '80/20' does not match '^([0-9]{1,2}-[0-9]{1,2}|official)$' "
                                         "(TRAIN-TEST percentages summing to 100, such as 80-20, or official.)"),

@@ -638,7 +638,11 @@ def test_a_source_prepared_by_a_rule_names_a_rule_with_an_output_folder():
     rules = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
     blocks = dict(re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", rules, flags=re.M | re.S))
     prepared = {name: source.prepared_by for name, source in SOURCES.items() if source.prepared_by}
-    assert prepared == {"sklearn_digits": "prepare_digits", "cifar10": "cifar10_images"}
+    assert prepared == {
+        "sklearn_digits": "prepare_digits",
+        "cifar10": "cifar10_images",
+        "fashion_mnist": "fashion_mnist_images",
+    }
     for rule in prepared.values():
         assert re.search(r"output:\n\s+folder=directory\(", blocks[rule]), rule
 

@@ -101,7 +101,9 @@ def test_unusable_files_are_excluded_counted_in_the_summary_and_change_nothing(s
 def test_every_artifact_records_the_seed_and_the_library_versions(finished_run):
     root, config = finished_run
     artifacts = sorted((root / "results").rglob("*.h5"))
-    assert len(artifacts) == 1 + 1 + 3 * 4  # features, PCA basis, per cell: projection, gallery, classifier, clusters
+    further_spaces = len(config["grid"]["embeddings"]) - 1
+    # features, PCA basis, per cell: projection, gallery, classifier, clusters, and each further space with its clusters
+    assert len(artifacts) == 1 + 1 + 3 * (4 + 2 * further_spaces)
     for path in artifacts:
         with h5py.File(path) as f:
             attrs = read_attrs(f)

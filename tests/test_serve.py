@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cbir.cell import best_space, metrics_name
+
 from conftest import REPO
 
 pytestmark = pytest.mark.workflow
@@ -75,7 +77,10 @@ def test_model_info_describes_the_cell_and_its_metrics(client, finished_run):
     assert info["arch"] == "efficientnet_lite0" and info["classes"] == ["blue", "green", "red"]
     assert info["gallery_size"] == 24 and info["test_images"] == 6 and info["reduced_dim"] == 8
     assert info["max_upload_bytes"] == 10 * 1024 * 1024 and info["top_k"] == 5
-    metrics = json.loads((root / CELL / "metrics_k2.json").read_text())
+    # it searches in the cell's best space (the session's run fits all of them), and says which
+    assert info["space"] == best_space(root / CELL, 2)[0] and info["space"] != "raw"
+    assert info["modes"]["global"] == f"all images ({info['space']} space)"
+    metrics = json.loads((root / CELL / metrics_name(2, info["space"])).read_text())
     shown = ["accuracy", "map_at_5_clustered", "map_at_5_class", "map_at_5_global", "map_class", "map_global",
              "precision_at_5_clustered", "precision_at_5_class", "precision_at_5_global"]  # fmt: skip
     assert list(info["metrics"]) == shown

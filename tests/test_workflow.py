@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cbir.cell import clusters_name, embedding_name
 from cbir.io import load_arrays
 
 from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
@@ -71,7 +72,8 @@ def test_adding_one_pca_size_rebuilds_only_that_branch(finished_run):
     result = run_snakemake(root, write_config(root / "more_pca.yaml", config), "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert planned_jobs(result) == {
-        "project": 1, "cluster": 1, "train_mlp": 1, "evaluate": 1, "summarize": 1, "all": 1,
+        "project": 1, "cluster": 1, "train_mlp": 1, "evaluate": 1, "fit_spaces": 1, "evaluate_spaces": 1,
+        "summarize": 1, "all": 1,
     }  # fmt: skip
     assert "results/tiny/lite/80-20/6/metrics_k2.json" in result.stdout
 
@@ -135,7 +137,10 @@ def test_no_test_image_influences_any_fitted_model(finished_run, tmp_path: Path)
     result = run_snakemake(copy, write_config(copy / "rerun.yaml", config))
     assert result.returncode == 0, result.stderr[-3000:]
 
-    per_cell = ("projection.h5", "gallery.h5", "classifier.h5", "clusters_k2.h5")
+    spaces = [space for space in config["grid"]["embeddings"] if space != "raw"]
+    assert spaces, "the session's run fits further embedding spaces"
+    in_spaces = [name for space in spaces for name in (embedding_name(space), clusters_name(2, space))]
+    per_cell = ("projection.h5", "gallery.h5", "classifier.h5", "clusters_k2.h5", *in_spaces)
     fitted = ["pca_basis.h5"] + [f"{pca}/{name}" for pca in ("4", "8", "original") for name in per_cell]
     for name in fitted:
         before, _ = load_arrays(root / CELL / name)

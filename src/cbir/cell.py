@@ -23,13 +23,13 @@ from cbir.cluster import IntraClassClusters, load_clusters
 from cbir.io import load_arrays
 from cbir.reduce import Projection, load_projection
 from cbir.retrieve import MODES, FaissSearch, RetrievalIndex
+from cbir.spaces import RAW, Embedding, identity_embedding, load_embedding
 
 CELL_FOLDER = "results/{dataset}/{backbone}/{split}/{pca}"
 PROJECTION = "projection.h5"
 GALLERY = "gallery.h5"
 CLASSIFIER = "classifier.h5"
 MODEL_FILES = (PROJECTION, GALLERY, CLASSIFIER)  # with one clusters_k<k>.h5, what a query needs
-CLUSTERS_FILE = re.compile(r"clusters_k(\d+)\.h5")
 
 T = TypeVar("T")
 Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -39,24 +39,35 @@ def cell_folder(dataset: str, backbone: str, split: str, pca: str) -> str:
     return CELL_FOLDER.format(dataset=dataset, backbone=backbone, split=split, pca=pca)
 
 
-def clusters_name(k: int | str) -> str:
-    """``clusters_k<k>.h5``; ``clusters_name("{k}")`` is the rules' pattern."""
-    return f"clusters_k{k}.h5"
+def _in_space(space: str) -> str:
+    return "" if space == RAW else f"{space}_"
 
 
-def metrics_name(k: int | str) -> str:
-    return f"metrics_k{k}.json"
+def clusters_name(k: int | str, space: str = RAW) -> str:
+    """``clusters_k<k>.h5`` (the paper's space), ``clusters_<space>_k<k>.h5``; ``"{k}"`` gives the rules' pattern."""
+    return f"clusters_{_in_space(space)}k{k}.h5"
 
 
-def model_files(k: int | str) -> tuple[str, ...]:
-    """Every artifact a model with ``k`` clusters per class is loaded from."""
-    return (*MODEL_FILES, clusters_name(k))
+def metrics_name(k: int | str, space: str = RAW) -> str:
+    return f"metrics_{_in_space(space)}k{k}.json"
 
 
-def available_k(folder: str | Path) -> list[int]:
-    """The k of every clusters file in the folder, ascending."""
+def embedding_name(space: str) -> str:
+    """The fitted embedding space of a cell (none for ``raw``: the gallery is already in it)."""
+    return f"embedding_{space}.h5"
+
+
+def model_files(k: int | str, space: str = RAW) -> tuple[str, ...]:
+    """Every artifact a model with ``k`` clusters per class, searching in ``space``, is loaded from."""
+    extra = () if space == RAW else (embedding_name(space),)
+    return (*MODEL_FILES, *extra, clusters_name(k, space))
+
+
+def available_k(folder: str | Path, space: str = RAW) -> list[int]:
+    """The k of every clusters file of ``space`` in the folder, ascending."""
+    pattern = re.compile(re.escape(clusters_name("", space)[: -len(".h5")]) + r"(\d+)\.h5")
     return sorted(
-        int(m.group(1)) for p in Path(folder).glob("clusters_k*.h5") if (m := CLUSTERS_FILE.fullmatch(p.name))
+        int(m.group(1)) for p in Path(folder).glob(clusters_name("*", space)) if (m := pattern.fullmatch(p.name))
     )
 
 
@@ -69,18 +80,26 @@ class ModelFolderError(ValueError):
 
 @dataclass
 class CellModels:
+    """The projection and the MLP (on the projected features), and the searches in the cell's embedding space."""
+
     projection: Projection
     mlp: MlpModel
-    index: RetrievalIndex
+    index: RetrievalIndex  # its gallery and centroids are in the embedding space
     faiss: dict[str, FaissSearch] = field(default_factory=dict)
+    embedding: Embedding = field(default_factory=identity_embedding)
 
     def searchers(self) -> dict[str, Searcher]:
-        """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances)."""
+        """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances).
+
+        The queries are the projected features (what the MLP takes); each search maps them into
+        the embedding space first, so a search's time includes that step.
+        """
+        embed = self.embedding.transform
         modes: dict[str, Searcher] = {
-            mode: (lambda q, p, k, mode=mode: self.index.search(q, mode, k, p)) for mode in MODES
+            mode: (lambda q, p, k, mode=mode: self.index.search(embed(q), mode, k, p)) for mode in MODES
         }
         for kind, search in self.faiss.items():
-            modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(q, k)
+            modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(embed(q), k)
         return modes
 
 
@@ -94,7 +113,12 @@ def build_models(
     metric: str = "euclidean",
     faiss_options: dict[str, Any] | None = None,
     seed: int = 0,
+    embedding: Embedding | None = None,
 ) -> CellModels:
+    """The cell's searches over ``train_features`` (the projected training images) in ``embedding``'s space;
+    ``clusters`` were fitted in that space."""
+    embedding = embedding or identity_embedding()
+    train_features = embedding.transform(train_features)
     index = RetrievalIndex(
         gallery=train_features,
         labels=train_labels,
@@ -109,7 +133,7 @@ def build_models(
             faiss[kind] = FaissSearch(
                 train_features, kind, metric, faiss_options["nlist"], faiss_options["nprobe"], seed
             )
-    return CellModels(projection, mlp, index, faiss)
+    return CellModels(projection, mlp, index, faiss, embedding)
 
 
 # --- a cell loaded from its folder ----------------------------------------------------------
@@ -140,6 +164,8 @@ class Cell:
     gallery_labels: np.ndarray
     clusters: IntraClassClusters
     models: CellModels
+    reduced_dim: int  # dimensions of the projected features (the MLP's input)
+    space: str = RAW  # the embedding space every search ranks in
 
     @property
     def root(self) -> Path:
@@ -151,12 +177,39 @@ class Cell:
     def feature_dim(self) -> int:
         """Dimensions of the raw backbone features the cell takes."""
         projection = self.models.projection
-        return len(projection.mean) if projection.mean is not None else self.models.index.gallery.shape[1]
+        return len(projection.mean) if projection.mean is not None else self.reduced_dim
 
     def saved_metrics(self) -> dict[str, Any]:
-        """The cell's evaluation for this k (``metrics_k<k>.json``); empty before it has run."""
-        path = self.folder / metrics_name(self.k)
+        """The cell's evaluation for this k and space (``metrics_k<k>.json``); empty before it has run."""
+        path = self.folder / metrics_name(self.k, self.space)
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def available_spaces(folder: str | Path, k: int) -> list[str]:
+    """The spaces a cell can search in with k clusters: ``raw`` and every fitted space with its clusters."""
+    folder = Path(folder)
+    fitted = sorted(p.name[len("embedding_") : -len(".h5")] for p in folder.glob(embedding_name("*")))
+    return [RAW, *(s for s in fitted if (folder / clusters_name(k, s)).is_file())]
+
+
+BEST = "best"
+HEADLINE_METRIC = "map_global"  # how spaces are compared: mAP of the exact ranking over all training images
+
+
+def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
+    """The evaluated space of the cell with the highest mAP of global exact search, and that mAP
+    (``raw`` and None before any evaluation)."""
+    scores = {}
+    for space in available_spaces(folder, k):
+        path = Path(folder) / metrics_name(k, space)
+        if path.is_file():
+            value = json.loads(path.read_text()).get(HEADLINE_METRIC)
+            if isinstance(value, (int, float)) and value == value:
+                scores[space] = float(value)
+    if not scores:
+        return RAW, None
+    space = max(scores, key=lambda s: (scores[s], s == RAW))  # ties keep the paper's space
+    return space, scores[space]
 
 
 def read_identity(folder: Path, attrs: dict[str, Any]) -> CellIdentity:
@@ -187,8 +240,12 @@ def load_cell(
     metric: str = "euclidean",
     faiss_options: dict[str, Any] | None = None,
     seed: int = 0,
+    space: str = RAW,
 ) -> Cell:
     """Read a cell's artifacts once and build its models (k: the smallest available by default).
+
+    ``space``: the embedding space to search in (``raw``, a fitted space of the cell, or ``best``:
+    the one with the highest evaluated global mAP, see :func:`best_space`).
 
     An incomplete folder is refused with the names of what is missing; a damaged or outdated
     artifact, or clusters fitted on other images than the gallery, with what is wrong.
@@ -196,10 +253,15 @@ def load_cell(
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder '{folder}' does not exist")
+    if space not in (BEST, RAW) and not (folder / embedding_name(space)).is_file():
+        spaces = sorted({RAW, *(p.name[len("embedding_") : -len(".h5")] for p in folder.glob(embedding_name("*")))})
+        raise ModelFolderError(
+            f"model folder '{folder}' has no embedding space '{space}' (available: {', '.join(spaces)})"
+        )
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
-    ks = available_k(folder)
+    ks = available_k(folder, RAW if space == BEST else space)
     if not ks:
-        missing.append(clusters_name("<k>"))
+        missing.append(clusters_name("<k>", RAW if space == BEST else space))
     if missing:
         raise ModelFolderError(
             f"model folder '{folder}' is incomplete: missing {', '.join(missing)} "
@@ -209,6 +271,8 @@ def load_cell(
         k = ks[0]
     elif k not in ks:
         raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
+    if space == BEST:
+        space, _ = best_space(folder, k)
     gallery, attrs = _read_artifact(folder / GALLERY, load_arrays)
     record = attrs.get("backbone_attrs")
     if "class_names" not in attrs or not isinstance(record, dict):
@@ -216,9 +280,10 @@ def load_cell(
             f"'{folder / GALLERY}' lacks the class names or the backbone settings: it was written by an "
             "older version of cbir; rerun the workflow to rebuild the cell"
         )
-    clusters, cluster_ids, _ = _read_artifact(folder / clusters_name(k), load_clusters)
+    clusters, cluster_ids, _ = _read_artifact(folder / clusters_name(k, space), load_clusters)
     if list(cluster_ids) != list(gallery["ids"]):
-        raise ModelFolderError(f"'{folder / clusters_name(k)}' was fitted on other images than the gallery")
+        raise ModelFolderError(f"'{folder / clusters_name(k, space)}' was fitted on other images than the gallery")
+    embedding = None if space == RAW else _read_artifact(folder / embedding_name(space), load_embedding)
     models = build_models(
         _read_artifact(folder / PROJECTION, load_projection),
         _read_artifact(folder / CLASSIFIER, load_mlp),
@@ -228,6 +293,7 @@ def load_cell(
         metric=metric,
         faiss_options=faiss_options,
         seed=seed,
+        embedding=embedding,
     )
     return Cell(
         folder=folder,
@@ -240,4 +306,6 @@ def load_cell(
         gallery_labels=gallery["labels"],
         clusters=clusters,
         models=models,
+        reduced_dim=int(gallery["features"].shape[1]),
+        space=space,
     )

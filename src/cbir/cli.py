@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from cbir.cell import ModelFolderError, load_cell
-from cbir.query import Embedder, QueryError, format_table, query_images
+from cbir.cell import BEST, ModelFolderError, load_cell
+from cbir.query import Embedder, QueryError, describe_space, format_table, query_images
 from cbir.retrieve import MODE_TITLES, MODES
 
 
@@ -35,6 +35,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
     parser.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument(
+        "--space",
+        default=BEST,
+        help="embedding space to search in: raw (the paper's PCA features), a space the cell was fitted in "
+        "(grid.embeddings), or best: the one with the highest evaluated global mAP (default)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -71,7 +77,8 @@ def run_query(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise QueryError("--top-k must be at least 1")
     modes = MODES if args.mode == "all" else (args.mode,)
-    model = load_cell(args.model, k=args.k, metric=args.metric)
+    model = load_cell(args.model, k=args.k, metric=args.metric, space=args.space)
+    print(f"cbir query: {describe_space(model)}", file=sys.stderr)
     embedder = Embedder(model.record, args.device, model.root)
     if embedder.notice:
         print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
@@ -111,6 +118,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         device=args.device,
         metric=args.metric,
+        space=args.space,
         threads=args.threads,
         max_concurrent=args.max_concurrent,
         upload_timeout=args.upload_timeout,
@@ -120,7 +128,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         target: object = create_app(settings)
     else:
-        load_cell(settings.model, k=settings.k, metric=settings.metric)  # a bad folder fails here, not in a worker
+        # a bad folder fails here, not in a worker
+        load_cell(settings.model, k=settings.k, metric=settings.metric, space=settings.space)
         target = settings
     access = "token required" if token else "no token"
     print(f"cbir serve: http://{args.host}:{args.port}/ ({access}, {args.workers} worker(s); API schema at /docs)",

@@ -30,12 +30,14 @@ def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
     from cbir.backbones import BACKBONES, POOLINGS
     from cbir.datasets import SOURCES
     from cbir.paper import paper_datasets
+    from cbir.spaces import SPACES
 
     backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
     backbone["arch"]["enum"] = list(BACKBONES)
     backbone["pooling"]["enum"] = list(POOLINGS)
     schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] = list(SOURCES)
     schema["properties"]["paper"]["properties"]["datasets"]["additionalProperties"]["enum"] = paper_datasets()
+    schema["properties"]["grid"]["properties"]["embeddings"]["items"]["enum"] = list(SPACES)
     return schema
 
 
@@ -169,6 +171,7 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
                     f"(defined: {', '.join(sorted(config[kind])) or 'none'})"
                 )
     problems.extend(weights_problems(config))
+    problems.extend(backbone_setting_problems(config))
     extraction = config["extraction"]
     if extraction["engine"] != "torch" and extraction["precision"] == "fp16":
         problems.append(
@@ -202,12 +205,29 @@ def weights_problems(config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def backbone_setting_problems(config: Mapping[str, Any]) -> list[str]:
+    """Backbone entries with an image size their network cannot take, or a gem_p without GeM pooling."""
+    from cbir.backbones import get_backbone
+
+    problems = []
+    for name, entry in config["backbones"].items():
+        if problem := get_backbone(entry["arch"]).image_size_problem(int(entry["image_size"])):
+            problems.append(f"config key 'backbones.{name}.image_size': {problem}")
+        if "gem_p" in entry and entry["pooling"] != "gem":
+            problems.append(
+                f"config key 'backbones.{name}.gem_p': GeM's power is used with pooling: gem only, and this "
+                f"backbone pools with {entry['pooling']}: remove gem_p or set pooling: gem"
+            )
+    return problems
+
+
 def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
     """The feature dimension a backbone entry gives, where it is known without running the network.
 
     From the registry (:data:`cbir.backbones.BACKBONES`): pooled features (avg, gem) have one value
-    per channel; an unpooled map has channels x (image_size // stride)^2 values, or is known only
-    after extraction (None) where padding sets its size (EfficientNet-Lite0).
+    per channel; an unpooled map has channels x side^2 values (side: image_size / stride, rounded as
+    the entry says), or is known only after extraction (None) where padding sets its size
+    (EfficientNet-Lite).
     """
     from cbir.backbones import get_backbone
 

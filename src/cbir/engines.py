@@ -70,7 +70,9 @@ def export_openvino(network: FeatureNetwork, image_size: int) -> Any:
     import torch
 
     example = torch.zeros(1, 3, image_size, image_size)
-    return ov.convert_model(network.float().eval(), example_input=example, input=[(-1, 3, image_size, image_size)])
+    # without gradients: a traced ViT then takes one attention path every time (else tracing fails its check)
+    with torch.no_grad():
+        return ov.convert_model(network.float().eval(), example_input=example, input=[(-1, 3, image_size, image_size)])
 
 
 def quantize_int8(model: Any, calibration: Sequence[np.ndarray]) -> Any:

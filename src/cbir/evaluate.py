@@ -23,7 +23,7 @@ from cbir.timing import clock, cpu_hardware, latency_summary
 
 PRECISION_AT = (5, 10, 20)
 # what the feature file recorded of the network that made it, copied into the metrics as features_<key>
-FEATURE_RECORD = ("arch", "weights", "pooling", "image_size", "layer", "engine", "precision")
+FEATURE_RECORD = ("arch", "weights", "pooling", "gem_p", "image_size", "layer", "engine", "precision")
 EXACT_MODES = ("class", "global")
 QUERY_CHUNK = 256
 
@@ -121,6 +121,68 @@ def retrieval_quality(
             out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
     for mode, value in full_map.items():
         out[f"map_{mode}"] = value
+    return out
+
+
+def _global_quality(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, suffix: str) -> dict[str, float]:
+    """mAP of the full exact ranking and P@k, for queries and a gallery already in the search space."""
+    from cbir.retrieve import squared_distances
+
+    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
+    ap, top = [], []
+    n_relevant = relevant.sum(axis=1)
+    for first in range(0, len(queries), QUERY_CHUNK):
+        rows = slice(first, first + QUERY_CHUNK)
+        order = np.argsort(squared_distances(queries[rows], gallery, sq_norms), axis=1, kind="stable")
+        hits = ranked_relevance(order, relevant[rows])
+        ap.append(average_precision(hits, n_relevant[rows]))
+        top.append(hits[:, : max(PRECISION_AT)])
+    hits = np.concatenate(top) if top else np.zeros((0, max(PRECISION_AT)), dtype=bool)
+    out = {f"precision_at_{k}_{suffix}": precision_at(hits, k) for k in PRECISION_AT}
+    out[f"map_{suffix}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
+    return out
+
+
+def _nearest_rows(queries: np.ndarray, gallery: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` nearest gallery rows of each query, nearest first, a chunk of queries at a time."""
+    from cbir.retrieve import RetrievalIndex
+
+    empty = np.empty(0, dtype=np.int64)
+    labels = np.zeros(len(gallery), dtype=np.int64)
+    index = RetrievalIndex(gallery, labels, np.empty((0, gallery.shape[1])), empty, empty)
+    rows = [index.search(queries[i : i + QUERY_CHUNK], "global", n)[0] for i in range(0, len(queries), QUERY_CHUNK)]
+    return np.concatenate(rows) if rows else np.empty((0, n), dtype=np.int64)
+
+
+def rerank_quality(
+    models: CellModels,
+    reduced: np.ndarray,
+    query_sets: np.ndarray,
+    gallery_sets: np.ndarray,
+    options: dict[str, Any],
+) -> dict[str, float]:
+    """Global exact search re-ranked: α-query expansion (``global_qe``), database-side augmentation
+    (``global_dba``), and both (``global_dba_qe``), each with its mAP and P@k, computed in the cell's space."""
+    from cbir.spaces import augment_database, expand_queries
+
+    relevant = relevance(query_sets, gallery_sets)
+    normalised = models.embedding.normalised
+    queries = models.embedding.transform(reduced).astype(np.float64)
+    gallery = models.index.gallery
+    qe, dba = options.get("query_expansion", {}), options.get("dba", {})
+    out: dict[str, float] = {}
+
+    def expanded(gallery_vectors: np.ndarray) -> np.ndarray:
+        top = _nearest_rows(queries, gallery_vectors, qe["n"])
+        return expand_queries(queries, gallery_vectors, top, qe["n"], qe["alpha"], normalised).astype(np.float64)
+
+    if qe.get("n", 0) > 0:
+        out.update(_global_quality(expanded(gallery), gallery, relevant, "global_qe"))
+    if dba.get("k", 0) > 0:
+        augmented = augment_database(gallery, dba["k"], dba["alpha"], normalised).astype(np.float64)
+        out.update(_global_quality(queries, augmented, relevant, "global_dba"))
+        if qe.get("n", 0) > 0:
+            out.update(_global_quality(expanded(augmented), augmented, relevant, "global_dba_qe"))
     return out
 
 
@@ -224,16 +286,19 @@ def cell_metrics(
     out_path: str,
     retrieval: dict[str, Any],
     seed: int,
+    space: str = "raw",
+    rerank: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load one grid cell with k clusters per class, evaluate it on its test images and write the metrics JSON."""
+    """Load one grid cell with k clusters per class, searching in ``space``, evaluate it on its test images and
+    write the metrics JSON. ``rerank`` (query expansion, database-side augmentation) adds their measured quality."""
     import json
 
-    from cbir.io import library_versions, load_features, write_json
+    from cbir.io import library_versions, load_arrays, load_features, write_json
     from cbir.manifest import read_manifest
     from cbir.split import split_ids
 
     test = load_features(features, split_ids(split, "test"))
-    cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed)
+    cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space)
     models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
     table = read_manifest(manifest)
@@ -244,7 +309,9 @@ def cell_metrics(
         "n_train": len(cell.gallery_ids),
         "n_classes": len(np.unique(cell.gallery_labels)),
         "feature_dim": int(test.features.shape[1]),
-        "reduced_dim": int(models.index.gallery.shape[1]),
+        "reduced_dim": cell.reduced_dim,
+        "space": cell.space,
+        "embedding_dim": int(models.index.gallery.shape[1]),
         "top_k": top_k,
         "metric": retrieval["metric"],
         "n_clusters": len(clusters.centroids),
@@ -264,6 +331,21 @@ def cell_metrics(
             top_k=top_k,
         )
     )
+    if cell.space != "raw":
+        from cbir.cell import embedding_name
+
+        _, fitted = load_arrays(cell.folder / embedding_name(cell.space))
+        result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))
+    if rerank:
+        result.update(
+            rerank_quality(
+                models,
+                models.projection.transform(test.features),
+                manifest_label_sets(table, test.ids, n_classes),
+                manifest_label_sets(table, cell.gallery_ids, n_classes),
+                rerank,
+            )
+        )
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})

@@ -137,6 +137,7 @@ def search_features(
         answer: dict[str, Any] = {
             "predicted_class": model.class_names[int(predicted[row])],
             "probability": float(probabilities[row].max()),
+            "space": model.space,
             "results": {},
         }
         for mode, (indices, distances) in found.items():
@@ -153,6 +154,13 @@ def search_features(
             ]
         answers.append(answer)
     return answers
+
+
+def describe_space(model: Cell) -> str:
+    """Which embedding space a loaded cell searches in, and why (for the CLI and the server's log)."""
+    mean_ap = model.saved_metrics().get("map_global")
+    measured = f", global exact mAP {mean_ap:.3f} on the test images" if isinstance(mean_ap, float) else ""
+    return f"searching in the '{model.space}' embedding space{measured} (--space chooses another)"
 
 
 def query_images(model: Cell, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = MODES,
@@ -180,6 +188,7 @@ def format_table(answers: Sequence[dict[str, Any]]) -> str:
             lines.append(f"  error: {answer['error']}")
             continue
         lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
+        lines.append(f"  search space: {answer['space']}")
         for mode, results in answer["results"].items():
             lines.append(f"  {mode}:")
             lines.append(f"    {'rank':>4}  {'distance':>10}  {'class':<16} path")

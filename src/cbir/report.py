@@ -231,6 +231,7 @@ class Summary:
     settings: Mapping[str, Any] = field(default_factory=dict)  # cbir.paper.summary_settings(config)
     datasets: pd.DataFrame | None = None  # datasets.csv
     plots: dict[str, Path] = field(default_factory=dict)  # the plots written so far, for the pages to show
+    spaces: pd.DataFrame | None = None  # every cell in every embedding space, raw included (spaces.csv)
 
     @functools.cached_property
     def matched(self) -> dict[str, paper.Match]:
@@ -336,6 +337,64 @@ def quality_doc(summary: Summary, split: str) -> Doc:
             table = _columns_table(rows, columns)
             if not table.empty:
                 doc.heading(heading, 4).table(table)
+    return doc
+
+
+# --- embedding spaces --------------------------------------------------------------------------------
+
+SPACE_COLUMNS = ["dataset", "backbone", "split", "pca", "k", "space"]
+
+
+def gather_spaces(frame: pd.DataFrame, space_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The paper's cells (space raw) and the same cells in every further space, one row each."""
+    raw = frame.assign(space=frame["space"].fillna("raw") if "space" in frame.columns else "raw")
+    paths = list(space_paths)
+    spaces = pd.concat([raw, gather_metrics(paths)], ignore_index=True) if paths else raw
+    order = {name: i for i, name in enumerate(dict.fromkeys(["raw", *spaces["space"]]))}
+    leading = [c for c in SPACE_COLUMNS if c in spaces.columns]
+    spaces = spaces[leading + [c for c in spaces.columns if c not in leading]]
+    return spaces.sort_values(
+        leading, key=lambda s: _pca_sort_key(s) if s.name == "pca" else s.map(order) if s.name == "space" else s
+    ).reset_index(drop=True)
+
+
+def _space_metrics(top_k: int) -> dict[str, str]:
+    return {
+        "P@10": "precision_at_10_global",
+        "mAP": "map_global",
+        "mAP +QE": "map_global_qe",
+        "mAP +DBA": "map_global_dba",
+        "mAP +DBA+QE": "map_global_dba_qe",
+        "accuracy": "accuracy",
+        "P@10 clustered": "precision_at_10_clustered",
+        f"recall@{top_k} clustered": f"recall_at_{top_k}_vs_exact_clustered",
+        "fit (s)": "time_fit_space_s",
+    }
+
+
+def spaces_table(summary: Summary, split: str) -> pd.DataFrame:
+    """Global exact search per embedding space (P@10, mAP, with re-ranking), accuracy and the clustered search."""
+    frame = summary.spaces if summary.spaces is not None else gather_spaces(summary.frame, [])
+    rows = frame[frame["split"] == split]
+    index = [c for c in ("dataset", "backbone", "pca", "k", "space") if c in rows.columns]
+    table = _columns_table(rows, _space_metrics(summary.top_k))
+    table.index = pd.MultiIndex.from_frame(rows[index]) if len(index) > 1 else rows[index[0]]
+    return table
+
+
+def spaces_doc(summary: Summary, split: str) -> Doc:
+    doc = Doc().text(
+        'Global exact search over all training images in each embedding space (README, "Embedding spaces"): '
+        "P@10 and mAP of the full ranking, mAP after query expansion (QE) and database-side augmentation (DBA), "
+        "the MLP's accuracy, the paper's clustered search in that space, and the space's fitting time."
+    )
+    frame = summary.spaces if summary.spaces is not None else gather_spaces(summary.frame, [])
+    for label, rows in _by_label(frame, split):
+        doc.heading(label)
+        table = _columns_table(rows, _space_metrics(summary.top_k))
+        table.index = pd.Index([f"{pca} · {space}" for pca, space in zip(table.index, rows["space"], strict=True)])
+        table.index.name = "PCA · space"
+        doc.table(table.dropna(axis=1, how="all"))
     return doc
 
 
@@ -620,6 +679,8 @@ def tables_page(summary: Summary, split: str) -> Doc:
     """One split's accuracy, retrieval quality and time tables, one set per dataset."""
     doc = Doc().heading("Classification accuracy (%)", 2).table(accuracy_table(summary, split), ".2f")
     doc.heading("Retrieval quality", 2).extend(quality_doc(summary, split))
+    if summary.spaces is not None and set(summary.spaces["space"]) != {"raw"}:
+        doc.heading("Retrieval quality per embedding space", 2).extend(spaces_doc(summary, split))
     return doc.heading("Time per query", 2).extend(timing_doc(summary, split))
 
 
@@ -677,6 +738,7 @@ TABLES: dict[str, SummaryTable] = {
                                      paper_accuracy_doc),
     "paper_time_comparison": SummaryTable("Time per query (ms), the paper's and ours", paper_time_table,
                                           paper_time_doc),
+    "embedding_spaces": SummaryTable("Retrieval quality per embedding space", spaces_table, spaces_doc),
 }  # fmt: skip
 PLOTS: dict[str, Callable[[Summary, str | Path], None]] = {
     "paper_accuracy_vs_pca": plot_paper_accuracy,
@@ -711,8 +773,10 @@ def write_summary(
     *,
     settings: Mapping[str, Any] | None = None,
     datasets: pd.DataFrame | None = None,
+    space_metric_paths: Iterable[str | Path] = (),
+    spaces_csv: str | Path | None = None,
 ) -> pd.DataFrame:
-    """metrics.csv, and exactly the tables, plots and pages asked for.
+    """metrics.csv (the paper's space), spaces.csv (every space), and exactly the tables, plots and pages asked for.
 
     ``tables`` maps (table, split, "csv" or "md") to its path, a table of :data:`TABLES` written
     both as CSV (wide) and as Markdown (readable); ``plots`` maps a plot of :data:`PLOTS` to its
@@ -722,7 +786,10 @@ def write_summary(
     """
     frame = gather_metrics(metric_paths)
     write_csv_table(frame.drop(columns=["library_versions"], errors="ignore"), metrics_csv)
-    summary = Summary(frame, settings or {}, datasets)
+    spaces = gather_spaces(frame, space_metric_paths)
+    if spaces_csv is not None:
+        write_csv_table(spaces.drop(columns=["library_versions"], errors="ignore"), spaces_csv)
+    summary = Summary(frame, settings or {}, datasets, spaces=spaces)
     for name, split in dict.fromkeys((name, split) for name, split, _ in tables):
         table = TABLES[name]
         wide = table.wide(summary, split)

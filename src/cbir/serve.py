@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
 from cbir.cell import MODEL_FILES, Cell, available_k, clusters_name, load_cell, metrics_name
-from cbir.query import Embedder, search_features
+from cbir.query import Embedder, describe_space, search_features
 from cbir.retrieve import MODE_TITLES, MODES
 from cbir.serve_auth import TOKEN_ENV, SecurityHeaders, TokenAuth, is_loopback
 
@@ -87,6 +87,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str = "auto"
     metric: str = "euclidean"
+    space: str = "best"  # the embedding space searched: raw, a fitted one, or best (highest evaluated global mAP)
     threads: int | None = None  # torch's intra-op threads for the CNN forward; None: torch's default
     max_concurrent: int = DEFAULT_MAX_CONCURRENT  # requests in progress per process; more get a 503
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT  # seconds for a request body to arrive; slower gets a 408
@@ -102,6 +103,12 @@ class ServeSettings:
     def from_env(cls) -> ServeSettings:
         values = json.loads(os.environ[SETTINGS_ENV])
         return cls(**{**values, "model": Path(values["model"]), "token": os.environ.get(TOKEN_ENV) or None})
+
+
+def mode_title(mode: str, space: str) -> str:
+    """A mode's title on the page; outside the paper's space, the searches over all images name their space."""
+    title = MODE_TITLES[mode].short
+    return title if space == "raw" or mode != "global" else f"{title} ({space} space)"
 
 
 class UploadError(Exception):
@@ -147,7 +154,8 @@ class ServedModel:
             import torch
 
             torch.set_num_threads(settings.threads)
-        model = load_cell(settings.model, k=settings.k, metric=settings.metric)
+        model = load_cell(settings.model, k=settings.k, metric=settings.metric, space=settings.space)
+        log.info("%s", describe_space(model))
         images, test_ids = index_images(model)
         embedder = Embedder(model.record, settings.device, model.root)
         if embedder.notice:
@@ -185,13 +193,15 @@ class ServedModel:
             "test_images": len(self.test_ids),
             "classes": self.model.class_names,
             "feature_dim": self.model.feature_dim,
-            "reduced_dim": int(index.gallery.shape[1]),
+            "reduced_dim": self.model.reduced_dim,
+            "space": self.model.space,
+            "embedding_dim": int(index.gallery.shape[1]),
             "metric": index.metric,
             "top_k": self.settings.top_k,
             "max_top_k": MAX_TOP_K,
             "max_upload_bytes": self.settings.max_upload_bytes,
             "max_pixels": self.settings.max_pixels,
-            "modes": {mode: MODE_TITLES[mode].short for mode in MODES},
+            "modes": {mode: mode_title(mode, self.model.space) for mode in MODES},
             "metrics": quality_metrics(self.metrics),
             "loaded_at": self.loaded_at,
         }
@@ -633,7 +643,9 @@ class ModelInfo(BaseModel):
     test_images: int
     classes: list[str]
     feature_dim: int
-    reduced_dim: int
+    reduced_dim: int = Field(description="dimensions of the PCA-reduced features the classifier takes")
+    space: str = Field(description="the embedding space every search ranks in (README, 'Embedding spaces')")
+    embedding_dim: int = Field(description="dimensions of that space")
     metric: str
     top_k: int
     max_top_k: int

@@ -107,7 +107,17 @@ def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.D
 
 # attributes that must agree between shards; device and precision (and why it was chosen) may
 # differ between the machines that ran them and are then recorded as the list of what was used
-_SHARD_INVARIANTS = ("arch", "weights", "pooling", "image_size", "layer", "feature_dim", "preprocessing", "seed")
+_SHARD_INVARIANTS = (
+    "arch",
+    "weights",
+    "pooling",
+    "gem_p",
+    "image_size",
+    "layer",
+    "feature_dim",
+    "preprocessing",
+    "seed",
+)
 
 
 def gather_shards(

@@ -24,6 +24,7 @@ from cbir.cell import (  # noqa: E402
     PROJECTION,
     cell_folder,
     clusters_name,
+    embedding_name,
     metrics_name,
     model_files,
 )
@@ -102,6 +103,18 @@ def basis_input(wildcards):
 
 def metrics_files():
     return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
+
+
+# the embedding spaces beyond the paper's (raw is the cell's gallery itself), fitted per cell
+EXTRA_SPACES = [space for space in config["grid"]["embeddings"] if space != "raw"]
+
+
+def space_metrics_files():
+    return [
+        f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k, space)}"
+        for c in grid_cells(config)
+        for space in EXTRA_SPACES
+    ]
 
 
 SUMMARY_TABLES = list(TABLES)

@@ -1,3 +1,6 @@
+from cbir.datasets import data_dir, fashion_mnist_paths, prepared_datasets_pattern  # noqa: E402
+
+
 rule prepare_digits:
     """scikit-learn's bundled handwritten digits, written out as an image folder."""
     output:
@@ -48,6 +51,9 @@ rule cifar10_images:
         download_input,
     output:
         folder=directory("results/{dataset}/images"),
+    wildcard_constraints:
+        # rules writing results/<dataset>/images match only the datasets of their own source
+        dataset=prepared_datasets_pattern(config["datasets"], "cifar10_images"),
     params:
         entry=adapter_options,
         root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
@@ -63,6 +69,40 @@ rule cifar10_images:
         CONDA_ENV
     script:
         "../scripts/export_cifar10.py"
+
+
+rule fashion_mnist_images:
+    """Fashion-MNIST's gzipped IDX files (strict reader) written out as PNGs, one folder per class,
+    optionally a seeded, class-balanced subset (max_per_class); the official split is kept."""
+    input:
+        # the four IDX files: replacing one exports the images again
+        lambda wildcards: [
+            str(path)
+            for path in fashion_mnist_paths(
+                data_dir(dataset_root(config, wildcards.dataset), dataset_entry(wildcards.dataset))
+            )
+        ],
+    output:
+        folder=directory("results/{dataset}/images"),
+    wildcard_constraints:
+        dataset=prepared_datasets_pattern(config["datasets"], "fashion_mnist_images"),
+    params:
+        entry=adapter_options,
+        root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
+        # the subset drawn under max_per_class follows the seed; without a cap it plays no part
+        seed=lambda wildcards: SEED if dataset_entry(wildcards.dataset).get("max_per_class") else None,
+    log:
+        f"{LOGS}/fashion_mnist_images/{{dataset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/fashion_mnist_images/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/export_fashion_mnist.py"
 
 
 rule manifest:

@@ -39,6 +39,7 @@ rule evaluate:
         metrics=f"{CELL}/{metrics_name('{k}')}",
     params:
         retrieval=retrieval_settings("top_k", "metric", "faiss"),
+        rerank=config["embeddings"]["rerank"],
         seed=SEED,
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
@@ -54,17 +55,55 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+if EXTRA_SPACES:
+
+    rule evaluate_spaces:
+        """The evaluation of the rule above in each of the cell's further embedding spaces."""
+        input:
+            features=FEATURES,
+            timing="results/{dataset}/features/{backbone}.timing.json",
+            manifest=MANIFEST,
+            split=SPLIT,
+            projection=f"{CELL}/{PROJECTION}",
+            gallery=f"{CELL}/{GALLERY}",
+            classifier=f"{CELL}/{CLASSIFIER}",
+            embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
+            clusters=[f"{CELL}/{clusters_name('{k}', space)}" for space in EXTRA_SPACES],
+        output:
+            metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in EXTRA_SPACES],
+        params:
+            spaces=EXTRA_SPACES,
+            retrieval=retrieval_settings("top_k", "metric", "faiss"),
+            rerank=config["embeddings"]["rerank"],
+            seed=SEED,
+        log:
+            f"{LOGS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
+        benchmark:
+            f"{BENCHMARKS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/evaluate_spaces.py"
+
+
 rule summarize:
     """metrics.csv, the paper's tables beside ours and the metric tables per split (wide CSV, readable
     Markdown), plots, the report's pages (paper comparison, tables, deviations, datasets), and
     datasets.csv: images, excluded files and duplicates per dataset."""
     input:
         metrics=metrics_files(),
+        space_metrics=space_metrics_files(),
         manifests=expand(MANIFEST, dataset=config["grid"]["datasets"]),
         excluded=expand("results/{dataset}/excluded.csv", dataset=config["grid"]["datasets"]),
         duplicates=expand("results/{dataset}/duplicates.csv", dataset=config["grid"]["datasets"]),
     output:
         datasets="results/summary/datasets.csv",
+        # every grid cell in every embedding space (raw included): quality, re-ranking and fitting time
+        spaces="results/summary/spaces.csv",
         metrics=report(
             "results/summary/metrics.csv",
             caption="../report/metrics.rst",

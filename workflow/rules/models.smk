@@ -94,3 +94,34 @@ rule train_mlp:
         CONDA_ENV
     script:
         "../scripts/train_mlp.py"
+
+
+if EXTRA_SPACES:
+
+    rule fit_spaces:
+        """The cell's embedding spaces beyond the paper's (grid.embeddings), fitted on its training images, each
+        with k-means inside each class for every k of the grid."""
+        input:
+            gallery=f"{CELL}/{GALLERY}",
+            classifier=f"{CELL}/{CLASSIFIER}",
+        output:
+            embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
+            clusters=[f"{CELL}/{clusters_name(k, space)}" for space in EXTRA_SPACES for k in config["grid"]["k"]],
+        params:
+            spaces=EXTRA_SPACES,
+            ks=config["grid"]["k"],
+            options={key: value for key, value in config["embeddings"].items() if key != "rerank"},
+            kmeans=config["kmeans"],
+            seed=SEED,
+        log:
+            f"{LOGS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.log",
+        benchmark:
+            f"{BENCHMARKS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem_from_input(1000, 6),
+            runtime=runtime_from_input(10, 100),
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/fit_spaces.py"

@@ -20,6 +20,7 @@ def main(smk) -> None:
         out_path=smk.output.metrics,
         retrieval=smk.params.retrieval,
         seed=smk.params.seed,
+        rerank=smk.params.rerank,
     )
 
 

@@ -21,7 +21,15 @@ def main(smk) -> None:
         smk.params.datasets, smk.input.manifests, smk.input.excluded, smk.input.duplicates, smk.output.datasets
     )
     write_summary(
-        smk.input.metrics, smk.output.metrics, tables, plots, pages, settings=smk.params.settings, datasets=table
+        smk.input.metrics,
+        smk.output.metrics,
+        tables,
+        plots,
+        pages,
+        settings=smk.params.settings,
+        datasets=table,
+        space_metric_paths=smk.input.space_metrics,
+        spaces_csv=smk.output.spaces,
     )
     log = logging.getLogger("cbir.summarize")
     for row in table.itertuples():

@@ -3,7 +3,7 @@
 Every source ends in the same :class:`cbir.manifest.Manifest` as an image folder (``id``, ``path``,
 ``label``, ``class_name``, ``width``, ``height``, ``bytes``, ``sha256`` of each image, and the
 ``excluded`` table), with the class mapping of the literature. Two add columns:
-``official_subset`` (``train``/``test`` of the dataset's own split: CIFAR-10, VOC 2012) and
+``official_subset`` (``train``/``test`` of the dataset's own split: CIFAR-10, Fashion-MNIST, VOC 2012) and
 ``labels`` (VOC 2012's full label set, '|'-joined class names).
 
 A new source is one module with a :class:`Source` subclass and one ``register_source`` line below
@@ -12,6 +12,7 @@ A new source is one module with a :class:`Source` subclass and one ``register_so
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,6 +28,14 @@ from cbir.datasets.cifar10 import (
     restricted_load,
 )
 from cbir.datasets.digits import DigitsSource
+from cbir.datasets.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_FILES,
+    FashionMnistSource,
+    export_fashion_mnist_png,
+    fashion_mnist_paths,
+    read_idx_gz,
+)
 from cbir.datasets.fetch import (
     DOWNLOADS,
     UNPACKED_STAMP,
@@ -48,6 +57,8 @@ __all__ = [
     "CIFAR10_CLASSES",
     "COREL1K_CLASSES",
     "DOWNLOADS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_FILES",
     "SOURCES",
     "UNPACKED_STAMP",
     "VOC_CLASSES",
@@ -60,10 +71,14 @@ __all__ = [
     "download_archive",
     "entry_problems",
     "export_cifar10_png",
+    "export_fashion_mnist_png",
+    "fashion_mnist_paths",
     "fetch_dataset",
     "get_source",
     "official_split_sources",
     "official_split_table",
+    "prepared_datasets_pattern",
+    "read_idx_gz",
     "register_source",
     "restricted_load",
     "safe_extract",
@@ -111,6 +126,7 @@ register_source(Corel10kSource())
 register_source(Ghim10kSource())
 register_source(Cifar10Source())
 register_source(Voc2012Source())
+register_source(FashionMnistSource())
 
 
 def get_source(name: str) -> Source:
@@ -124,6 +140,16 @@ def get_source(name: str) -> Source:
 def official_split_sources() -> list[str]:
     """The sources whose datasets carry their own train/test split."""
     return [name for name, source in SOURCES.items() if source.official_split]
+
+
+def prepared_datasets_pattern(datasets: Mapping[str, Mapping[str, Any]], rule: str) -> str:
+    """A ``dataset`` wildcard pattern matching only the configured datasets whose source is prepared by ``rule``.
+
+    Rules that write the same folder (``results/<dataset>/images``: cifar10_images,
+    fashion_mnist_images) then each match only their own datasets; none: a pattern that matches nothing.
+    """
+    names = [name for name, entry in datasets.items() if get_source(entry["source"]).prepared_by == rule]
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 def entry_problems(name: str, entry: Mapping[str, Any]) -> list[str]:

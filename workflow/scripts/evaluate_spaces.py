@@ -1,0 +1,28 @@
+"""Evaluate one grid cell in each of its further embedding spaces."""
+
+import os
+
+import _package  # noqa: F401  (makes cbir importable)
+
+from cbir.evaluate import cell_metrics
+from cbir.runtime import run_step
+
+
+def main(smk) -> None:
+    for space, out_path in zip(smk.params.spaces, smk.output.metrics, strict=True):
+        cell_metrics(
+            features=smk.input.features,
+            manifest=smk.input.manifest,
+            split=smk.input.split,
+            cell_folder=os.path.dirname(smk.input.gallery),
+            k=int(smk.wildcards.k),
+            extraction_timing=smk.input.timing,
+            out_path=out_path,
+            retrieval=smk.params.retrieval,
+            seed=smk.params.seed,
+            space=space,
+            rerank=smk.params.rerank,
+        )
+
+
+run_step(snakemake, main)

@@ -1,0 +1,25 @@
+"""The cell's further embedding spaces, fitted on its training images, each with its intra-class clusters."""
+
+import _package  # noqa: F401  (makes cbir importable)
+
+from cbir.runtime import run_step
+from cbir.spaces import fit_cell_spaces
+
+
+def main(smk) -> None:
+    spaces, ks = smk.params.spaces, smk.params.ks
+    fit_cell_spaces(
+        smk.input.gallery,
+        smk.input.classifier,
+        spaces,
+        ks,
+        smk.params.options,
+        smk.params.kmeans,
+        smk.params.seed,
+        # the rule lists its outputs in the order of its params: spaces, then (space, k)
+        embedding_paths=dict(zip(spaces, smk.output.embeddings, strict=True)),
+        clusters_paths=dict(zip([(s, k) for s in spaces for k in ks], smk.output.clusters, strict=True)),
+    )
+
+
+run_step(snakemake, main)
