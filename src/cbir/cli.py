@@ -1,4 +1,5 @@
-"""The ``cbir`` command line: query a trained grid cell with your own images, or serve it as a web page."""
+"""The ``cbir`` command line: query a trained grid cell with your own images, serve it as a web page, or list
+the duplicate and near-duplicate images of an indexed dataset."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cbir.cell import BEST, ModelFolderError, load_cell
+from cbir.duplicates import DEFAULT_THRESHOLD, DuplicatesError
 from cbir.query import Embedder, QueryError, describe_space, format_table, query_images
 from cbir.retrieve import MODE_TITLES, MODES
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--montage", metavar="PNG", help="also draw the queries and their results into this image")
     add_serve_parser(commands)
+    add_duplicates_parser(commands)
     return parser
 
 
@@ -71,6 +74,61 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default 1)")
     serve.add_argument("--reload-interval", type=float, default=10.0,
                        help="seconds between checks for a rewritten cell, 0: only on SIGHUP (default 10)")  # fmt: skip
+
+
+def add_duplicates_parser(commands: argparse._SubParsersAction) -> None:
+    duplicates = commands.add_parser(
+        "duplicates",
+        help="groups of identical files and of near-duplicate images in an indexed dataset",
+        description="Find exact duplicates (same SHA-256 in the manifest) and near-duplicates (cosine distance of "
+        "the backbone features below a threshold), grouped as connected components.",
+    )
+    duplicates.add_argument(
+        "index",
+        metavar="INDEX",
+        help="a feature file results/<dataset>/features/<backbone>.h5, or a grid cell "
+        "results/<dataset>/<backbone>/<split>/<pca>/ (then its dataset's feature file)",
+    )
+    duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                            help=f"cosine distance below which images are near-duplicates, 0 to 2; 0: exact "
+                            f"duplicates only (default {DEFAULT_THRESHOLD}, calibrated: see the README)")  # fmt: skip
+    duplicates.add_argument("--csv", metavar="FILE", help="write the groups as CSV, one row per image")
+    duplicates.add_argument("--json", metavar="FILE", help="write the groups as JSON ('-': stdout, summary on stderr)")
+    duplicates.add_argument("--montage", metavar="PNG", help="draw the largest groups into this image")
+    duplicates.add_argument("--montage-groups", type=int, default=8, help="groups in the montage (default 8)")
+
+
+def run_duplicates(args: argparse.Namespace) -> int:
+    from cbir.duplicates import (
+        check_threshold,
+        draw_groups,
+        find_duplicates,
+        load_index,
+        report,
+        summary,
+        write_csv,
+        write_json,
+    )
+
+    threshold = check_threshold(args.threshold)
+    if args.montage_groups < 1:
+        raise QueryError("--montage-groups must be at least 1")
+    index = load_index(args.index)
+    groups, exact = find_duplicates(index, threshold)
+    payload = report(index, groups, exact, threshold)
+    try:
+        if args.csv:
+            write_csv(payload["groups"], args.csv)
+        if args.json == "-":
+            print(json.dumps(payload, indent=2))
+        elif args.json:
+            write_json(payload, args.json)
+        if args.montage:
+            draw_groups(payload["groups"], index.root, args.montage, max_groups=args.montage_groups)
+    except OSError as error:  # an output folder that is missing or not writable
+        raise DuplicatesError(f"cannot write the results: {error}") from error
+    print(summary(payload), file=sys.stderr if args.json == "-" else sys.stdout)
+    return 0
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -140,9 +198,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"query": run_query, "serve": run_serve, "duplicates": run_duplicates}
     try:
-        return run_serve(args) if args.command == "serve" else run_query(args)
-    except (ModelFolderError, QueryError) as error:
+        return commands[args.command](args)
+    except (ModelFolderError, QueryError, DuplicatesError) as error:
         print(f"cbir {args.command}: error: {error}", file=sys.stderr)
         return 2
 
