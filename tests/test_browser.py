@@ -41,6 +41,8 @@ def tiles(page, mode: str) -> list[dict[str, str]]:
         f"#results-{mode} .tile",
         """tiles => tiles.map(t => ({id: t.dataset.id, cls: t.querySelector('.class').textContent,
                                      distance: t.querySelector('.distance').textContent,
+                                     similarity: (t.querySelector('.similarity') || {}).textContent,
+                                     noMatch: t.querySelector('.no-match-label') !== null,
                                      img: t.querySelector('img').naturalWidth, verdict: t.className}))""",
     )
 
@@ -72,6 +74,11 @@ def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_pat
         assert [t["id"] for t in shown] == [r["id"] for r in expected["results"][mode]], mode
         assert all(t["cls"] in classes and t["img"] > 0 for t in shown), shown  # thumbnails loaded
         assert all("right" not in t["verdict"] and "wrong" not in t["verdict"] for t in shown)  # label unknown
+        # the similarity on every tile; beyond the calibrated distance, dimmed and labelled "no good match"
+        assert [t["similarity"] for t in shown] == [f"cos {r['similarity']:.3f}" for r in expected["results"][mode]]
+        marked = [r["good_match"] is False for r in expected["results"][mode]]
+        assert [t["noMatch"] for t in shown] == marked == [("no-match" in t["verdict"]) for t in shown]
+    assert "no good match" in page.inner_text("#no-match-note")
     assert len(tiles(page, "class")) == TOP_K and len(tiles(page, "global")) == TOP_K
     assert 1 <= len(tiles(page, "clustered")) <= TOP_K
     assert {row for row in page.eval_on_selector_all("#timings tr", "rows => rows.map(r => r.dataset.step)")} >= {

@@ -5,7 +5,9 @@ import pytest
 
 from cbir.evaluate import (
     average_precision,
+    calibrate_no_match,
     label_sets,
+    no_match_metrics,
     overlap_at,
     precision_at,
     ranked_relevance,
@@ -67,3 +69,37 @@ def test_latency_summary_and_totals():
     }
     totals = total_query_times(metrics, ["clustered", "global"])
     assert totals == {"time_total_clustered_median_us": 111.0, "time_total_global_median_us": 105.0}
+
+
+def test_the_no_match_distance_recovers_a_clear_crossing():
+    """Relevance falls with distance, crossing 0.5 at 0.8: the calibrated distance is found there."""
+    rng = np.random.default_rng(0)
+    distances = rng.uniform(0, 2, 4000)
+    relevant = rng.random(4000) < 1 / (1 + np.exp((distances - 0.8) * 8))
+    fit = calibrate_no_match(distances, relevant)
+    assert fit["distance"] == pytest.approx(0.8, abs=0.05)
+    assert fit["slope"] < 0 and 1 / (1 + np.exp(-(fit["intercept"] + fit["slope"] * fit["distance"]))) == pytest.approx(
+        0.5
+    )
+    kept = distances <= fit["distance"]
+    assert fit["precision"] == pytest.approx(relevant[kept].mean())
+    assert fit["recall"] == pytest.approx(relevant[kept].sum() / relevant.sum())
+    assert fit["n"] == 4000
+    # a clean split (perfectly separable) falls in the gap between the two groups
+    clean = calibrate_no_match(np.array([0.1, 0.2, 0.3, 1.0, 1.1, np.inf]), np.array([1, 1, 1, 0, 0, 0], bool))
+    assert 0.3 < clean["distance"] < 1.0 and clean["precision"] == clean["recall"] == 1.0 and clean["n"] == 5
+
+
+def test_the_no_match_distance_when_all_or_no_results_are_relevant():
+    distances = np.array([[0.2, 0.5, 0.9], [0.3, 0.4, 1.5]])
+    everything = calibrate_no_match(distances, np.ones_like(distances, dtype=bool))
+    assert everything["distance"] == 1.5 and everything["precision"] == everything["recall"] == 1.0
+    assert everything["slope"] == 0 and everything["intercept"] > 0  # estimated relevance above one half
+    nothing = calibrate_no_match(distances, np.zeros_like(distances, dtype=bool))
+    assert nothing["distance"] == 0.0 and np.isnan(nothing["precision"]) and np.isnan(nothing["recall"])
+    assert nothing["slope"] == 0 and nothing["intercept"] < 0
+    empty = calibrate_no_match(np.empty(0), np.empty(0, dtype=bool))
+    assert np.isnan(empty["distance"]) and empty["n"] == 0
+    assert set(no_match_metrics(everything)) == {
+        "no_match_distance_global", "no_match_precision_global", "no_match_recall_global",
+        "relevance_intercept_global", "relevance_slope_global", "no_match_results_global"}  # fmt: skip

@@ -132,3 +132,52 @@ def test_a_damaged_artifact_is_refused_with_its_name(finished_run, tmp_path: Pat
     (damaged / "classifier.h5").write_bytes((damaged / "classifier.h5").read_bytes()[:300])  # truncated
     with pytest.raises(ModelFolderError, match=r"classifier\.h5' cannot be read as a cbir artifact"):
         load_cell(damaged)
+
+
+def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finished_run, tmp_path: Path):
+    import shutil
+
+    from cbir.cell import load_cell, metrics_name
+    from cbir.io import load_features
+    from cbir.query import format_table, search_features
+    from cbir.split import split_ids
+
+    root, _ = finished_run
+    queries = load_features(
+        root / "results/tiny/features/lite.h5", split_ids(root / "results/tiny/splits/80-20.csv", "test")
+    )
+    for space in ("raw", "l2"):
+        model = load_cell(root / CELL, 2, space=space)
+        metrics = json.loads((root / CELL / metrics_name(2, space)).read_text())
+        # the evaluation wrote the calibration, and the search uses it
+        assert metrics["no_match_results_global"] == metrics["n_test"] * metrics["top_k"]
+        answers = search_features(model, queries.features, top_k=5)
+        threshold = metrics["no_match_distance_global"]
+        assert answers[0]["no_match"]["distance"] == pytest.approx(threshold)
+        assert "no_match_distance_global" in answers[0]["no_match"]["source"]
+        assert answers[0]["similarity"] == ("relevance" if space == "raw" else "cosine")
+        for answer in answers:
+            for r in (r for results in answer["results"].values() for r in results):
+                assert r["good_match"] == (r["distance"] <= threshold)
+                if space == "l2":  # cosine of unit vectors
+                    assert r["similarity"] == pytest.approx(1 - r["distance"] ** 2 / 2)
+                else:
+                    assert 0 <= r["similarity"] <= 1
+        # a threshold between the results: the nearer ones are good matches, the farther ones are not
+        distances = sorted(r["distance"] for r in answers[0]["results"]["global"])
+        middle = (distances[1] + distances[2]) / 2
+        calibration = {"distance": middle, "precision": 0.9, "recall": 0.8, "intercept": None, "slope": None,
+                       "metric": "no_match_distance_global", "source": "a test"}  # fmt: skip
+        [answer] = search_features(model, queries.features[:1], top_k=5, calibration=calibration)
+        marks = [r["good_match"] for r in answer["results"]["global"]]
+        assert marks == [True, True, False, False, False]
+        table = format_table([{"query": "q.png", **answer}])
+        assert table.count("(no good match)") >= 3 and "no good match beyond distance" in table
+    # metrics from an older cbir (in a copy of the cell): nothing is marked, and the answer says why
+    copy = shutil.copytree(root / CELL, tmp_path / "cell")
+    older = {key: value for key, value in metrics.items() if not key.startswith(("no_match", "relevance_"))}
+    (copy / metrics_name(2, "l2")).write_text(json.dumps(older))
+    [answer] = search_features(load_cell(copy, 2, space="l2"), queries.features[:1], top_k=5)
+    assert answer["no_match"]["distance"] is None and "older cbir" in answer["no_match"]["source"]
+    assert all(r["good_match"] is None for results in answer["results"].values() for r in results)
+    assert all(r["similarity"] is not None for r in answer["results"]["global"])  # the cosine needs no calibration

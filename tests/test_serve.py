@@ -114,6 +114,19 @@ def test_an_uploaded_image_is_classified_and_searched_like_cbir_query(client, se
         assert [t["id"] for t in tiles] == [r["id"] for r in expected["results"][mode]], mode
         assert [t["distance"] for t in tiles] == pytest.approx([r["distance"] for r in expected["results"][mode]])
         assert [t["class"] for t in tiles] == [r["class"] for r in expected["results"][mode]]
+        assert [t["similarity"] for t in tiles] == pytest.approx([r["similarity"] for r in expected["results"][mode]])
+        assert [t["good_match"] for t in tiles] == [r["good_match"] for r in expected["results"][mode]]
+    # the score and the "no good match" mark, calibrated in the evaluation of the cell's space
+    metrics = json.loads((root / CELL / metrics_name(2, served.model.space)).read_text())
+    threshold = metrics["no_match_distance_global"]
+    assert answer["no_match"]["distance"] == pytest.approx(threshold) == expected["no_match"]["distance"]
+    assert answer["no_match"]["metric"] == "no_match_distance_global" and answer["no_match"]["source"]
+    assert answer["similarity"] == "cosine"  # the best space of the session's run is a normalised one
+    top = answer["results"]["global"][0]
+    assert top["similarity"] == pytest.approx(1, abs=1e-3) and top["good_match"] is True  # itself
+    tiles = [tile for tiles in answer["results"].values() for tile in tiles]
+    assert all(tile["good_match"] == (tile["distance"] <= threshold) for tile in tiles)
+    assert all(-1 <= tile["similarity"] <= 1 for tile in tiles)
     thumbnail = client.get(answer["results"]["class"][1]["thumbnail"])
     assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumbnail.content)).size == (32, 32)

@@ -82,6 +82,68 @@ def overlap_at(indices: np.ndarray, reference: np.ndarray, k: int) -> float:
     return float(np.mean(found))
 
 
+# the "no good match" distance: where the estimated share of relevant results falls below this
+MATCH_SHARE = 0.5
+CALIBRATED_MODE = "global"
+
+
+def calibrate_no_match(distances: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """The distance beyond which a result is more likely not relevant than relevant, from results
+    whose relevance is known (the test queries' top-k against the training images).
+
+    A logistic regression of relevance on distance, P(relevant | d) = 1 / (1 + exp(-(intercept +
+    slope * d))), fitted with scikit-learn (distances standardised, almost no regularisation);
+    ``distance`` is where it crosses 0.5, ``-intercept / slope`` (at least 0). ``precision`` and
+    ``recall`` are those of "distance <= threshold" as a detector of relevant results among the
+    same results (recall: of the relevant results among them, not of all relevant gallery images).
+
+    When every result is relevant there is no crossing: the threshold is the farthest distance
+    seen (nothing beyond it was observed); when none is, it is 0 (only exact duplicates count).
+    Then the slope is 0 and the intercept the log-odds of the smoothed share (n_relevant + 1) / (n + 2).
+    Undefined values are NaN.
+    """
+    d = np.asarray(distances, dtype=np.float64).ravel()
+    r = np.asarray(relevant, dtype=bool).ravel()
+    finite = np.isfinite(d)
+    d, r = d[finite], r[finite]
+    nan = float("nan")
+    out = {"distance": nan, "precision": nan, "recall": nan, "intercept": nan, "slope": nan, "n": len(d)}
+    if len(d) == 0:
+        return out
+    n_relevant = int(r.sum())
+    centre, scale = float(d.mean()), float(d.std())
+    if 0 < n_relevant < len(d) and scale > 0:
+        from sklearn.linear_model import LogisticRegression
+
+        fitted = LogisticRegression(C=1e4).fit(((d - centre) / scale)[:, None], r)
+        slope = float(fitted.coef_[0, 0]) / scale
+        intercept = float(fitted.intercept_[0]) - slope * centre
+        if slope < 0:
+            threshold = max(0.0, -intercept / slope)
+        else:  # relevance does not fall with distance: all or nothing
+            threshold = float(d.max()) if intercept + slope * d.max() >= 0 else 0.0
+    else:
+        share = (n_relevant + 1) / (len(d) + 2)
+        slope, intercept = 0.0, float(np.log(share / (1 - share)))
+        threshold = float(d.max()) if n_relevant * 2 >= len(d) else 0.0
+    kept = d <= threshold
+    out.update(distance=threshold, intercept=intercept, slope=slope)
+    if kept.any():
+        out["precision"] = float(r[kept].mean())
+    if n_relevant:
+        out["recall"] = float((r & kept).sum() / n_relevant)
+    return out
+
+
+def no_match_metrics(calibration: dict[str, float], mode: str = CALIBRATED_MODE) -> dict[str, float]:
+    """The calibration's entries in the metrics JSON: ``no_match_{distance,precision,recall}_<mode>``,
+    ``relevance_{intercept,slope}_<mode>`` and ``no_match_results_<mode>`` (results it was fitted on)."""
+    out = {f"no_match_{key}_{mode}": float(calibration[key]) for key in ("distance", "precision", "recall")}
+    out.update({f"relevance_{key}_{mode}": float(calibration[key]) for key in ("intercept", "slope")})
+    out[f"no_match_results_{mode}"] = int(calibration["n"])
+    return out
+
+
 def retrieval_quality(
     models: CellModels,
     reduced: np.ndarray,
@@ -90,6 +152,8 @@ def retrieval_quality(
     gallery_sets: np.ndarray,
     top_k: int,
 ) -> dict[str, float]:
+    """P@k, mAP@k and recall against the exact search of every mode, mAP of the exact modes, and the
+    "no good match" calibration of the global mode's top-k (:func:`calibrate_no_match`)."""
     out: dict[str, float] = {}
     depth = max(*PRECISION_AT, top_k)
     searchers = models.searchers()
@@ -99,12 +163,17 @@ def retrieval_quality(
     # ranking are their top-depth results (a partial top-k equals a full stable sort's start),
     # padded with -1 like a top-depth search of a smaller gallery
     full_map, exact_top = {}, {}
+    calibration: dict[str, list[np.ndarray]] = {"distances": [], "relevant": []}
     for mode in EXACT_MODES:
         ap, top = [], []
         for first in range(0, len(reduced), QUERY_CHUNK):
             rows = slice(first, first + QUERY_CHUNK)
-            indices, _ = searchers[mode](reduced[rows], predicted[rows], len(gallery_sets))
-            ap.append(average_precision(ranked_relevance(indices, relevant[rows]), n_relevant[rows]))
+            indices, distances = searchers[mode](reduced[rows], predicted[rows], len(gallery_sets))
+            hits = ranked_relevance(indices, relevant[rows])
+            ap.append(average_precision(hits, n_relevant[rows]))
+            if mode == CALIBRATED_MODE:
+                calibration["distances"].append(distances[:, :top_k])
+                calibration["relevant"].append(hits[:, :top_k])
             top.append(np.pad(indices[:, :depth], ((0, 0), (0, max(0, depth - indices.shape[1]))), constant_values=-1))
         full_map[mode] = float(np.concatenate(ap).mean()) if ap else float("nan")
         exact_top[mode] = np.concatenate(top) if top else np.empty((0, depth), dtype=np.int64)
@@ -121,6 +190,14 @@ def retrieval_quality(
             out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
     for mode, value in full_map.items():
         out[f"map_{mode}"] = value
+    out.update(
+        no_match_metrics(
+            calibrate_no_match(
+                np.concatenate(calibration["distances"]) if calibration["distances"] else np.empty(0),
+                np.concatenate(calibration["relevant"]) if calibration["relevant"] else np.empty(0, dtype=bool),
+            )
+        )
+    )
     return out
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cbir.cell import Cell, ModelFolderError, load_cell
+from cbir.cell import Cell, ModelFolderError, load_cell, metrics_name
 from cbir.images import IMAGE_EXTENSIONS
 from cbir.retrieve import MODES
 
@@ -102,14 +102,94 @@ class Embedder:
         return features, errors
 
 
+NO_MATCH_METRIC = "no_match_distance_global"
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
+
+
+def match_calibration(model: Cell, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cell's "no good match" distance and where it came from, for the answers' ``no_match``.
+
+    Read from the cell's metrics (``metrics`` or :meth:`Cell.saved_metrics`): the evaluation fits
+    it on the test queries' global top-k results (:func:`cbir.evaluate.calibrate_no_match`).
+    ``distance`` is None, and nothing is marked, when the metrics lack it (no metrics file, or one
+    written by an older cbir) or were computed with another distance metric than the search's.
+    ``intercept`` and ``slope`` are the logistic fit of relevance on distance (None without one).
+    """
+    metrics = model.saved_metrics() if metrics is None else metrics
+    name = metrics_name(model.k, model.space)
+    metric = model.models.index.metric
+    out: dict[str, Any] = {"distance": None, "precision": None, "recall": None, "metric": NO_MATCH_METRIC,
+                           "intercept": None, "slope": None}  # fmt: skip
+    if not metrics:
+        out["source"] = f"no {name} in the model folder: no calibrated distance, no result is marked"
+    elif _number(metrics.get(NO_MATCH_METRIC)) is None:
+        out["source"] = (
+            f"{name} has no {NO_MATCH_METRIC} (evaluated by an older cbir; rerun the workflow to calibrate it): "
+            "no result is marked"
+        )
+    elif metrics.get("metric", metric) != metric:
+        out["source"] = (
+            f"{NO_MATCH_METRIC} in {name} was calibrated on {metrics['metric']} distances, but this search "
+            f"uses {metric}: no result is marked"
+        )
+    else:
+        out.update(
+            distance=_number(metrics[NO_MATCH_METRIC]),
+            precision=_number(metrics.get("no_match_precision_global")),
+            recall=_number(metrics.get("no_match_recall_global")),
+            intercept=_number(metrics.get("relevance_intercept_global")),
+            slope=_number(metrics.get("relevance_slope_global")),
+            source=(
+                f"{NO_MATCH_METRIC} in {name}: where the estimated share of relevant results among the test "
+                f"queries' global top-{metrics.get('top_k', '?')} results against the training images falls "
+                "below 0.5"
+            ),
+        )
+    return out
+
+
+def similarity_kind(model: Cell, calibration: dict[str, Any]) -> str | None:
+    """What ``similarity`` means for this cell: ``cosine`` (unit vectors or the cosine metric),
+    ``relevance`` (raw space: the calibrated probability that a result is relevant), or None."""
+    if model.models.index.metric == "cosine" or model.models.embedding.normalised:
+        return "cosine"
+    return "relevance" if calibration["intercept"] is not None and calibration["slope"] is not None else None
+
+
+def similarities(distances: np.ndarray, kind: str | None, metric: str, calibration: dict[str, Any]) -> np.ndarray:
+    """The similarity of each distance: cosine = 1 - d (cosine metric) or 1 - d²/2 (Euclidean on unit
+    vectors), or the logistic estimate of relevance; NaN where there is none."""
+    d = np.asarray(distances, dtype=np.float64)
+    finite = np.isfinite(d)  # padding (a small cluster) has no similarity
+    d = np.where(finite, d, 0.0)
+    if kind == "cosine":
+        score = np.clip(1.0 - d if metric == "cosine" else 1.0 - d**2 / 2.0, -1.0, 1.0)
+    elif kind == "relevance":
+        logit = calibration["intercept"] + calibration["slope"] * d
+        score = 1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500)))
+    else:
+        return np.full(d.shape, np.nan)
+    return np.where(finite, score, np.nan)
+
+
 def search_features(
     model: Cell,
     features: np.ndarray,
     top_k: int = 5,
     modes: Sequence[str] = MODES,
     timings: dict[str, float] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Predicted class and top-k results per mode for each row of raw backbone features.
+
+    Each result has its ``distance``, its ``similarity`` (see :func:`similarity_kind`; None where
+    the cell has none) and ``good_match``: distance <= the cell's calibrated "no good match"
+    distance (None when the cell has no calibration). Each answer names the similarity
+    (``similarity``) and the threshold with its source (``no_match``, :func:`match_calibration`,
+    read from the cell's metrics unless ``calibration`` is given).
 
     ``timings``, when given, receives the milliseconds of each step: ``project_predict`` and
     ``search_<mode>``.
@@ -132,12 +212,19 @@ def search_features(
         start = time.perf_counter()
         found[mode] = searchers[mode](reduced, predicted, top_k)
         steps[f"search_{mode}"] = (time.perf_counter() - start) * 1e3
+    calibration = match_calibration(model) if calibration is None else calibration
+    kind = similarity_kind(model, calibration)
+    scores = {mode: similarities(d, kind, model.models.index.metric, calibration) for mode, (_, d) in found.items()}
+    threshold = calibration["distance"]
+    no_match = {key: calibration[key] for key in ("distance", "precision", "recall", "metric", "source")}
     answers = []
     for row in range(len(features)):
         answer: dict[str, Any] = {
             "predicted_class": model.class_names[int(predicted[row])],
             "probability": float(probabilities[row].max()),
             "space": model.space,
+            "similarity": kind,
+            "no_match": dict(no_match),
             "results": {},
         }
         for mode, (indices, distances) in found.items():
@@ -148,8 +235,12 @@ def search_features(
                     "path": str(model.gallery_paths[index]),
                     "class": model.class_names[int(model.gallery_labels[index])],
                     "distance": float(distance),
+                    "similarity": _number(score),
+                    "good_match": None if threshold is None else bool(distance <= threshold),
                 }
-                for rank, (index, distance) in enumerate(zip(indices[row], distances[row], strict=True))
+                for rank, (index, distance, score) in enumerate(
+                    zip(indices[row], distances[row], scores[mode][row], strict=True)
+                )
                 if index >= 0
             ]
         answers.append(answer)
@@ -189,11 +280,21 @@ def format_table(answers: Sequence[dict[str, Any]]) -> str:
             continue
         lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
         lines.append(f"  search space: {answer['space']}")
+        no_match = answer.get("no_match", {})
+        if no_match.get("distance") is not None:
+            lines.append(f"  no good match beyond distance {no_match['distance']:.4f} ({no_match['source']})")
+        elif no_match:
+            lines.append(f"  no good match: not marked ({no_match['source']})")
+        kind = answer.get("similarity") or "similarity"
         for mode, results in answer["results"].items():
             lines.append(f"  {mode}:")
-            lines.append(f"    {'rank':>4}  {'distance':>10}  {'class':<16} path")
+            lines.append(f"    {'rank':>4}  {'distance':>10}  {kind:>10}  {'class':<16} path")
             for r in results:
-                lines.append(f"    {r['rank']:>4}  {r['distance']:>10.4f}  {r['class']:<16} {r['path']}")
+                score = "-" if r.get("similarity") is None else f"{r['similarity']:.3f}"
+                mark = "  (no good match)" if r.get("good_match") is False else ""
+                lines.append(
+                    f"    {r['rank']:>4}  {r['distance']:>10.4f}  {score:>10}  {r['class']:<16} {r['path']}{mark}"
+                )
     return "\n".join(lines)
 
 

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
 from cbir.cell import MODEL_FILES, Cell, available_k, clusters_name, load_cell, metrics_name
-from cbir.query import Embedder, describe_space, search_features
+from cbir.query import Embedder, describe_space, match_calibration, search_features
 from cbir.retrieve import MODE_TITLES, MODES
 from cbir.serve_auth import TOKEN_ENV, SecurityHeaders, TokenAuth, is_loopback
 
@@ -143,10 +143,12 @@ class ServedModel:
     metrics: dict[str, Any]
     _thumbnails: Any = field(init=False, repr=False)
     loaded_at: str = field(init=False)
+    calibration: dict[str, Any] = field(init=False)  # the "no good match" distance, from the metrics
 
     def __post_init__(self) -> None:
         self._thumbnails = functools.lru_cache(maxsize=4096)(self._make_thumbnail)
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.calibration = match_calibration(self.model, self.metrics)
 
     @classmethod
     def load(cls, settings: ServeSettings) -> ServedModel:
@@ -215,7 +217,7 @@ class ServedModel:
         start = time.perf_counter()
         features = self.embedder.forward(tensor[None])
         timings["forward"] = _ms_since(start)
-        [answer] = search_features(self.model, features, top_k, MODES, timings=timings)
+        [answer] = search_features(self.model, features, top_k, MODES, timings=timings, calibration=self.calibration)
         results = {
             mode: [
                 {
@@ -223,6 +225,8 @@ class ServedModel:
                     "id": r["id"],
                     "class": r["class"],
                     "distance": r["distance"],
+                    "similarity": r["similarity"],
+                    "good_match": r["good_match"],
                     "thumbnail": thumbnail_url(r["id"]),
                     "correct": None if true_class is None else r["class"] == true_class,
                 }
@@ -236,6 +240,8 @@ class ServedModel:
             "probability": answer["probability"],
             "prediction_correct": None if true_class is None else predicted == true_class,
             "top_k": top_k,
+            "similarity": answer["similarity"],
+            "no_match": answer["no_match"],
             "results": results,
             "timings_ms": timings,
         }
@@ -600,6 +606,17 @@ class ResultTile(BaseModel):
     id: str
     class_name: str = Field(alias="class")
     distance: float
+    similarity: float | None = Field(
+        default=None,
+        description="the response's `similarity`: cosine similarity (1 = same direction) in a normalised space "
+        "or with the cosine metric, else the estimated probability that the result is relevant; null when the "
+        "cell has neither",
+    )
+    good_match: bool | None = Field(
+        default=None,
+        description="distance <= no_match.distance: more likely relevant than not; false: marked 'no good match'; "
+        "null when the cell has no calibrated distance",
+    )
     thumbnail: str = Field(description="URL of the image's thumbnail (GET /api/images/{id})")
     correct: bool | None = Field(description="the result's class is the query's known class; null when unknown")
 
@@ -613,12 +630,32 @@ class QueryInfo(BaseModel):
     height: int
 
 
+class NoMatchInfo(BaseModel):
+    distance: float | None = Field(
+        description="the cell's calibrated 'no good match' distance: beyond it a result is more likely not relevant "
+        "than relevant; null when the cell has no calibration (nothing is marked)"
+    )
+    precision: float | None = Field(
+        description="share of relevant results within the distance, on the test queries it was calibrated on"
+    )
+    recall: float | None = Field(
+        description="share of the relevant results (among the calibration's top-k) within the distance"
+    )
+    metric: str = Field(description="the metrics-file entry it comes from")
+    source: str = Field(description="where the distance came from, or why there is none")
+
+
 class QueryResponse(BaseModel):
     query: QueryInfo
     predicted_class: str
     probability: float
     prediction_correct: bool | None
     top_k: int
+    similarity: Literal["cosine", "relevance"] | None = Field(
+        description="what each result's similarity is: cosine, or relevance (the estimated probability that a "
+        "result is relevant, calibrated in the evaluation); null: none"
+    )
+    no_match: NoMatchInfo = Field(description="the distance beyond which results are marked 'no good match'")
     results: dict[str, list[ResultTile]] = Field(description="top-k per mode: clustered, class, global")
     timings_ms: dict[str, float] = Field(
         description="decode, preprocess, forward, project_predict, search_<mode>, total (milliseconds)"

@@ -51,6 +51,10 @@ function formatBytes(n) {
   return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(1)} MB` : `${Math.round(n / 1024)} KB`;
 }
 
+function formatShare(value) {
+  return value === null || value === undefined ? "n/a" : value.toFixed(2);
+}
+
 function setStatus(text) {
   byId("status").textContent = text;
 }
@@ -113,9 +117,15 @@ function renderTestImages(images) {
   if (!images.length) select.append(element("option", "", "no test images known"));
 }
 
-function tile(result) {
+const SIMILARITY = {
+  cosine: ["cos", "cosine similarity to the query (1: same direction)"],
+  relevance: ["p", "estimated probability that the result is relevant (calibrated on the test split)"],
+};
+
+function tile(result, kind) {
   const verdict = result.correct === null ? "" : result.correct ? "right" : "wrong";
-  const item = element("li", `tile ${verdict}`.trim());
+  const noMatch = result.good_match === false;
+  const item = element("li", `tile ${verdict} ${noMatch ? "no-match" : ""}`.trim());
   item.dataset.id = result.id;
   const image = element("img");
   image.src = result.thumbnail;
@@ -127,6 +137,17 @@ function tile(result) {
     element("span", "class", result.class),
     element("span", "distance", result.distance.toFixed(4)),
   );
+  if (result.similarity !== null && result.similarity !== undefined && SIMILARITY[kind]) {
+    const [short, help] = SIMILARITY[kind];
+    const score = element("span", "similarity", `${short} ${result.similarity.toFixed(3)}`);
+    score.title = help;
+    meta.append(score);
+  }
+  if (noMatch) {
+    const label = element("span", "no-match-label", "no good match");
+    label.title = "farther than the cell's calibrated distance: more likely not relevant than relevant";
+    meta.append(label);
+  }
   if (verdict) {
     const marker = element("span", "marker", result.correct ? "✓" : "✗");
     marker.title = result.correct ? "right class" : "wrong class";
@@ -150,6 +171,11 @@ function renderAnswer(answer, previewUrl) {
     prediction.append(element("span", answer.prediction_correct ? "verdict right" : "verdict wrong",
       answer.prediction_correct ? " ✓ right" : " ✗ wrong"));
   }
+  const noMatch = answer.no_match;
+  byId("no-match-note").textContent = noMatch.distance === null
+    ? `No result is marked "no good match": ${noMatch.source}.`
+    : `Results farther than distance ${noMatch.distance.toFixed(4)} are marked "no good match" (more likely not relevant than relevant; on the test split P = ${formatShare(noMatch.precision)}, R = ${formatShare(noMatch.recall)}).`;
+  byId("no-match-note").title = noMatch.source;
   const rows = byId("timings").tBodies[0];
   rows.replaceChildren();
   for (const [key, label] of STEPS) {
@@ -161,7 +187,7 @@ function renderAnswer(answer, previewUrl) {
   }
   for (const mode of MODES) {
     const list = byId(`results-${mode}`);
-    list.replaceChildren(...(answer.results[mode] || []).map(tile));
+    list.replaceChildren(...(answer.results[mode] || []).map((result) => tile(result, answer.similarity)));
     if (!list.children.length) list.append(element("li", "empty muted", "no results"));
   }
   byId("results").hidden = false;
