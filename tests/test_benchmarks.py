@@ -34,3 +34,21 @@ def test_search_benchmark_compares_every_mode_with_scikit_learn(tmp_path):
     for mode in ("sklearn brute (baseline)", "clustered", "class", "global", "faiss flat", "faiss ivf"):
         assert mode in result.stdout, mode
     assert "speedup_vs_sklearn" in result.stdout
+
+
+SCALE_STAGES = ("generate", "pca-incremental", "pca-sample", "project", "kmeans-class", "kmeans-global", "ivf16",
+                "ivf", "ivfpq", "query-flat", "query-ivf16", "query-ivf", "query-ivfpq")  # fmt: skip
+
+
+def test_scale_benchmark_runs_every_stage_and_estimates_ten_million(tmp_path):
+    result = run([sys.executable, "benchmarks/scale.py", "--n", "3000", "--dim", "32", "--queries", "50"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split("estimates for")[0]
+    stages = [line.split()[0] for line in table.splitlines() if line.split() and line.split()[0] in SCALE_STAGES]
+    assert stages == list(SCALE_STAGES)
+    assert "FAILED" not in table and "est_10m_mb" in table and "fits_10m" in table
+    line = json.loads((REPO / "benchmarks/results/scale.jsonl").read_text().splitlines()[-1])
+    rows = {row["stage"]: row for row in line["rows"]}
+    assert set(rows) == set(SCALE_STAGES) and line["settings"]["n"] == 3000
+    assert all(row["wall_s"] >= 0 and row["peak_rss_mb"] > 0 for row in rows.values())
+    assert rows["query-ivf"]["recall_at_10"] > 0.5 and rows["query-flat"]["recall_at_10"] == 1.0
