@@ -155,3 +155,14 @@ def test_float32_screening_returns_the_float64_ranking(metric, dtype, monkeypatc
         assert list(screened["global"][0][-1][:4]) == expected
     if metric == "euclidean" and dtype == np.float64:  # the shell's smallest radii, in order
         assert list(screened["global"][0][-2]) == list(2200 + np.argsort(radii)[:10])
+
+
+def test_auto_ivf_lists_follow_the_square_root_of_the_gallery():
+    from cbir.retrieve import ivf_lists
+
+    assert ivf_lists(16, 1_000_000) == 16
+    assert ivf_lists("auto", 1_000_000) == 4000
+    assert ivf_lists("auto", 10_000) == 400
+    gallery = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    # 4 * sqrt(2000) = 179 lists, clamped to 2000 // 39 = 51 so that every list has 39 training points
+    assert FaissSearch(gallery, "ivf", nlist="auto", nprobe=4).nlist == 51

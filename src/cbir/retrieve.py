@@ -246,6 +246,14 @@ class RetrievalIndex:
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
+def ivf_lists(nlist: int | str, n_gallery: int) -> int:
+    """IVF lists: the configured number, or for ``auto`` 4·√N, faiss's guideline for N up to about 10⁶ (the
+    cost of a query then grows with √N instead of N)."""
+    if nlist == "auto":
+        return max(1, round(4 * np.sqrt(n_gallery)))
+    return int(nlist)
+
+
 class FaissSearch:
     """The standard alternative to the paper's clustering: a faiss index over the whole gallery.
 
@@ -253,8 +261,8 @@ class FaissSearch:
     ``nprobe`` are visited per query). Distances are reported as by :class:`RetrievalIndex`.
     """
 
-    def __init__(self, gallery: np.ndarray, kind: str, metric: str = "euclidean", nlist: int = 16, nprobe: int = 4,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(self, gallery: np.ndarray, kind: str, metric: str = "euclidean", nlist: int | str = 16,
+                 nprobe: int = 4, seed: int = 0) -> None:  # fmt: skip
         import faiss
 
         if kind not in ("flat", "ivf"):
@@ -267,7 +275,7 @@ class FaissSearch:
             self.nlist = 0
         else:
             # faiss wants >= 39 training points per list; fewer lists on small galleries
-            self.nlist = max(1, min(nlist, len(vectors) // 39))
+            self.nlist = max(1, min(ivf_lists(nlist, len(vectors)), len(vectors) // 39))
             quantizer = faiss.IndexFlatL2(dim)
             self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist)
             self.index.cp.seed = seed
