@@ -321,3 +321,12 @@ def test_a_pca_size_above_the_training_set_stops_before_any_job(tmp_path: Path):
            "at most 6 images" in output  # fmt: skip
     assert "grid.pca[0]" not in output
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("value", [0, "many", 2.5])
+def test_faiss_nlist_takes_a_positive_integer_or_auto(value):
+    config = _set(default_config(), ("retrieval", "faiss", "nlist"), value)
+    with pytest.raises(ConfigError, match=r"config key 'retrieval.faiss.nlist'.*allowed: integer or auto"):
+        validate_config(config, SCHEMA)
+    auto = validate_config(_set(default_config(), ("retrieval", "faiss", "nlist"), "auto"), SCHEMA)
+    assert auto["retrieval"]["faiss"]["nlist"] == "auto"
