@@ -185,11 +185,15 @@ class Cell:
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def fitted_spaces(folder: str | Path) -> list[str]:
+    """The spaces fitted in a cell folder (an ``embedding_<space>.h5`` each), sorted; ``raw`` needs none."""
+    prefix, suffix = embedding_name("*").split("*")
+    return sorted(p.name[len(prefix) : -len(suffix)] for p in Path(folder).glob(embedding_name("*")))
+
+
 def available_spaces(folder: str | Path, k: int) -> list[str]:
     """The spaces a cell can search in with k clusters: ``raw`` and every fitted space with its clusters."""
-    folder = Path(folder)
-    fitted = sorted(p.name[len("embedding_") : -len(".h5")] for p in folder.glob(embedding_name("*")))
-    return [RAW, *(s for s in fitted if (folder / clusters_name(k, s)).is_file())]
+    return [RAW, *(s for s in fitted_spaces(folder) if (Path(folder) / clusters_name(k, s)).is_file())]
 
 
 BEST = "best"
@@ -254,9 +258,9 @@ def load_cell(
     if not folder.is_dir():
         raise ModelFolderError(f"model folder '{folder}' does not exist")
     if space not in (BEST, RAW) and not (folder / embedding_name(space)).is_file():
-        spaces = sorted({RAW, *(p.name[len("embedding_") : -len(".h5")] for p in folder.glob(embedding_name("*")))})
         raise ModelFolderError(
-            f"model folder '{folder}' has no embedding space '{space}' (available: {', '.join(spaces)})"
+            f"model folder '{folder}' has no embedding space '{space}' "
+            f"(available: {', '.join(sorted({RAW, *fitted_spaces(folder)}))})"
         )
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     ks = available_k(folder, RAW if space == BEST else space)

@@ -398,16 +398,9 @@ def cell_metrics(
         "mlp_converged": models.mlp.converged,
         "faiss_ivf_nlist": models.faiss["ivf"].nlist if "ivf" in models.faiss else None,
     }
-    result.update(
-        evaluate_cell(
-            models,
-            test.features,
-            test.labels,
-            manifest_label_sets(table, test.ids, n_classes),
-            manifest_label_sets(table, cell.gallery_ids, n_classes),
-            top_k=top_k,
-        )
-    )
+    query_sets = manifest_label_sets(table, test.ids, n_classes)
+    gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
+    result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
     if cell.space != "raw":
         from cbir.cell import embedding_name
 
@@ -415,13 +408,7 @@ def cell_metrics(
         result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))
     if rerank:
         result.update(
-            rerank_quality(
-                models,
-                models.projection.transform(test.features),
-                manifest_label_sets(table, test.ids, n_classes),
-                manifest_label_sets(table, cell.gallery_ids, n_classes),
-                rerank,
-            )
+            rerank_quality(models, models.projection.transform(test.features), query_sets, gallery_sets, rerank)
         )
     with open(extraction_timing) as f:
         timing = json.load(f)

@@ -178,6 +178,21 @@ def relabel(manifest: Manifest, mapping: Mapping[str, int], classes: Sequence[st
     return Manifest(images=images, excluded=excluded, classes=list(classes))
 
 
+def read_exported_folder(images_dir: str | Path, report_file: str, title: str) -> tuple[Manifest, dict[str, Any]]:
+    """An image folder written by a source's preparing rule (CIFAR-10, Fashion-MNIST), with its export report:
+    scanned, and labelled in the report's class order; a folder that is no class of ``title`` is refused."""
+    import json
+
+    images_dir = Path(images_dir)
+    report = json.loads((images_dir / report_file).read_text())
+    names = list(report["classes"])
+    manifest = scan_image_folder(images_dir)
+    unknown = sorted(set(manifest.classes) - set(names))
+    if unknown:
+        raise DatasetError(f"'{images_dir}' has folders that are not {title} classes: {', '.join(unknown)}")
+    return relabel(manifest, {name: names.index(name) for name in manifest.classes}, names), report
+
+
 def check_class_counts(
     images: pd.DataFrame, classes: Sequence[str], expected: int | None, n_classes: int | None = None
 ) -> list[str]:

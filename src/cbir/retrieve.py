@@ -35,7 +35,7 @@ MODE_TITLES = {
 METRICS = ("euclidean", "cosine")
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
+def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1.0, norms)
 
@@ -169,7 +169,7 @@ class RetrievalIndex:
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        return _l2_normalise(x) if self.metric == "cosine" else x
+        return l2_normalise(x) if self.metric == "cosine" else x
 
     def _finish(self, squared: np.ndarray) -> np.ndarray:
         """Report Euclidean distance, or cosine distance (1 - cos) on unit vectors."""
@@ -286,7 +286,7 @@ class FaissSearch:
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return _l2_normalise(x).astype(np.float32) if self.metric == "cosine" else x
+        return l2_normalise(x).astype(np.float32) if self.metric == "cosine" else x
 
     def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         squared, indices = self.index.search(self._prepare(queries), top_k)

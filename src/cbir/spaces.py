@@ -31,6 +31,7 @@ import numpy as np
 
 from cbir.classify import MlpModel
 from cbir.io import load_arrays, save_arrays
+from cbir.retrieve import l2_normalise, squared_distances
 
 STEP_KINDS = ("l2", "scale", "affine", "relu")
 RAW = "raw"
@@ -76,11 +77,6 @@ class Embedding:
         for step in self.steps:
             x = step.apply(x)
         return np.asarray(x, dtype=np.float32)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1.0, norms)
 
 
 # --- the spaces ------------------------------------------------------------------------------
@@ -228,8 +224,6 @@ def expand_queries(queries: np.ndarray, gallery: np.ndarray, top: np.ndarray, n:
 
 def augment_database(gallery: np.ndarray, k: int, alpha: float, normalised: bool) -> np.ndarray:
     """Database-side augmentation: each gallery vector averaged with its ``k`` nearest other gallery vectors."""
-    from cbir.retrieve import squared_distances
-
     gallery = np.asarray(gallery, dtype=np.float64)
     sq_norms = np.einsum("ij,ij->i", gallery, gallery)
     k = min(k, len(gallery) - 1)

@@ -36,8 +36,9 @@ rule evaluate:
         classifier=f"{CELL}/{CLASSIFIER}",
         clusters=f"{CELL}/{clusters_name('{k}')}",
     output:
-        metrics=f"{CELL}/{metrics_name('{k}')}",
+        metrics=[f"{CELL}/{metrics_name('{k}')}"],
     params:
+        spaces=["raw"],
         retrieval=retrieval_settings("top_k", "metric", "faiss"),
         rerank=config["embeddings"]["rerank"],
         seed=SEED,
@@ -87,7 +88,7 @@ if EXTRA_SPACES:
         conda:
             CONDA_ENV
         script:
-            "../scripts/evaluate_spaces.py"
+            "../scripts/evaluate.py"
 
 
 rule summarize:

@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
-from cbir.manifest import EXCLUDED_COLUMNS, DatasetError, Manifest, check_class_counts, relabel, scan_image_folder
+from cbir.manifest import EXCLUDED_COLUMNS, DatasetError, Manifest, check_class_counts, read_exported_folder
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -170,14 +170,8 @@ def export_cifar10_png(root: Path, out_dir: Path) -> dict[str, Any]:
 
 def cifar10_manifest(images_dir: Path) -> Manifest:
     """The PNG folder written by :func:`export_cifar10_png`, labelled in the official order."""
-    images_dir = Path(images_dir)
-    report = json.loads((images_dir / CIFAR_EXPORT_REPORT).read_text())
+    manifest, report = read_exported_folder(images_dir, CIFAR_EXPORT_REPORT, "CIFAR-10")
     names = list(report["classes"])
-    manifest = scan_image_folder(images_dir)
-    unknown = sorted(set(manifest.classes) - set(names))
-    if unknown:
-        raise DatasetError(f"'{images_dir}' has folders that are not CIFAR-10 classes: {', '.join(unknown)}")
-    manifest = relabel(manifest, {name: names.index(name) for name in manifest.classes}, names)
     is_test = manifest.images["id"].map(lambda i: PurePosixPath(i).name.startswith("test_batch"))
     manifest.images["official_subset"] = np.where(is_test, "test", "train")
     problems = pd.DataFrame(report["problems"], columns=EXCLUDED_COLUMNS)

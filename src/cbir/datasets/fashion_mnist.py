@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from cbir.datasets.source import Source, data_dir
-from cbir.manifest import DatasetError, Manifest, relabel, scan_image_folder
+from cbir.manifest import DatasetError, Manifest, read_exported_folder
 
 # Labels 0..9 in the official order (T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt,
 # Sneaker, Bag, Ankle boot), as folder names.
@@ -282,13 +282,7 @@ def fashion_mnist_manifest(images_dir: str | Path) -> Manifest:
     count differs from what was exported is a warning naming it.
     """
     images_dir = Path(images_dir)
-    report = json.loads((images_dir / FASHION_EXPORT_REPORT).read_text())
-    names = list(report["classes"])
-    manifest = scan_image_folder(images_dir)
-    unknown = sorted(set(manifest.classes) - set(names))
-    if unknown:
-        raise DatasetError(f"'{images_dir}' has folders that are not Fashion-MNIST classes: {', '.join(unknown)}")
-    manifest = relabel(manifest, {name: names.index(name) for name in manifest.classes}, names)
+    manifest, report = read_exported_folder(images_dir, FASHION_EXPORT_REPORT, "Fashion-MNIST")
     subset = manifest.images["id"].map(lambda i: PurePosixPath(i).name.split("_", 1)[0])
     if not subset.isin(list(FASHION_MNIST_FILES)).all():
         odd = manifest.images.loc[~subset.isin(list(FASHION_MNIST_FILES)), "id"].iloc[0]
