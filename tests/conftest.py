@@ -130,6 +130,15 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     return root, config
 
 
+@pytest.fixture(scope="module")
+def served(finished_run):
+    """The session run's cell 80-20 / PCA 8 loaded once per test module for `cbir serve`, without file watching."""
+    from cbir.serve import ServedModel, ServeSettings
+
+    root, _ = finished_run
+    return ServedModel.load(ServeSettings(model=root / "results/tiny/lite/80-20/8", reload_interval=0))
+
+
 # --- headless Chromium (Debian's chromium driven by Playwright), for the browser tests ---------------
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]

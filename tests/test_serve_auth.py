@@ -25,14 +25,6 @@ API = ["/api/model", "/api/test-images", "/api/images/red/000.png", "/openapi.js
 PAGES = ["/", "/static/app.js", "/static/docs.js", "/docs", "/docs/assets/swagger-ui.css"]
 
 
-@pytest.fixture(scope="module")
-def served(finished_run):
-    from cbir.serve import ServedModel, ServeSettings
-
-    root, _ = finished_run
-    return ServedModel.load(ServeSettings(model=root / CELL, reload_interval=0))
-
-
 def make_client(served, **settings):
     from fastapi.testclient import TestClient
 

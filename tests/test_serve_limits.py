@@ -27,14 +27,6 @@ CELL = "results/tiny/lite/80-20/8"
 TOKEN = "limits-token-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def served(finished_run):
-    from cbir.serve import ServedModel, ServeSettings
-
-    root, _ = finished_run
-    return ServedModel.load(ServeSettings(model=root / CELL, reload_interval=0))
-
-
 def running(served, **settings):
     from cbir.serve import ServeSettings, create_app, serve_in_thread
 
