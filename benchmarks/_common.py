@@ -115,3 +115,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_cbir_serve(arguments: list[str], ready: Any, timeout: float, env: dict[str, str] | None = None) -> Any:
+    """Start ``cbir serve`` with ``arguments`` (from this checkout's src/) and wait until ``ready()`` is true.
+
+    ``ready`` probes the server (an OSError counts as not yet); the process is returned, or the
+    benchmark exits with the server's stderr when it stops, or when it is not ready in ``timeout`` s.
+    """
+    import subprocess
+
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "cbir.cli", "serve", *arguments]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"cbir serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+        try:
+            if ready():
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    sys.exit(f"cbir serve did not answer within {timeout:.0f} s")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, default_model, free_port, make_jpegs, print_table, record
+from _common import default_model, free_port, make_jpegs, print_table, record, start_cbir_serve
 
 
 def multipart(path: str) -> tuple[bytes, str]:
@@ -36,25 +35,16 @@ def multipart(path: str) -> tuple[bytes, str]:
 
 
 def start_server(model: Path, port: int, top_k: int, threads: int | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [sys.executable, "-m", "cbir.cli", "serve", "--model", str(model), "--port", str(port),
-               "--top-k", str(top_k), "--log-level", "warning"]  # fmt: skip
+    arguments = ["--model", str(model), "--port", str(port), "--top-k", str(top_k), "--log-level", "warning"]
     if threads:
-        command += ["--threads", str(threads)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"cbir serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/api/model")
-            if connection.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    sys.exit("cbir serve did not answer within 180 s")
+        arguments += ["--threads", str(threads)]
+
+    def ready() -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/api/model")
+        return connection.getresponse().status == 200
+
+    return start_cbir_serve(arguments, ready, timeout=180)
 
 
 class ApiClient:

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, default_model, free_port, print_table, record
+from _common import default_model, free_port, print_table, record, start_cbir_serve
 
 DRIVER = Path(__file__).with_name("_load_driver.py")
 UPLOAD_SIZES = (96, 320, 800)
@@ -96,27 +96,15 @@ class RssSampler:
 
 
 def start_server(model: Path, port: int, args: argparse.Namespace, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    if args.token:
-        env["CBIR_TOKEN"] = args.token
-    command = [sys.executable, "-m", "cbir.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--workers", str(workers),
-               "--max-concurrent", str(args.max_concurrent), "--reload-interval", "0"]  # fmt: skip
+    arguments = ["--model", str(model), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                 "--workers", str(workers), "--max-concurrent", str(args.max_concurrent),
+                 "--reload-interval", "0"]  # fmt: skip
     if args.threads:
-        command += ["--threads", str(args.threads)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"cbir serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
-        try:
-            status, _ = request(port, "GET", "/api/test-images", token=args.token)
-            if status == 200:
-                return server
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    sys.exit("cbir serve did not answer within 300 s")
+        arguments += ["--threads", str(args.threads)]
+    env = {"CBIR_TOKEN": args.token} if args.token else None
+    return start_cbir_serve(
+        arguments, lambda: request(port, "GET", "/api/test-images", token=args.token)[0] == 200, 300, env
+    )
 
 
 def stop_server(server: subprocess.Popen) -> None:
