@@ -35,6 +35,22 @@ N_SHARDS = 3
 SHARD_SIZE = 20
 BATCH_SIZE = 4  # divides the shard size: a shard's batches are those of a single extraction
 
+# A plugin (imported by every job, see README "Extending") that makes each image read take 50 ms,
+# so that a shard is written for about a second. Without it a 64-px shard takes tens of
+# milliseconds on a fast CPU, and a shard seen half-written could finish before the signal landed.
+SLOW_READS = """
+import time
+from cbir.features import ImageFiles
+
+_read = ImageFiles.__getitem__
+
+def _slow_read(self, index):
+    time.sleep(0.05)
+    return _read(self, index)
+
+ImageFiles.__getitem__ = _slow_read
+"""
+
 
 def snakemake_command(root: Path, config: Path, *args: str) -> list[str]:
     return [
@@ -175,6 +191,8 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path:
     data = make_image_folder(tmp_path / "data" / "tiny", per_class=N_SHARDS * SHARD_SIZE // 3)
     config = tiny_config(data)
     config["extraction"] = {**config["extraction"], "shard_size": SHARD_SIZE, "batch_size": BATCH_SIZE}
+    (tmp_path / "slow_reads.py").write_text(SLOW_READS)
+    config["plugins"] = [str(tmp_path / "slow_reads.py")]
     config_path = write_config(tmp_path / "config.yaml", config)
 
     # 1. SIGTERM while a shard is written: the job unwinds, its partial file is removed
