@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from cbir.backbones import BackboneSpec
 from cbir.features import extract_shard
 from cbir.shards import ShardPlan
 imported = time.perf_counter()
-extract_shard({manifest!r}, ShardPlan({n_images}, {shard_size}), 0, BackboneSpec(*{spec!r}), {out!r},
+extract_shard({manifest!r}, ShardPlan({n_images}, {shard_size}, None, {cache!r}), 0, BackboneSpec(*{spec!r}), {out!r},
               batch_size={batch_size}, num_workers={num_workers}, device={device!r}, precision={precision!r},
               progress=False)
 done = time.perf_counter()
@@ -110,7 +111,8 @@ def main() -> None:
         for size in sizes:
             code = JOB.format(
                 src=str(REPO / "src"), manifest=str(manifest), n_images=args.images, shard_size=size,
-                spec=[args.arch, "random", args.pooling, args.image_size], out=str(root / f"shard{size}.h5"),
+                spec=[args.arch, "random", args.pooling, args.image_size], out=str(root / f"shard{size}.json"),
+                cache=str(root / f"cache{size}"),
                 batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                 precision=args.precision,
             )  # fmt: skip
@@ -121,7 +123,7 @@ def main() -> None:
                 sys.exit(f"shard job of {size} images failed:\n{result.stderr[-3000:]}")
             phases = json.loads(result.stdout.strip().splitlines()[-1])
             jobs.append({"shard_size": size, "wall_s": round(wall, 2), **phases})
-            (root / f"shard{size}.h5").unlink()
+            shutil.rmtree(root / f"cache{size}")
     # time per image from the extraction phase alone (import times vary with the file cache);
     # start-up: the rest of each job's wall time, averaged
     per_image = float(np.polyfit([j["shard_size"] for j in jobs], [j["extract_s"] for j in jobs], 1)[0])

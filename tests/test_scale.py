@@ -4,6 +4,7 @@ shard reruns alone, and a dataset of 100,000 images in 100 shards plans quickly 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cbir.feature_cache import FeatureCache
 from cbir.manifest import MANIFEST_COLUMNS
 from cbir.shards import write_shard_plan
 
@@ -28,18 +30,22 @@ def _sharded_config(data: Path, shard_size: int) -> dict:
 
 def test_default_run_extracts_one_shard_per_dataset(finished_run):
     root, _ = finished_run
-    plan = json.loads((root / "results/tiny/shards/plan.json").read_text())
-    assert plan == {"n_images": 30, "shard_size": 20000, "n_shards": 1}
+    plan = json.loads((root / "results/tiny/shards/lite/plan.json").read_text())
+    assert {key: plan[key] for key in ("n_images", "shard_size", "n_shards", "n_extracted")} == {
+        "n_images": 30, "shard_size": 20000, "n_shards": 1, "n_extracted": 30
+    }  # fmt: skip
     assert sorted(p.name for p in (root / "results/logs/extract_features").iterdir()) == ["tiny_lite_00000.log"]
-    # shard files are temporary: gathered, then removed
-    assert not list((root / "results/tiny/shards").rglob("*.h5"))
+    # the shards' receipts are temporary: gathered, then removed; the features stay in the cache
+    assert sorted(p.name for p in (root / "results/tiny/shards/lite").iterdir()) == ["plan.json"]
+    assert len(list((root / plan["cache"]).glob("*.h5"))) == 1
 
 
 def test_a_backbone_change_re_extracts_the_temporary_shards_and_a_scheduling_hint_does_not(finished_run):
     root, config = finished_run
     gem = {**config, "backbones": {"lite": {**config["backbones"]["lite"], "pooling": "gem"}}}
     jobs = planned_jobs(run_snakemake(root, write_config(root / "gem.yaml", gem), "-n"))
-    assert jobs["extract_features"] == 1 and jobs["gather_features"] == 1 and jobs["fit_pca"] == 1
+    # another network: planned again (its shards are known once the plan has run), gathered, refitted
+    assert jobs["plan_shards"] == 1 and jobs["gather_features"] == 1 and jobs["fit_pca"] == 1
     hint = {**config, "extraction": {**config["extraction"], "seconds_per_image": 0.002}}
     jobs = planned_jobs(run_snakemake(root, write_config(root / "hint.yaml", hint), "-n"))
     assert not {"plan_shards", "extract_features", "gather_features", "fit_pca", "project"} & set(jobs)
@@ -53,23 +59,26 @@ def test_shards_gather_into_the_single_shard_features_and_a_failed_shard_reruns_
     config = write_config(tmp_path / "config.yaml", sharded)
     assert run_snakemake(tmp_path, config, "results/tiny/manifest.csv").returncode == 0
 
-    # an image of the third shard (manifest rows 16..23) becomes unreadable after indexing
+    # an image of the third shard (manifest rows 16..23) becomes unreadable after indexing, damaged
+    # in place with its size and mtime kept (so the manifest, which watches those, is not rebuilt)
     manifest = pd.read_csv(tmp_path / "results/tiny/manifest.csv")
     broken = Path(manifest["path"][20])
-    original = broken.read_bytes()
-    broken.write_bytes(b"not an image any more")
+    original, stat = broken.read_bytes(), broken.stat()
+    broken.write_bytes(b"x" * len(original))
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     failed = run_snakemake(tmp_path, config, FEATURES, "--keep-going")
     assert failed.returncode != 0
     assert "Error in rule extract_features" in failed.stdout + failed.stderr
     assert "shard=00002" in failed.stdout + failed.stderr
-    kept = sorted(p.name for p in (tmp_path / "results/tiny/shards/lite").glob("*.h5"))
-    assert kept == ["00000.h5", "00001.h5", "00003.h5"]  # the others completed and are kept
+    kept = sorted(p.name for p in (tmp_path / "results/tiny/shards/lite").glob("0*.json"))
+    assert kept == ["00000.json", "00001.json", "00003.json"]  # the others completed and are kept
     assert not (tmp_path / FEATURES).exists()
 
     broken.write_bytes(original)
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     plan = run_snakemake(tmp_path, config, FEATURES, "-n")
     assert planned_jobs(plan) == {"extract_features": 1, "gather_features": 1}
-    assert "results/tiny/shards/lite/00002.h5" in plan.stdout
+    assert "results/tiny/shards/lite/00002.json" in plan.stdout
     result = run_snakemake(tmp_path, config, FEATURES)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -78,7 +87,7 @@ def test_shards_gather_into_the_single_shard_features_and_a_failed_shard_reruns_
         assert list(four["ids"].asstr()[()]) == list(one["ids"].asstr()[()])
         assert np.array_equal(four["labels"][()], one["labels"][()])
         assert np.allclose(four["features"][()], one["features"][()], atol=1e-4)
-    assert not list((tmp_path / "results/tiny/shards").rglob("*.h5"))
+    assert not list((tmp_path / "results/tiny/shards").rglob("0*.json"))
 
 
 def write_large_manifest(root: Path, n_images: int, n_classes: int = 100) -> Path:
@@ -94,7 +103,7 @@ def write_large_manifest(root: Path, n_images: int, n_classes: int = 100) -> Pat
             "width": 256,
             "height": 256,
             "bytes": 30000,
-            "sha256": "0" * 64,
+            "sha256": [f"{i:064x}" for i in index],  # distinct contents: each is extracted
         }
     )[MANIFEST_COLUMNS]
     out = root / "results/large/manifest.csv"
@@ -120,10 +129,11 @@ def test_a_dataset_of_100k_images_in_100_shards_plans(tmp_path: Path):
     before = planned_jobs(run_snakemake(tmp_path, config, "-n"))
     assert before["plan_shards"] == 1 and "extract_features" not in before and "manifest" not in before
     # once it has run (here: written as it would), every shard is a job of the plan
-    write_shard_plan(manifest, tmp_path / "results/large/shards/plan.json", 1000)
+    cache = FeatureCache.open(tmp_path / "results/cache/features", {"any": "network"})
+    write_shard_plan(manifest, tmp_path / "results/large/shards/lite/plan.json", 1000, cache)
     result = run_snakemake(tmp_path, config, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result)
     assert jobs["extract_features"] == 100 and jobs["gather_features"] == 1
     assert "plan_shards" not in jobs and jobs["evaluate"] == 3
-    assert "results/large/shards/lite/00099.h5" in result.stdout
+    assert "results/large/shards/lite/00099.json" in result.stdout

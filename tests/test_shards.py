@@ -1,4 +1,5 @@
-"""Sharded extraction: planning, one shard's rows, and gathering equal to a single extraction."""
+"""Sharded extraction through the feature cache: planning what the cache lacks, one shard into a pack,
+and the feature file assembled from the cache equal to a single extraction, bit for bit."""
 
 from pathlib import Path
 
@@ -8,13 +9,16 @@ import pandas as pd
 import pytest
 
 from cbir.backbones import BackboneSpec
+from cbir.feature_cache import CacheError, FeatureCache, assemble_features, network_fingerprint
 from cbir.features import extract_shard, extract_to_hdf5
-from cbir.io import read_attrs
+from cbir.io import read_attrs, write_attrs
 from cbir.manifest import read_manifest, scan_image_folder, write_manifest
-from cbir.shards import ShardPlan, gather_shards, read_manifest_rows, read_shard_plan, write_shard_plan
+from cbir.shards import ShardPlan, read_manifest_rows, read_shard_plan, write_shard_plan
 
 SPEC = BackboneSpec("efficientnet_lite0", "random", "avg", 32)
 OPTIONS = {"batch_size": 4, "num_workers": 0, "device": "cpu", "precision": "fp32", "progress": False}
+BACKBONE = {"arch": "efficientnet_lite0", "weights": "random", "pooling": "avg", "image_size": 32}
+EXTRACTION = {"device": "cpu", "precision": "fp32", "feature_dtype": "float32", "engine": "torch"}
 
 
 @pytest.fixture
@@ -24,90 +28,123 @@ def manifest(image_folder: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_plan_cuts_rows_into_consecutive_shards():
+@pytest.fixture
+def cache(tmp_path: Path) -> FeatureCache:
+    return FeatureCache.open(tmp_path / "cache", network_fingerprint(BACKBONE, EXTRACTION, seed=0))
+
+
+def test_plan_cuts_the_rows_to_extract_into_shards():
     plan = ShardPlan(n_images=30, shard_size=8)
-    assert plan.n_shards == 4
+    assert plan.n_shards == 4 and plan.n_extracted == 30
     assert plan.names == ["00000", "00001", "00002", "00003"]
-    assert [plan.rows(name) for name in plan.names] == [(0, 8), (8, 16), (16, 24), (24, 30)]
-    assert ShardPlan(30, 30).n_shards == 1 and ShardPlan(30, 1000).rows(0) == (0, 30)
+    assert [plan.rows(name) for name in plan.names] == [
+        list(range(0, 8)), list(range(8, 16)), list(range(16, 24)), list(range(24, 30))
+    ]  # fmt: skip
+    some = ShardPlan(30, 2, extract=(3, 7, 29))
+    assert some.n_shards == 2 and some.rows(1) == [29]
+    assert ShardPlan(30, 8, extract=()).n_shards == 0  # everything cached: nothing to extract
     with pytest.raises(ValueError, match="shard 4 does not exist"):
         plan.rows(4)
     with pytest.raises(ValueError, match="at least 1"):
         ShardPlan(30, 0)
+    with pytest.raises(ValueError, match="outside the manifest"):
+        ShardPlan(30, 8, extract=(30,))
 
 
-def test_plan_file_round_trip_and_an_empty_manifest_is_an_error(manifest: Path, tmp_path: Path):
-    plan = write_shard_plan(manifest, tmp_path / "plan.json", 8)
-    assert read_shard_plan(tmp_path / "plan.json") == plan == ShardPlan(30, 8)
+def test_plan_file_round_trip_and_an_empty_manifest_is_an_error(manifest: Path, cache: FeatureCache, tmp_path: Path):
+    plan = write_shard_plan(manifest, tmp_path / "plan.json", 8, cache)
+    assert read_shard_plan(tmp_path / "plan.json") == plan == ShardPlan(30, 8, tuple(range(30)), str(cache.folder))
     empty = tmp_path / "empty.csv"
     read_manifest(manifest).iloc[:0].to_csv(empty, index=False)
     with pytest.raises(ValueError, match="lists no images"):
-        write_shard_plan(empty, tmp_path / "none.json", 8)
+        write_shard_plan(empty, tmp_path / "none.json", 8, cache)
 
 
-def test_manifest_rows_are_the_slice_of_the_whole_manifest(manifest: Path):
+def test_manifest_rows_are_those_of_the_whole_manifest(manifest: Path):
     whole = read_manifest(manifest)
-    part = read_manifest_rows(manifest, 8, 16)
-    pd.testing.assert_frame_equal(part, whole.iloc[8:16].reset_index(drop=True))
+    part = read_manifest_rows(manifest, [8, 9, 20], 30)
+    pd.testing.assert_frame_equal(part, whole.iloc[[8, 9, 20]].reset_index(drop=True))
     with pytest.raises(ValueError, match="changed after the shards were planned"):
-        read_manifest_rows(manifest, 24, 40)
+        read_manifest_rows(manifest, [8], 31)
 
 
-def test_sharded_extraction_gathers_into_the_single_extraction(manifest: Path, tmp_path: Path):
+def test_shards_into_the_cache_assemble_into_the_single_extraction_bit_for_bit(
+    manifest: Path, cache: FeatureCache, tmp_path: Path
+):
     rows = read_manifest(manifest)
     whole = extract_to_hdf5(rows["path"], rows["id"], rows["label"], SPEC, tmp_path / "whole.h5", **OPTIONS)
-    plan = ShardPlan(len(rows), 8)
-    shards = [
-        extract_shard(manifest, plan, name, SPEC, tmp_path / f"shard{name}.h5", attrs={"dataset": "tiny"}, **OPTIONS)
-        for name in plan.names
-    ]
-    # copied a few rows at a time: the block size only bounds memory
-    gathered = gather_shards(shards, tmp_path / "features.h5", block_bytes=1)
+    # shards of 7: the last shard holds 2 images, and a duplicate content is planned once
+    rows.loc[29, "sha256"] = rows.loc[0, "sha256"]
+    rows.to_csv(manifest, index=False)
+    plan = write_shard_plan(manifest, tmp_path / "plan.json", 7, cache)
+    assert plan.n_extracted == 29 and plan.n_shards == 5
+    receipts = [extract_shard(manifest, plan, name, SPEC, tmp_path / f"{name}.json", **OPTIONS) for name in plan.names]
+    assert len(cache.packs()) == 5 and all(path.is_file() for path in receipts)
+    assemble_features(cache, rows, tmp_path / "features.h5", attrs={"dataset": "tiny"}, block_rows=3)
 
-    with h5py.File(whole) as a, h5py.File(gathered) as b:
+    with h5py.File(whole) as a, h5py.File(tmp_path / "features.h5") as b:
         assert set(a) == set(b) == {"features", "ids", "paths", "labels"}
         for name in ("ids", "paths"):
             assert list(a[name].asstr()[()]) == list(b[name].asstr()[()])
         assert np.array_equal(a["labels"][()], b["labels"][()])
         assert b["features"].shape == a["features"].shape == (30, 1280)
         assert b["features"].chunks == a["features"].chunks
-        assert np.allclose(a["features"][()], b["features"][()], atol=1e-5)
+        assert np.array_equal(a["features"][:29], b["features"][:29])
+        assert np.array_equal(b["features"][29], a["features"][0])  # the duplicate content's features
         expected, attrs = read_attrs(a), read_attrs(b)
     for key in ("arch", "weights", "pooling", "image_size", "layer", "feature_dim", "preprocessing", "precision",
                 "device", "seed", "library_versions", "complete"):  # fmt: skip
         assert attrs[key] == expected[key], key
-    assert attrs["n_shards"] == 4 and attrs["dataset"] == "tiny"
-    assert "row_start" not in attrs and "shard" not in attrs
-    assert not list(tmp_path.glob(".*partial*"))
+    assert attrs["n_shards"] == 5 and attrs["dataset"] == "tiny"
+    assert "shard" not in attrs
+    assert not list(tmp_path.rglob(".*partial*"))
+
+    # planned again: every content is cached, nothing is extracted
+    assert write_shard_plan(manifest, tmp_path / "again.json", 7, cache).n_shards == 0
+    # a shard whose pack exists is not extracted again (its receipt names the pack)
+    before = {path: path.stat().st_mtime_ns for path in cache.packs()}
+    extract_shard(manifest, plan, "00000", SPEC, tmp_path / "again.json", **OPTIONS)
+    assert {path: path.stat().st_mtime_ns for path in cache.packs()} == before
 
 
-def _fake_shard(path: Path, index: int, rows: int, *, pooling: str = "avg", complete: bool = True) -> Path:
-    with h5py.File(path, "w") as f:
-        f["features"] = np.full((rows, 3), index, dtype=np.float32)
-        f["ids"] = np.array([f"{index}-{i}" for i in range(rows)], dtype=object).astype("S")
-        f["paths"] = np.array([f"/x/{index}-{i}" for i in range(rows)], dtype=object).astype("S")
-        f["labels"] = np.full(rows, index, dtype=np.int64)
-        f.attrs.update({"arch": "vgg16", "pooling": pooling, "shard": index, "device": "cpu", "precision": "fp32"})
-        f.attrs["device"] = "cuda" if index == 1 else "cpu"
-        if complete:
-            f.attrs["complete"] = True
-    return path
-
-
-def test_gather_keeps_order_records_mixed_devices_and_refuses_bad_shards(tmp_path: Path):
-    shards = [_fake_shard(tmp_path / f"{i}.h5", i, rows) for i, rows in enumerate([3, 2, 4])]
-    out = gather_shards(shards, tmp_path / "all.h5")
-    with h5py.File(out) as f:
-        assert list(f["labels"][()]) == [0, 0, 0, 1, 1, 2, 2, 2, 2]
-        assert f["features"][:, 0].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
-        assert list(f["ids"].asstr()[()])[3:5] == ["1-0", "1-1"]
+def test_assembling_refuses_missing_contents_and_packs_that_disagree(
+    manifest: Path, cache: FeatureCache, tmp_path: Path
+):
+    rows = read_manifest(manifest)
+    plan = write_shard_plan(manifest, tmp_path / "plan.json", 30, cache)
+    extract_shard(manifest, plan, "00000", SPEC, tmp_path / "00000.json", **OPTIONS)
+    unknown = rows.assign(sha256=["f" * 64, *rows["sha256"].tolist()[1:]])
+    with pytest.raises(CacheError, match=r"features of 1 image\(s\) are not in the feature cache .* --forcerun"):
+        assemble_features(cache, unknown, tmp_path / "x.h5")
+    # a pack of another pooling in the same folder (a hand-copied file) is refused
+    with h5py.File(cache.packs()[0]) as f:
         attrs = read_attrs(f)
-    assert attrs["device"] == ["cpu", "cuda"] and attrs["precision"] == "fp32"
+    with h5py.File(cache.folder / "other.h5", "w") as f:
+        f["sha256"] = np.array(["e" * 64], dtype="S64")
+        f["features"] = np.zeros((1, 1280), dtype=np.float32)
+        write_attrs(f, {**attrs, "pooling": "gem"})
+    mixed = rows.assign(sha256=["e" * 64, *rows["sha256"].tolist()[1:]])
+    with pytest.raises(CacheError, match=r"differs .* in pooling"):
+        assemble_features(cache, mixed, tmp_path / "y.h5")
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
 
-    with pytest.raises(ValueError, match="expected 0 at this position"):
-        gather_shards(shards[::-1], tmp_path / "reversed.h5")
-    with pytest.raises(ValueError, match=r"differs .* in pooling"):
-        gather_shards([shards[0], _fake_shard(tmp_path / "gem.h5", 1, 2, pooling="gem")], tmp_path / "mixed.h5")
-    with pytest.raises(ValueError, match="incomplete"):
-        gather_shards([shards[0], _fake_shard(tmp_path / "half.h5", 1, 2, complete=False)], tmp_path / "half-all.h5")
-    assert not (tmp_path / "reversed.h5").exists() and not (tmp_path / "mixed.h5").exists()
+
+def test_the_fingerprint_follows_what_changes_features_and_nothing_else(tmp_path: Path):
+    base = network_fingerprint(BACKBONE, EXTRACTION, seed=0)
+    same = network_fingerprint(dict(reversed(BACKBONE.items())), {**EXTRACTION, "batch_size": 64}, seed=0)
+    assert FeatureCache.open(tmp_path, base).folder == FeatureCache.open(tmp_path, same).folder
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"one")
+    local = network_fingerprint({**BACKBONE, "weights": str(weights)}, EXTRACTION, seed=0)
+    changes = [
+        network_fingerprint({**BACKBONE, "pooling": "gem"}, EXTRACTION, seed=0),
+        network_fingerprint({**BACKBONE, "image_size": 64}, EXTRACTION, seed=0),
+        network_fingerprint(BACKBONE, {**EXTRACTION, "precision": "bf16"}, seed=0),
+        network_fingerprint(BACKBONE, EXTRACTION, seed=1),
+        local,
+    ]
+    folders = {FeatureCache.open(tmp_path, fingerprint).folder for fingerprint in [base, *changes]}
+    assert len(folders) == 1 + len(changes)
+    weights.write_bytes(b"two")  # the same file name, other weights: another network
+    changed = network_fingerprint({**BACKBONE, "weights": str(weights)}, EXTRACTION, seed=0)
+    assert FeatureCache.open(tmp_path, changed).folder != FeatureCache.open(tmp_path, local).folder

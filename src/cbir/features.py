@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,9 +17,10 @@ from torchvision.transforms import v2 as transforms
 from tqdm import tqdm
 
 from cbir.backbones import BackboneSpec
+from cbir.feature_cache import HASH_DTYPE, PACK_HASHES, pack_name
 from cbir.images import load_rgb_image
 from cbir.io import STRING_DTYPE, atomic_path, library_versions, terminate_cleanly, write_attrs
-from cbir.network import prepare_network
+from cbir.network import PreparedNetwork, prepare_network
 from cbir.shards import ShardPlan, read_manifest_rows
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,31 @@ def extract_to_hdf5(
     spec: BackboneSpec,
     out_path: str | Path,
     *,
+    attrs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Path:
+    """Run every image once through the backbone and stream the features into ``out_path``, with the
+    images' ``ids``, ``paths`` and ``labels`` (the layout of a dataset's feature file).
+
+    Rows are written batch by batch into a chunked dataset, so memory does not grow with the
+    number of images; the file appears under its final name only once complete (and with the
+    ``complete`` attribute): an interrupted extraction leaves nothing under that name. Options:
+    see :func:`stream_features`.
+    """
+    columns = {
+        "ids": (np.asarray(ids, dtype=object), STRING_DTYPE),
+        "paths": (np.asarray(paths, dtype=object), STRING_DTYPE),
+        "labels": (np.asarray(labels, dtype=np.int64), np.int64),
+    }
+    return stream_features(paths, spec, out_path, columns=columns, attrs=attrs, **options)
+
+
+def stream_features(
+    paths: Sequence[str],
+    spec: BackboneSpec,
+    out_path: str | Path,
+    *,
+    columns: Mapping[str, tuple[np.ndarray, Any]],
     batch_size: int = 32,
     num_workers: int = 1,
     device: str = "auto",
@@ -59,12 +86,8 @@ def extract_to_hdf5(
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run every image once through the backbone and stream the features into ``out_path``.
-
-    Rows are written batch by batch into a chunked dataset, so memory does not grow with the
-    number of images; the file appears under its final name only once complete (and with the
-    ``complete`` attribute): an interrupted extraction leaves nothing under that name.
-    """
+    """The features of ``paths`` into the ``features`` dataset of a new HDF5 file, beside ``columns``
+    (name -> (values, dtype), one value per image) and the network's record as attributes."""
     prepared = prepare_network(
         spec, seed=seed, device=device, precision=precision, batch_size=batch_size, engine=engine
     )
@@ -92,9 +115,8 @@ def extract_to_hdf5(
     # SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds, and the partial file goes
     with terminate_cleanly(), atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         features = f.create_dataset("features", shape=(len(paths), dim), dtype=dtype, chunks=(rows_per_chunk, dim))
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STRING_DTYPE)
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING_DTYPE)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        for name, (values, column_dtype) in columns.items():
+            f.create_dataset(name, data=values, dtype=column_dtype)
         write_attrs(
             f,
             {
@@ -106,11 +128,23 @@ def extract_to_hdf5(
         )
         start = 0
         for batch in tqdm(loader, desc="features", unit="batch", file=sys.stderr, disable=not progress):
-            out = prepared.embed(batch)
+            out = embed_batch(prepared, batch)
             features[start : start + len(out)] = out.astype(dtype, copy=False)
             start += len(out)
         f.attrs["complete"] = True
     return Path(out_path)
+
+
+def embed_batch(prepared: PreparedNetwork, batch: torch.Tensor) -> np.ndarray:
+    """The features of a batch, the same bits whatever other images share the batch.
+
+    oneDNN computes a batch of one image with other kernels than larger batches, so a lone image
+    (the last of a shard, an image added later) is run twice in a batch of two. Larger batches
+    give each image the same features whatever their size and neighbours (tests/test_features.py).
+    """
+    if len(batch) == 1:
+        return prepared.embed(batch.expand(2, *batch.shape[1:]).contiguous())[:1]
+    return prepared.embed(batch)
 
 
 def extract_shard(
@@ -118,21 +152,22 @@ def extract_shard(
     plan: ShardPlan,
     shard: int | str,
     spec: BackboneSpec,
-    out_path: str | Path,
+    receipt_path: str | Path,
     *,
     attrs: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Path:
-    """Extract the features of one shard's manifest rows into ``out_path`` (see :func:`extract_to_hdf5`)."""
-    start, stop = plan.rows(shard)
-    rows = read_manifest_rows(manifest_path, start, stop)
-    shard_attrs = {"shard": int(shard), "n_shards": plan.n_shards, "row_start": start, "row_stop": stop}
-    return extract_to_hdf5(
-        rows["path"].tolist(),
-        rows["id"].tolist(),
-        rows["label"].tolist(),
-        spec,
-        out_path,
-        attrs={**(attrs or {}), **shard_attrs},
-        **options,
-    )
+    """Extract one shard of a plan into a pack of the feature cache (see :func:`stream_features`), then
+    write ``receipt_path``: which pack holds the shard. A pack already there is not extracted again."""
+    rows = read_manifest_rows(manifest_path, plan.rows(shard), plan.n_images)
+    hashes = rows["sha256"].astype(str).tolist()
+    pack = Path(plan.cache) / pack_name(hashes)
+    if pack.is_file():
+        log.info("shard %s: its %d images are already in the feature cache (%s)", shard, len(hashes), pack)
+    else:
+        columns = {PACK_HASHES: (np.asarray(hashes, dtype=HASH_DTYPE), HASH_DTYPE)}
+        stream_features(rows["path"].tolist(), spec, pack, columns=columns, attrs=attrs, **options)
+    receipt = {"shard": int(shard), "images": len(hashes), "pack": str(pack)}
+    with atomic_path(receipt_path) as tmp:
+        tmp.write_text(json.dumps(receipt) + "\n")
+    return Path(receipt_path)

@@ -11,17 +11,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-from PIL import ImageOps
 
-from cbir.images import (
-    IMAGE_EXTENSIONS,
-    display_path,
-    file_sha256,
-    is_utf8_name,
-    link_problem,
-    open_within_pixel_limit,
-    unreadable_reason,
-)
+from cbir.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, link_problem
+from cbir.inspection import ImageFacts, inspect_file, inspect_images
 
 MANIFEST_COLUMNS = ["id", "path", "label", "class_name", "width", "height", "bytes", "sha256"]
 EXCLUDED_COLUMNS = ["path", "class_name", "reason"]
@@ -49,7 +41,8 @@ def scan_image_folder(root: str | Path) -> Manifest:
     ``excluded``). Hidden files and folders are ignored; files that are not images, cannot be
     decoded, have a name that is not UTF-8, or are broken or looping symbolic links are listed
     in ``excluded`` with the reason. Symbolic links to folders are followed, except back into
-    a folder being scanned.
+    a folder being scanned. Every class folder is listed first; the files are then inspected
+    together (:func:`cbir.inspection.inspect_images`: in parallel, unchanged ones from its cache).
     """
     root = Path(root)
     if not root.is_dir():
@@ -57,23 +50,27 @@ def scan_image_folder(root: str | Path) -> Manifest:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"dataset folder '{root}' has no class sub-folders")
+    listings = [_list_class(root, class_dir) for class_dir in class_dirs]
+    candidates = [path for listing in listings for path, row_id in listing.files if is_utf8_name(row_id)]
+    inspections = iter(inspect_images(candidates))
     rows: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
     classes: list[str] = []
-    for class_dir in class_dirs:
-        class_name = display_path(class_dir.name)
+    for listing in listings:
+        class_name = listing.class_name
+        excluded.extend(listing.problems)
         found = []
-        for path in _class_files(class_dir, excluded, class_name):
-            row_id = path.relative_to(root).as_posix()
-            reason = None if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
-            reason = reason or unreadable_reason(path)
-            if reason:
-                excluded.append({"path": display_path(path), "class_name": class_name, "reason": reason})
+        for path, row_id in listing.files:
+            outcome = next(inspections) if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
+            if isinstance(outcome, str):
+                excluded.append({"path": display_path(path), "class_name": class_name, "reason": outcome})
             else:
-                found.append(image_row(path, row_id, len(classes), class_name))
+                found.append(image_row(path, row_id, len(classes), class_name, outcome))
         if not found:
             warnings.warn(f"class '{class_name}' in '{root}' has no readable image: left out", stacklevel=2)
-            excluded.append({"path": display_path(class_dir), "class_name": class_name, "reason": EMPTY_CLASS_REASON})
+            excluded.append(
+                {"path": display_path(listing.folder), "class_name": class_name, "reason": EMPTY_CLASS_REASON}
+            )
             continue
         rows.extend(found)
         classes.append(class_name)
@@ -84,19 +81,42 @@ def scan_image_folder(root: str | Path) -> Manifest:
     )
 
 
-def image_row(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any]:
-    """The manifest row of a readable image (size as displayed, after its EXIF orientation)."""
-    with open_within_pixel_limit(path) as image:
-        width, height = ImageOps.exif_transpose(image).size
+@dataclass
+class _ClassListing:
+    """One class folder's files (path, manifest id), and the excluded rows of what could not be listed."""
+
+    folder: Path
+    class_name: str
+    files: list[tuple[Path, str]]
+    problems: list[dict[str, Any]]
+
+
+def _list_class(root: Path, class_dir: Path) -> _ClassListing:
+    class_name = display_path(class_dir.name)
+    problems: list[dict[str, Any]] = []
+    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(class_dir, problems, class_name)]
+    return _ClassListing(class_dir, class_name, files, problems)
+
+
+def image_row(
+    path: Path, image_id: str, label: int, class_name: str, facts: ImageFacts | None = None
+) -> dict[str, Any]:
+    """The manifest row of a readable image (size as displayed, after its EXIF orientation);
+    ``facts``: its inspection, when done already."""
+    if facts is None:
+        inspected = inspect_file(path)
+        if isinstance(inspected, str):
+            raise ValueError(f"'{display_path(path)}' is no usable image: {inspected}")
+        facts = inspected
     return {
         "id": image_id,
         "path": str(path),
         "label": label,
         "class_name": class_name,
-        "width": width,
-        "height": height,
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "width": facts.width,
+        "height": facts.height,
+        "bytes": facts.bytes,
+        "sha256": facts.sha256,
     }
 
 
@@ -145,14 +165,24 @@ def natural_key(name: str) -> list[Any]:
     return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", name)]
 
 
+ImageEntry = tuple[Path, str, int, str]  # an image a source lists: path, manifest id, label, class name
+
+
+def image_records(entries: Sequence[ImageEntry]) -> list[dict[str, Any] | str]:
+    """The manifest row of each image, or the reason it cannot be used, in order; the files are
+    inspected together (:func:`cbir.inspection.inspect_images`: in parallel, unchanged ones from its cache)."""
+    present = [path.is_file() for path, *_ in entries]
+    inspections = iter(inspect_images([path for (path, *_), exists in zip(entries, present, strict=True) if exists]))
+    records: list[dict[str, Any] | str] = []
+    for entry, exists in zip(entries, present, strict=True):
+        outcome = next(inspections) if exists else "file is missing"
+        records.append(outcome if isinstance(outcome, str) else image_row(*entry, outcome))
+    return records
+
+
 def image_record(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any] | str:
-    """The manifest row of one image, or the reason it cannot be used."""
-    if not path.is_file():
-        return "file is missing"
-    reason = unreadable_reason(path)
-    if reason:
-        return reason
-    return image_row(path, image_id, label, class_name)
+    """The manifest row of one image, or the reason it cannot be used (:func:`image_records` is faster for many)."""
+    return image_records([(path, image_id, label, class_name)])[0]
 
 
 def make_manifest(

@@ -1,27 +1,28 @@
-"""Sharded extraction: a dataset's manifest cut into shards, and the shards gathered back.
+"""Sharded extraction: the images a dataset's feature cache lacks, cut into shards.
 
-A dataset's manifest is cut into shards of ``shard_size`` consecutive rows; each shard is
-extracted by its own job (on a cluster: on many GPUs at once, and a failed shard reruns
-alone), then the shards are gathered, in manifest order, into the dataset's single feature
-file. This module does not import torch, so the workflow can plan shards cheaply.
+The manifest rows whose content (SHA-256) is not in the network's feature cache
+(:mod:`cbir.feature_cache`) are cut into shards of ``shard_size`` images; each shard is
+extracted by its own job (on a cluster: on many GPUs at once, and a failed shard reruns alone)
+into a pack of the cache, and the dataset's feature file is then assembled from the cache in
+manifest order. A rerun after adding, changing or renaming files extracts only the new
+contents. This module does not import torch, so the workflow can plan shards cheaply.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
-import numpy as np
-
-from cbir.io import STRING_DTYPE, atomic_path, read_attrs, write_attrs
+from cbir.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from cbir.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -30,157 +31,98 @@ SHARD_DIGITS = 5  # shard names are zero-padded indices: 00000, 00001, ...
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """How a manifest of ``n_images`` rows is cut into shards of at most ``shard_size`` rows."""
+    """Which of a manifest's ``n_images`` rows are extracted (``extract``, in manifest order; all of
+    them without a cache), cut into shards of at most ``shard_size`` rows, and the cache folder
+    their features go to."""
 
     n_images: int
     shard_size: int
+    extract: tuple[int, ...] | None = None
+    cache: str = ""
+    _rows: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_images < 1:
             raise ValueError("a shard plan needs at least one image")
         if self.shard_size < 1:
             raise ValueError(f"shard size must be at least 1, not {self.shard_size}")
+        rows = tuple(range(self.n_images)) if self.extract is None else tuple(self.extract)
+        if rows and not 0 <= min(rows) <= max(rows) < self.n_images:
+            raise ValueError(f"planned rows outside the manifest's {self.n_images} rows")
+        object.__setattr__(self, "_rows", rows)
+
+    @property
+    def n_extracted(self) -> int:
+        return len(self._rows)
 
     @property
     def n_shards(self) -> int:
-        return -(-self.n_images // self.shard_size)
+        return -(-len(self._rows) // self.shard_size)
 
     @property
     def names(self) -> list[str]:
         return [shard_name(index) for index in range(self.n_shards)]
 
-    def rows(self, shard: int | str) -> tuple[int, int]:
-        """The manifest rows ``[start, stop)`` of a shard, given by index or name."""
+    def rows(self, shard: int | str) -> list[int]:
+        """The manifest rows of a shard, given by index or name."""
         index = int(shard)
         if not 0 <= index < self.n_shards:
             raise ValueError(f"shard {shard} does not exist: the plan has {self.n_shards} shard(s)")
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.n_images)
+        return list(self._rows[index * self.shard_size : (index + 1) * self.shard_size])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_images": self.n_images, "shard_size": self.shard_size, "n_shards": self.n_shards}
+        return {
+            "n_images": self.n_images,
+            "shard_size": self.shard_size,
+            "n_shards": self.n_shards,
+            "n_extracted": self.n_extracted,
+            "cache": self.cache,
+            "extract": list(self._rows),
+        }
 
 
 def shard_name(index: int) -> str:
     return f"{index:0{SHARD_DIGITS}d}"
 
 
-def count_manifest_rows(manifest_path: str | Path) -> int:
-    """Images in a manifest, read one column at a time so memory stays small."""
+def write_shard_plan(
+    manifest_path: str | Path, out_path: str | Path, shard_size: int, cache: FeatureCache
+) -> ShardPlan:
+    """Plan the extraction of the contents of a manifest that ``cache`` lacks; the plan is written as JSON."""
     import pandas as pd
 
-    count = 0
-    for chunk in pd.read_csv(manifest_path, usecols=["id"], dtype={"id": str}, chunksize=1 << 18):
-        count += len(chunk)
-    return count
+    from cbir.feature_cache import contents_to_extract
 
-
-def write_shard_plan(manifest_path: str | Path, out_path: str | Path, shard_size: int) -> ShardPlan:
-    """Plan the shards of a manifest and write the plan as JSON (atomically)."""
-    n_images = count_manifest_rows(manifest_path)
-    if n_images == 0:
+    hashes = pd.read_csv(manifest_path, usecols=["sha256"], dtype={"sha256": str})
+    if hashes.empty:
         raise ValueError(f"manifest '{manifest_path}' lists no images: there is nothing to extract")
-    plan = ShardPlan(n_images, shard_size)
+    extract = contents_to_extract(hashes, cache.index())
+    plan = ShardPlan(len(hashes), shard_size, tuple(extract), str(cache.folder))
     with atomic_path(out_path) as tmp:
-        tmp.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(plan.to_dict()) + "\n")
     return plan
 
 
 def read_shard_plan(path: str | Path) -> ShardPlan:
     payload = json.loads(Path(path).read_text())
-    return ShardPlan(int(payload["n_images"]), int(payload["shard_size"]))
+    extract = payload.get("extract")
+    return ShardPlan(
+        int(payload["n_images"]),
+        int(payload["shard_size"]),
+        None if extract is None else tuple(int(row) for row in extract),
+        str(payload.get("cache", "")),
+    )
 
 
-def read_manifest_rows(manifest_path: str | Path, start: int, stop: int) -> pd.DataFrame:
-    """Rows ``[start, stop)`` of a manifest (as :func:`cbir.manifest.read_manifest` reads them),
-    without parsing the other rows."""
+def read_manifest_rows(manifest_path: str | Path, rows: Sequence[int], n_images: int | None = None) -> pd.DataFrame:
+    """The given rows of a manifest (as :func:`cbir.manifest.read_manifest` reads them), refused when the
+    manifest no longer has the ``n_images`` rows it was planned with."""
     from cbir.manifest import read_manifest
 
-    frame = read_manifest(manifest_path, start, stop)
-    if len(frame) != stop - start:
+    frame = read_manifest(manifest_path)
+    if (n_images is not None and len(frame) != n_images) or (rows and max(rows) >= len(frame)):
         raise ValueError(
-            f"manifest '{manifest_path}' has {start + len(frame)} rows, fewer than the {stop} planned: "
+            f"manifest '{manifest_path}' has {len(frame)} rows, not the {n_images} planned: "
             "it changed after the shards were planned"
         )
-    return frame
-
-
-# attributes that must agree between shards; device and precision (and why it was chosen) may
-# differ between the machines that ran them and are then recorded as the list of what was used
-_SHARD_INVARIANTS = (
-    "arch",
-    "weights",
-    "pooling",
-    "gem_p",
-    "image_size",
-    "layer",
-    "feature_dim",
-    "preprocessing",
-    "seed",
-)
-
-
-def gather_shards(
-    shard_paths: Sequence[str | Path],
-    out_path: str | Path,
-    *,
-    attrs: Mapping[str, Any] | None = None,
-    block_bytes: int = 64 << 20,
-) -> Path:
-    """Concatenate shard feature files, in the given order, into one feature file.
-
-    The result has the datasets and attributes :func:`extract_to_hdf5` writes for the whole
-    dataset (``features``, ``ids``, ``paths``, ``labels``; backbone, layer, preprocessing,
-    precision, device, versions), plus ``n_shards``. Features are copied block by block
-    (about ``block_bytes`` at a time), so memory does not grow with the dataset; the file
-    appears under its final name only once complete.
-    """
-    if not shard_paths:
-        raise ValueError("no shards to gather")
-    metas = []
-    for index, path in enumerate(shard_paths):
-        with h5py.File(path, "r") as f:
-            meta = read_attrs(f)
-            if not meta.get("complete"):
-                raise ValueError(f"shard '{path}' is incomplete")
-            if "shard" in meta and int(meta["shard"]) != index:
-                raise ValueError(f"shard '{path}' is shard {meta['shard']}, expected {index} at this position")
-            metas.append({**meta, "rows": f["features"].shape[0], "dim": f["features"].shape[1]})
-            metas[-1]["dtype"] = f["features"].dtype
-    first = metas[0]
-    for path, meta in zip(shard_paths, metas, strict=True):
-        for key in (*_SHARD_INVARIANTS, "dim", "dtype"):
-            if meta.get(key) != first.get(key):
-                raise ValueError(f"shard '{path}' differs from '{shard_paths[0]}' in {key}: {meta.get(key)!r}")
-    total = sum(meta["rows"] for meta in metas)
-    dim, dtype = first["dim"], np.dtype(first["dtype"])
-    rows_per_chunk = max(1, min(total, (1 << 20) // (dim * dtype.itemsize)))
-    rows_per_block = max(rows_per_chunk, (block_bytes // (dim * dtype.itemsize)) // rows_per_chunk * rows_per_chunk)
-
-    shard_keys = {"shard", "n_shards", "row_start", "row_stop", "complete"}
-    merged = {key: value for key, value in first.items() if key not in shard_keys | {"rows", "dim", "dtype"}}
-    for key in ("device", "precision", "precision_reason"):
-        used = sorted({str(meta.get(key)) for meta in metas})
-        merged[key] = used[0] if len(used) == 1 else used
-    merged["n_shards"] = len(shard_paths)
-
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as out:
-        features = out.create_dataset("features", shape=(total, dim), dtype=dtype, chunks=(rows_per_chunk, dim))
-        ids = out.create_dataset("ids", shape=(total,), dtype=STRING_DTYPE)
-        paths = out.create_dataset("paths", shape=(total,), dtype=STRING_DTYPE)
-        labels = out.create_dataset("labels", shape=(total,), dtype=np.int64)
-        write_attrs(out, {**merged, **(attrs or {})})
-        start = 0
-        for path, meta in zip(shard_paths, metas, strict=True):
-            with h5py.File(path, "r") as f:
-                n = meta["rows"]
-                ids[start : start + n] = f["ids"][()]
-                paths[start : start + n] = f["paths"][()]
-                labels[start : start + n] = f["labels"][()]
-                for offset in range(0, n, rows_per_block):
-                    stop = min(offset + rows_per_block, n)
-                    features[start + offset : start + stop] = f["features"][offset:stop]
-            start += n
-        out.attrs["complete"] = True
-    log.info("gathered %d shard(s), %d images, into %s", len(shard_paths), total, out_path)
-    return Path(out_path)
+    return frame.iloc[list(rows)].reset_index(drop=True)

@@ -74,6 +74,12 @@ def adapter_options(wildcards):
     return {k: v for k, v in dataset_entry(wildcards.dataset).items() if k != "how_to_get"}
 
 
+def dataset_files_state(wildcards):
+    """A digest of the dataset's own files where the user adds and changes them (cbir.datasets.Source.files_state)."""
+    entry = dataset_entry(wildcards.dataset)
+    return get_source(entry["source"]).files_state(entry, dataset_root(config, wildcards.dataset))
+
+
 def download_input(wildcards):
     """A dataset with a url depends on its download record; one without is read where it is."""
     if dataset_entry(wildcards.dataset).get("url"):

@@ -110,6 +110,11 @@ rule manifest:
 
     Unusable files go to excluded.csv with the reason; above data.max_excluded_fraction of them,
     or with fewer than two classes, or with a path outside the dataset folder, the job stops.
+    The files are inspected (decoded, measured, hashed) by data.scan_threads processes, except
+    those unchanged since the last run: same path, size and mtime in the file record cache
+    results/<dataset>/cache/file_records.csv (no output: Snakemake would delete it before the
+    job). A file edited in place that keeps both its size and mtime is not noticed (the rule
+    rsync and git use); deleting the cache forces a full rescan and otherwise only costs time.
     """
     input:
         manifest_input,
@@ -123,11 +128,14 @@ rule manifest:
         images=lambda wildcards: f"results/{wildcards.dataset}/images",
         # where the excluded files are listed when there are too many: the job's outputs are removed
         rejected=lambda wildcards: f"{LOGS}/manifest/{wildcards.dataset}.excluded.csv",
+        file_records=lambda wildcards: f"results/{wildcards.dataset}/cache/file_records.csv",
+        # names, sizes and mtimes of the dataset's files (folder datasets): a change rebuilds the manifest
+        files=dataset_files_state,
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/manifest/{{dataset}}.tsv"
-    threads: 1
+    threads: config["data"]["scan_threads"]
     resources:
         mem_mb=2000,
         runtime=60,

@@ -1,21 +1,30 @@
-# Sharded extraction: plan_shards (a checkpoint) cuts a dataset's manifest into shards of
-# extraction.shard_size images, extract_features runs one shard through the backbone (a GPU job
-# on a cluster; shards run in parallel and a failed shard reruns alone), gather_features
-# concatenates the shards into results/{dataset}/features/{backbone}.h5, which the model
-# stages read. Shard files are temporary: they are deleted once gathered.
+# Sharded extraction through the content-addressed feature cache (cbir.feature_cache): plan_shards
+# (a checkpoint) lists the images of a dataset whose content (SHA-256) the cache of the network's
+# fingerprint lacks and cuts them into shards of extraction.shard_size images; extract_features
+# runs one shard through the backbone into a pack of the cache (a GPU job on a cluster; shards run
+# in parallel and a failed shard reruns alone); gather_features assembles
+# results/{dataset}/features/{backbone}.h5 from the cache in manifest order, which the model
+# stages read. A rerun after adding, changing or renaming images extracts only the new contents.
+# The shards' receipts are temporary: they are deleted once gathered.
 
 checkpoint plan_shards:
-    """Cut a dataset's manifest into shards of extraction.shard_size images."""
+    """The images whose features the cache lacks, cut into shards of extraction.shard_size images."""
     input:
         manifest=MANIFEST,
+        engine=engine_input,
     output:
-        plan="results/{dataset}/shards/plan.json",
+        plan=SHARD_PLAN,
     params:
         shard_size=config["extraction"]["shard_size"],
+        cache=config["extraction"]["cache"],
+        # what the network's fingerprint is made of: changing any of them plans again
+        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        extraction=EXTRACTION_OPTIONS,
+        seed=SEED,
     log:
-        f"{LOGS}/plan_shards/{{dataset}}.log",
+        f"{LOGS}/plan_shards/{{dataset}}_{{backbone}}.log",
     benchmark:
-        f"{BENCHMARKS}/plan_shards/{{dataset}}.tsv"
+        f"{BENCHMARKS}/plan_shards/{{dataset}}_{{backbone}}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -30,7 +39,9 @@ rule prepare_engine:
     """The engine extraction runs in: OpenVINO (int8: quantized, calibrated on training images) or torch,
     checked against torch fp32 on held-out training images and, for auto, timed on this machine."""
     input:
-        manifest=MANIFEST,
+        # prepared once: images added later do not re-calibrate it (which would change every
+        # image's features and so miss the whole feature cache)
+        manifest=ancient(MANIFEST),
     output:
         engine=directory(ENGINE),
     params:
@@ -54,13 +65,13 @@ rule prepare_engine:
 
 
 rule extract_features:
-    """One shard of a dataset's images once through the backbone (CUDA when present)."""
+    """One shard of a dataset's images once through the backbone (CUDA when present), into the feature cache."""
     input:
         manifest=MANIFEST,
-        plan="results/{dataset}/shards/plan.json",
+        plan=SHARD_PLAN,
         engine=engine_input,
     output:
-        shard=temp(SHARD),
+        receipt=temp(SHARD),
     params:
         backbone=lambda wildcards: config["backbones"][wildcards.backbone],
         extraction=EXTRACTION_OPTIONS,
@@ -85,17 +96,13 @@ rule extract_features:
 
 
 rule gather_features:
-    """The shards, in manifest order, into one HDF5 per dataset and backbone (copied block by block)."""
+    """The dataset's feature file, in manifest order, from the feature cache (copied block by block)."""
     input:
-        shards=feature_shards,
+        manifest=MANIFEST,
+        plan=SHARD_PLAN,
+        receipts=feature_shards,
     output:
         features=FEATURES,
-    params:
-        # the shards' own settings: the shards are temporary, so a change is seen here and
-        # re-extracts them
-        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
-        extraction=EXTRACTION_OPTIONS,
-        seed=SEED,
     log:
         f"{LOGS}/gather_features/{{dataset}}_{{backbone}}.log",
     benchmark:

@@ -11,17 +11,15 @@ from cbir.resources import (  # noqa: E402
     has_nvidia_driver,
     train_fraction,
 )
+from cbir.feature_cache import FEATURE_SETTINGS  # noqa: E402
 from cbir.shards import read_shard_plan  # noqa: E402
 
-SHARD = "results/{dataset}/shards/{backbone}/{shard}.h5"
-# what a shard's features depend on: the shard plan has its own job, and seconds_per_image only
-# sizes the wall time asked of a scheduler, so changing either re-extracts nothing by itself
-# The extraction settings that change the features, and so re-extract them when changed; speed
-# settings (batch size, workers, threads) and the shard layout's sizing are read from the config
-# by the scripts and rerun nothing.
-EXTRACTION_OPTIONS = {
-    key: config["extraction"][key] for key in ("device", "precision", "feature_dtype", "engine", "calibration_images")
-}
+SHARD_PLAN = "results/{dataset}/shards/{backbone}/plan.json"
+SHARD = "results/{dataset}/shards/{backbone}/{shard}.json"  # a receipt: the pack of the cache holding the shard
+# The extraction settings that change the features (part of the network's fingerprint): changing
+# one plans the extraction again under another fingerprint. Speed settings (batch size, workers,
+# threads) and the shard layout's sizing are read from the config by the scripts and rerun nothing.
+EXTRACTION_OPTIONS = {key: config["extraction"][key] for key in FEATURE_SETTINGS}
 ENGINE = "results/{dataset}/engine/{backbone}"
 
 
@@ -34,7 +32,7 @@ def engine_input(wildcards):
 
 def feature_shards(wildcards):
     """The shard files of a dataset and backbone, known once the checkpoint has planned them."""
-    plan = read_shard_plan(checkpoints.plan_shards.get(dataset=wildcards.dataset).output.plan)
+    plan = read_shard_plan(checkpoints.plan_shards.get(dataset=wildcards.dataset, backbone=wildcards.backbone).output.plan)
     return expand(SHARD, dataset=wildcards.dataset, backbone=wildcards.backbone, shard=plan.names)
 
 

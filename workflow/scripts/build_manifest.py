@@ -6,20 +6,25 @@ from pathlib import Path
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.datasets import build_manifest, get_source
+from cbir.inspection import FileRecords
 from cbir.manifest import accept_manifest, excluded_file_count, write_manifest
 from cbir.runtime import run_step
 
 
 def main(smk) -> None:
     source, entry, root, images = smk.params.source, smk.params.entry, Path(smk.params.root), Path(smk.params.images)
-    manifest = build_manifest(source, entry, root, images)
+    log = logging.getLogger("cbir.manifest")
+    records = FileRecords.load(smk.params.file_records)
+    manifest = build_manifest(source, entry, root, images, records=records, workers=smk.threads)
+    # saved before the checks below: what the files hold stays true even if the manifest is refused
+    records.save(smk.params.file_records)
+    log.info("manifest: %s", records.summary(smk.params.file_records))
     # the folder every image must lie in: the images the workflow exported (CIFAR-10), or the dataset's files
     inside = get_source(source).images_folder(entry, root, images)
     # read from the config, not a param: changing the limit re-indexes nothing that passed it
     limit = smk.config["data"]["max_excluded_fraction"]
     fraction = accept_manifest(manifest, inside, max_excluded_fraction=limit, rejected_csv=smk.params.rejected)
     write_manifest(manifest, smk.output.manifest, smk.output.excluded)
-    log = logging.getLogger("cbir.manifest")
     log.info("%d images in %d classes", len(manifest.images), len(manifest.classes))
     n_excluded = excluded_file_count(manifest.excluded)
     if n_excluded:

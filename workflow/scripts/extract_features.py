@@ -1,4 +1,4 @@
-"""Run one shard of a dataset's images through a backbone and stream the CNN codes to HDF5."""
+"""Run one shard of a dataset's images through a backbone and stream the CNN codes into a pack of the feature cache."""
 
 import torch
 
@@ -19,7 +19,7 @@ def main(smk) -> None:
         read_shard_plan(smk.input.plan),
         smk.wildcards.shard,
         BackboneSpec.from_config(smk.params.backbone),
-        smk.output.shard,
+        smk.output.receipt,
         batch_size=options["batch_size"],
         num_workers=options["num_workers"],
         device=options["device"],
@@ -27,7 +27,6 @@ def main(smk) -> None:
         feature_dtype=options["feature_dtype"],
         seed=smk.params.seed,
         engine=read_engine(smk.input.engine) if smk.input.engine else None,
-        attrs={"dataset": smk.wildcards.dataset, "backbone": smk.wildcards.backbone},
     )
 
 

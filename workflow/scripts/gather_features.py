@@ -1,13 +1,26 @@
-"""Gather a dataset's feature shards, in manifest order, into its single feature file."""
+"""Assemble a dataset's feature file, in manifest order, from the feature cache."""
+
+from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.feature_cache import FeatureCache, assemble_features
+from cbir.manifest import read_manifest
 from cbir.runtime import run_step
-from cbir.shards import gather_shards
+from cbir.shards import read_shard_plan
 
 
 def main(smk) -> None:
-    gather_shards(list(smk.input.shards), smk.output.features)
+    plan = read_shard_plan(smk.input.plan)
+    attrs = {
+        "dataset": smk.wildcards.dataset,
+        "backbone": smk.wildcards.backbone,
+        "n_extracted": plan.n_extracted,
+        "feature_cache": plan.cache,
+    }
+    assemble_features(
+        FeatureCache(Path(plan.cache)), read_manifest(smk.input.manifest), smk.output.features, attrs=attrs
+    )
 
 
 run_step(snakemake, main)

@@ -1,17 +1,27 @@
-"""Cut a dataset's manifest into shards of extraction.shard_size images (the checkpoint of the fan-out)."""
+"""Plan the extraction of a dataset's images whose features the cache lacks (the checkpoint of the fan-out)."""
 
 import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.feature_cache import FeatureCache, network_fingerprint
 from cbir.runtime import run_step
 from cbir.shards import write_shard_plan
 
 
 def main(smk) -> None:
-    plan = write_shard_plan(smk.input.manifest, smk.output.plan, smk.params.shard_size)
+    fingerprint = network_fingerprint(
+        smk.params.backbone, smk.params.extraction, smk.params.seed, smk.input.engine or None
+    )
+    cache = FeatureCache.open(smk.params.cache, fingerprint)
+    plan = write_shard_plan(smk.input.manifest, smk.output.plan, smk.params.shard_size, cache)
     logging.getLogger("cbir.plan_shards").info(
-        "%d images in %d shard(s) of at most %d", plan.n_images, plan.n_shards, plan.shard_size
+        "%d images: %d to extract in %d shard(s) of at most %d, the others' features are in the cache %s",
+        plan.n_images,
+        plan.n_extracted,
+        plan.n_shards,
+        plan.shard_size,
+        cache.folder,
     )
 
 

@@ -50,6 +50,7 @@ from cbir.datasets.folder import FolderSource
 from cbir.datasets.indexed import COREL1K_CLASSES, Corel1kSource, Corel10kSource, Ghim10kSource, IndexedSpec
 from cbir.datasets.source import COMMON_KEYS, Source, data_dir
 from cbir.datasets.voc2012 import VOC_CLASSES, Voc2012Source, voc_labels
+from cbir.inspection import FileRecords, scanning
 from cbir.manifest import DatasetError, Manifest
 
 __all__ = [
@@ -174,13 +175,24 @@ def entry_problems(name: str, entry: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def build_manifest(source: str, entry: Mapping[str, Any], root: Path, images_dir: Path | None = None) -> Manifest:
+def build_manifest(
+    source: str,
+    entry: Mapping[str, Any],
+    root: Path,
+    images_dir: Path | None = None,
+    *,
+    records: FileRecords | None = None,
+    workers: int = 1,
+) -> Manifest:
     """The manifest of any configured dataset; ``images_dir`` is where the workflow exported its images.
 
+    The source's files are inspected by ``workers`` processes, except those ``records`` (the
+    dataset's file record cache) knows unchanged; ``records`` then also holds what was found.
     A dataset in which no image could be used is an error, not an empty table.
     """
     root = Path(root)
-    manifest = get_source(source).manifest(entry, root, images_dir)
+    with scanning(records, workers):
+        manifest = get_source(source).manifest(entry, root, images_dir)
     if manifest.images.empty:
         reasons = manifest.excluded["reason"].value_counts().head(3).to_dict() if len(manifest.excluded) else {}
         raise DatasetError(

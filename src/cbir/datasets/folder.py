@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
+from cbir.inspection import listing_digest
 from cbir.manifest import Manifest, count_class_files, scan_image_folder
 
 
@@ -19,6 +20,10 @@ class FolderSource(Source):
     def missing_reason(self, entry: Mapping[str, Any], root: Path) -> str | None:
         folder = data_dir(root, entry)
         return None if folder.is_dir() else f"'{folder}' does not exist"
+
+    def files_state(self, entry: Mapping[str, Any], root: Path) -> str | None:
+        folder = data_dir(root, entry)
+        return listing_digest(folder) if folder.is_dir() else None
 
     def class_sizes(self, entry: Mapping[str, Any], root: Path, official: bool) -> tuple[list[int], str] | None:
         """Counted: files with an image extension per class folder (some may still be excluded)."""

@@ -19,9 +19,10 @@ import pandas as pd
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
 from cbir.manifest import (
     DatasetError,
+    ImageEntry,
     Manifest,
     check_class_counts,
-    image_record,
+    image_records,
     make_manifest,
     natural_key,
     relabel,
@@ -66,36 +67,58 @@ def resolve_layout(folder: Path, layout: str) -> str:
 
 
 def flat_indexed_manifest(folder: Path, spec: IndexedSpec, first_index: int = 0) -> Manifest:
-    """Numbered files in one folder: class = (index - first_index) // images_per_class."""
-    total = spec.n_classes * spec.images_per_class
+    """Numbered files in one folder: class = (index - first_index) // images_per_class.
+
+    Of two files with the same index the first usable one (in natural order) is kept.
+    """
+    # the names are checked first, then the numbered files inspected together
+    steps = [_flat_step(path, spec, first_index) for path in _image_files(folder)]
+    numbered = [step for step in steps if isinstance(step, _NumberedFile)]
+    records = iter(image_records([step.entry for step in numbered]))
     rows: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
     seen: dict[int, str] = {}
-    for path in _image_files(folder):
-        match = INDEX_NAME.fullmatch(path.name)
-        if not match:
-            excluded.append({"path": str(path), "class_name": "", "reason": "file name is not an index (<n>.jpg)"})
+    for step in steps:
+        if not isinstance(step, _NumberedFile):
+            excluded.append(step)
             continue
-        index = int(match[1]) - first_index
-        if not 0 <= index < total:
-            reason = (
-                f"index {match[1]} outside {first_index}..{first_index + total - 1} "
-                f"({spec.n_classes} classes x {spec.images_per_class})"
-            )
-            excluded.append({"path": str(path), "class_name": "", "reason": reason})
-            continue
-        label = index // spec.images_per_class
-        if index in seen:
-            reason = f"duplicate index {match[1]} (also '{seen[index]}')"
-            excluded.append({"path": str(path), "class_name": spec.name(label), "reason": reason})
-            continue
-        record = image_record(path, path.name, label, spec.name(label))
-        if isinstance(record, str):
-            excluded.append({"path": str(path), "class_name": spec.name(label), "reason": record})
-            continue
-        seen[index] = path.name
-        rows.append(record)
+        record = next(records)
+        path, name, _, class_name = step.entry
+        if step.index in seen:
+            reason = f"duplicate index {step.number} (also '{seen[step.index]}')"
+            excluded.append({"path": str(path), "class_name": class_name, "reason": reason})
+        elif isinstance(record, str):
+            excluded.append({"path": str(path), "class_name": class_name, "reason": record})
+        else:
+            seen[step.index] = name
+            rows.append(record)
     return make_manifest(rows, excluded, [spec.name(label) for label in range(spec.n_classes)])
+
+
+@dataclass(frozen=True)
+class _NumberedFile:
+    """A file whose name is an index in range: what to inspect, its index from 0, and its number as written."""
+
+    entry: ImageEntry
+    index: int
+    number: str
+
+
+def _flat_step(path: Path, spec: IndexedSpec, first_index: int) -> _NumberedFile | dict[str, Any]:
+    """The numbered file at ``path``, or the excluded row saying why its name gives no class."""
+    match = INDEX_NAME.fullmatch(path.name)
+    if not match:
+        return {"path": str(path), "class_name": "", "reason": "file name is not an index (<n>.jpg)"}
+    total = spec.n_classes * spec.images_per_class
+    index = int(match[1]) - first_index
+    if not 0 <= index < total:
+        reason = (
+            f"index {match[1]} outside {first_index}..{first_index + total - 1} "
+            f"({spec.n_classes} classes x {spec.images_per_class})"
+        )
+        return {"path": str(path), "class_name": "", "reason": reason}
+    label = index // spec.images_per_class
+    return _NumberedFile((path, path.name, label, spec.name(label)), index, match[1])
 
 
 def _named_class_mapping(folders: Iterable[str], names: Sequence[str], folder: Path) -> dict[str, int]:

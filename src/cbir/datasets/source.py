@@ -42,6 +42,13 @@ class Source(ABC):
     def manifest(self, entry: Mapping[str, Any], root: Path, images_dir: Path | None = None) -> Manifest:
         """The manifest of the dataset; ``images_dir`` is the folder the workflow exported its images to."""
 
+    def files_state(self, entry: Mapping[str, Any], root: Path) -> str | None:
+        """A digest of the files the manifest is built from (names, sizes, modification times), a param of
+        the manifest rule: adding, removing or changing a file rebuilds the manifest, and then only what
+        follows from the change. None where the files are not the user's to change (downloaded archives,
+        generated or exported images: the rules that write them are tracked already)."""
+        return None
+
     def class_sizes(self, entry: Mapping[str, Any], root: Path, official: bool) -> tuple[list[int], str] | None:
         """Images per class as known before the manifest is built, and where that is known from (None: unknown).
 

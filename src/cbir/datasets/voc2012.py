@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
-from cbir.manifest import DatasetError, Manifest, image_record, make_manifest
+from cbir.manifest import DatasetError, ImageEntry, Manifest, image_records, make_manifest
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -60,6 +61,32 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class _VocImage:
+    """An image its annotation labels: what to inspect, its label set and official subset."""
+
+    entry: ImageEntry
+    present: list[str]
+    subset: str
+
+
+def _voc_step(voc: Path, image_id: str, train: set[str], val: set[str]) -> _VocImage | dict[str, Any]:
+    """The labelled image of ``image_id``, or the excluded row saying why its annotation gives no label."""
+    image = voc / "JPEGImages" / f"{image_id}.jpg"
+    xml_path = voc / "Annotations" / f"{image_id}.xml"
+    try:
+        primary, present = voc_labels(voc_objects(xml_path))
+    except FileNotFoundError:
+        return {"path": str(image), "class_name": "", "reason": f"no annotation '{xml_path.name}'"}
+    except (ET.ParseError, ValueError) as error:
+        return {"path": str(image), "class_name": "", "reason": f"cannot read annotation '{xml_path.name}': {error}"}
+    if primary is None:
+        return {"path": str(image), "class_name": "", "reason": "annotation has no object of the 20 VOC classes"}
+    subset = "train" if image_id in train else "test" if image_id in val else ""
+    entry = (image, f"JPEGImages/{image_id}.jpg", VOC_CLASSES.index(primary), primary)
+    return _VocImage(entry, present, subset)
+
+
 def voc_manifest(root: Path) -> Manifest:
     """The images of ``ImageSets/Main/trainval.txt``, each labelled from its annotation.
 
@@ -78,30 +105,21 @@ def voc_manifest(root: Path) -> Manifest:
         ids = sorted(p.stem for p in (voc / "Annotations").glob("*.xml"))
     train = set(_read_ids(main / "train.txt")) if (main / "train.txt").is_file() else set()
     val = set(_read_ids(main / "val.txt")) if (main / "val.txt").is_file() else set()
+    # the annotations are read first, then the images they label are inspected together
+    steps = [_voc_step(voc, image_id, train, val) for image_id in ids]
+    labelled = [step for step in steps if isinstance(step, _VocImage)]
+    records = iter(image_records([step.entry for step in labelled]))
     rows: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
-    for image_id in ids:
-        image = voc / "JPEGImages" / f"{image_id}.jpg"
-        xml_path = voc / "Annotations" / f"{image_id}.xml"
-        try:
-            primary, present = voc_labels(voc_objects(xml_path))
-        except FileNotFoundError:
-            excluded.append({"path": str(image), "class_name": "", "reason": f"no annotation '{xml_path.name}'"})
+    for step in steps:
+        if not isinstance(step, _VocImage):
+            excluded.append(step)
             continue
-        except (ET.ParseError, ValueError) as error:
-            reason = f"cannot read annotation '{xml_path.name}': {error}"
-            excluded.append({"path": str(image), "class_name": "", "reason": reason})
-            continue
-        if primary is None:
-            reason = "annotation has no object of the 20 VOC classes"
-            excluded.append({"path": str(image), "class_name": "", "reason": reason})
-            continue
-        record = image_record(image, f"JPEGImages/{image_id}.jpg", VOC_CLASSES.index(primary), primary)
+        record = next(records)
         if isinstance(record, str):
-            excluded.append({"path": str(image), "class_name": primary, "reason": record})
-            continue
-        subset = "train" if image_id in train else "test" if image_id in val else ""
-        rows.append({**record, "labels": "|".join(present), "official_subset": subset})
+            excluded.append({"path": str(step.entry[0]), "class_name": step.entry[3], "reason": record})
+        else:
+            rows.append({**record, "labels": "|".join(step.present), "official_subset": step.subset})
     return make_manifest(rows, excluded, VOC_CLASSES, extra=("labels", "official_subset"))
 
 
