@@ -52,3 +52,15 @@ def test_scale_benchmark_runs_every_stage_and_estimates_ten_million(tmp_path):
     assert set(rows) == set(SCALE_STAGES) and line["settings"]["n"] == 3000
     assert all(row["wall_s"] >= 0 and row["peak_rss_mb"] > 0 for row in rows.values())
     assert rows["query-ivf"]["recall_at_10"] > 0.5 and rows["query-flat"]["recall_at_10"] == 1.0
+
+
+def test_incremental_benchmark_reruns_only_the_added_images(tmp_path):
+    command = [sys.executable, "benchmarks/incremental.py", "--images", "60", "--add", "3", "--classes", "3",
+               "--image-size", "32", "--shard-size", "25", "--cores", "1"]  # fmt: skip
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rerun / scratch wall time" in result.stdout
+    line = json.loads((REPO / "benchmarks/results/incremental.jsonl").read_text().splitlines()[-1])
+    scratch, rerun = line["rows"]
+    assert (scratch["extracted"], rerun["extracted"]) == (60, 3)
+    assert scratch["inspected"] == "60 inspected, 0 reused" and rerun["inspected"] == "3 inspected, 60 reused"
