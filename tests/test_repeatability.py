@@ -102,8 +102,10 @@ def test_every_artifact_records_the_seed_and_the_library_versions(finished_run):
     root, config = finished_run
     artifacts = sorted((root / "results").rglob("*.h5"))
     further_spaces = len(config["grid"]["embeddings"]) - 1
-    # features, PCA basis, per cell: projection, gallery, classifier, clusters, and each further space with its clusters
-    assert len(artifacts) == 1 + 1 + 3 * (4 + 2 * further_spaces)
+    # the feature cache's pack, features, PCA basis, per cell: projection, gallery, classifier, clusters, and each
+    # further space with its clusters
+    assert len(list((root / "results/cache/features").rglob("*.h5"))) == 1
+    assert len(artifacts) == 1 + 1 + 1 + 3 * (4 + 2 * further_spaces)
     for path in artifacts:
         with h5py.File(path) as f:
             attrs = read_attrs(f)

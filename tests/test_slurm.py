@@ -119,7 +119,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_the_local_run(slurm_cluster, fi
 
     # every rule ran inside a SLURM job, and accounting lists each job as COMPLETED
     ids = job_ids_in_logs(tmp_path)
-    assert {"manifest/tiny.log", "plan_shards/tiny.log", "fit_pca/tiny_lite_80-20.log"} <= set(ids)
+    assert {"manifest/tiny.log", "plan_shards/tiny_lite.log", "fit_pca/tiny_lite_80-20.log"} <= set(ids)
     shards = [name for name in ids if name.startswith("extract_features/")]
     assert shards == ["extract_features/tiny_lite_00000.log", "extract_features/tiny_lite_00001.log"]
     not_slurm = {name: job for name, job in ids.items() if not job.isdigit()}
