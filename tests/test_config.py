@@ -229,8 +229,9 @@ def test_an_unknown_key_anywhere_is_named_with_the_allowed_keys(path):
                                               "(defined: efficientnet_lite0, vgg16)"),
         (("backbones", "vgg16", "arch"), "resnet9000", "allowed: vgg16, efficientnet_lite0"),
         (("datasets", "digits", "source"), "imagenet", "allowed: folder, sklearn_digits, corel1k"),
-        (("grid", "splits"), ["80/20"], "'grid.splits[0]': '80/20' does not match '^([0-9]{1,2}-[0-9]{1,2}|official)$' "
-                                        "(TRAIN-TEST percentages summing to 100, such as 80-20, or official.)"),
+        (("grid", "splits"), ["80/20"], "'grid.splits[0]': '80/20' does not match "
+                                        "'^([0-9]{1,2}-[0-9]{1,2}|official|all)$' "
+                                        "(TRAIN-TEST percentages summing to 100, such as 80-20, official or all.)"),
         (("grid", "splits"), ["eighty-twenty"], "'grid.splits[0]'"),
         (("grid", "splits"), ["100-0"], "'grid.splits[0]'"),
         (("grid", "splits"), ["0-99"], "must be TRAIN-TEST percentages that are both above 0 and sum to 100"),

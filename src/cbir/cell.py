@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cbir.classify import MlpModel, load_mlp
+from cbir.classify import MlpModel, load_mlp, single_class_model
 from cbir.cluster import IntraClassClusters, load_clusters
 from cbir.io import load_arrays
 from cbir.reduce import Projection, load_projection
@@ -166,6 +166,7 @@ class Cell:
     models: CellModels
     reduced_dim: int  # dimensions of the projected features (the MLP's input)
     space: str = RAW  # the embedding space every search ranks in
+    labelled: bool = True  # False: a collection without labels (no classifier; one class, clusters over all)
 
     @property
     def root(self) -> Path:
@@ -262,7 +263,8 @@ def load_cell(
             f"model folder '{folder}' has no embedding space '{space}' "
             f"(available: {', '.join(sorted({RAW, *fitted_spaces(folder)}))})"
         )
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    labelled = _gallery_is_labelled(folder)
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file() and (labelled or name != CLASSIFIER)]
     ks = available_k(folder, RAW if space == BEST else space)
     if not ks:
         missing.append(clusters_name("<k>", RAW if space == BEST else space))
@@ -288,9 +290,14 @@ def load_cell(
     if list(cluster_ids) != list(gallery["ids"]):
         raise ModelFolderError(f"'{folder / clusters_name(k, space)}' was fitted on other images than the gallery")
     embedding = None if space == RAW else _read_artifact(folder / embedding_name(space), load_embedding)
+    classifier = (
+        _read_artifact(folder / CLASSIFIER, load_mlp)
+        if labelled
+        else single_class_model(int(gallery["features"].shape[1]))
+    )
     models = build_models(
         _read_artifact(folder / PROJECTION, load_projection),
-        _read_artifact(folder / CLASSIFIER, load_mlp),
+        classifier,
         gallery["features"],
         gallery["labels"],
         clusters,
@@ -312,4 +319,16 @@ def load_cell(
         models=models,
         reduced_dim=int(gallery["features"].shape[1]),
         space=space,
+        labelled=labelled,
     )
+
+
+def _gallery_is_labelled(folder: Path) -> bool:
+    """False for a collection without labels (``labelled`` recorded in the gallery; older galleries have labels)."""
+    import h5py
+
+    try:
+        with h5py.File(folder / GALLERY, "r") as f:
+            return bool(f.attrs.get("labelled", True))
+    except OSError:  # missing or damaged: reported with the other artifacts
+        return True

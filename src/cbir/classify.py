@@ -42,6 +42,19 @@ class MlpModel:
         return self.classes[np.argmax(self.predict_proba(features), axis=1)]
 
 
+def single_class_model(dim: int) -> MlpModel:
+    """The classifier of a collection without labels: every image is in its one class (label 0), so
+    the clustered search looks among all clusters and the class search is the global one."""
+    return MlpModel(
+        scaler_mean=np.zeros(dim, dtype=np.float32),
+        scaler_scale=np.ones(dim, dtype=np.float32),
+        weights=[np.zeros((dim, 1), dtype=np.float32)],
+        biases=[np.zeros(1, dtype=np.float32)],
+        classes=np.zeros(1, dtype=np.int64),
+        output_activation="softmax",
+    )
+
+
 def train_mlp(
     features: np.ndarray,
     labels: np.ndarray,

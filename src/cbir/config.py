@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 ORIGINAL = "original"
 OFFICIAL = "official"  # the dataset's own train/test split (CIFAR-10, VOC 2012), beside the ratio splits
+ALL = "all"  # every image in the gallery: collections without labels (labels: none)
 
 
 class ConfigError(ValueError):
@@ -157,11 +159,25 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
                     f"(sources {', '.join(official)}); {', '.join(without)} has none"
                 )
             continue
+        if split == ALL:
+            labelled = [name for name in grid["datasets"] if dataset_is_labelled(config, name)]
+            if labelled:
+                problems.append(
+                    f"config key 'grid.splits[{i}]': 'all' (every image in the gallery, nothing held out) is for "
+                    f"datasets without labels (labels: none); {', '.join(labelled)} has labels: use a ratio split"
+                )
+            continue
         train, test = (int(p) for p in split.split("-"))
         if train + test != 100 or train == 0 or test == 0:
             problems.append(
                 f"config key 'grid.splits[{i}]': '{split}' must be TRAIN-TEST percentages "
                 "that are both above 0 and sum to 100, such as 80-20"
+            )
+    for name, entry in config["datasets"].items():
+        if "clusters" in entry and entry.get("labels") != "none":
+            problems.append(
+                f"config key 'datasets.{name}.clusters': k-means over the whole collection is for a dataset "
+                "without labels (labels: none); a labelled dataset is clustered per class with grid.k"
             )
     for kind in ("datasets", "backbones"):
         for i, name in enumerate(grid[kind]):
@@ -254,7 +270,7 @@ def max_train_images(class_sizes: list[int], split: str) -> int:
     """At most how many training images a split of a dataset with these class sizes has."""
     from cbir.split import train_count
 
-    if split == OFFICIAL:
+    if split in (OFFICIAL, ALL):
         return sum(class_sizes)
     fraction = parse_split(split)
     return sum(train_count(n, fraction) for n in class_sizes if n > 0)
@@ -304,7 +320,9 @@ def pca_size_problems(config: Mapping[str, Any]) -> list[str]:
 
 
 def parse_split(split: str) -> float:
-    """'80-20' -> 0.8, the training fraction."""
+    """'80-20' -> 0.8, the training fraction; 'all' -> 1."""
+    if split == ALL:
+        return 1.0
     train, test = (int(p) for p in split.split("-"))
     return train / (train + test)
 
@@ -380,5 +398,24 @@ def grid_cells(config: Mapping[str, Any]) -> list[GridCell]:
         for backbone in grid["backbones"]
         for split in grid["splits"]
         for pca in grid["pca"]
-        for k in grid["k"]
+        for k in cluster_counts(config, dataset)
     ]
+
+
+def dataset_is_labelled(config: Mapping[str, Any], dataset: str) -> bool:
+    from cbir.datasets import is_labelled
+
+    return is_labelled(config["datasets"][dataset])
+
+
+def cluster_counts(config: Mapping[str, Any], dataset: str) -> list[int]:
+    """The k of a dataset's cells: the grid's k-means clusters per class, or for a collection without labels
+    its ``clusters`` over the whole collection (``auto``: the square root of its image files, at least 1)."""
+    if dataset_is_labelled(config, dataset):
+        return [int(k) for k in config["grid"]["k"]]
+    clusters = config["datasets"][dataset].get("clusters", "auto")
+    if clusters != "auto":
+        return [int(clusters)]
+    bound = class_sizes_bound(config, dataset, official=False)
+    n_images = sum(bound[0]) if bound else 0
+    return [max(1, round(math.sqrt(n_images)))]

@@ -336,6 +336,38 @@ def evaluate_cell(
     return metrics
 
 
+def evaluate_without_labels(
+    models: CellModels, raw_queries: np.ndarray, own_rows: np.ndarray, *, top_k: int = 5
+) -> dict[str, Any]:
+    """A collection without labels: each search's recall@k against exact search over the whole gallery,
+    and single/batched timings. ``own_rows``: each query's own gallery row (-1 for a query that is not in
+    the gallery), left out of every result so that no query finds itself."""
+    reduced = models.projection.transform(raw_queries)
+    predicted = models.mlp.predict(reduced)  # one class: every search looks at the whole gallery
+    rankings = {}
+    for mode, search in models.searchers().items():
+        if mode == "class":  # one class: the global search
+            continue
+        indices = search(reduced, predicted, top_k + 1)[0]
+        rankings[mode] = np.array([row[row != own][:top_k] for row, own in zip(indices, own_rows, strict=True)])
+    metrics: dict[str, Any] = {"n_test": len(raw_queries), "queries_from_gallery": bool((own_rows >= 0).any())}
+    for mode, indices in rankings.items():
+        if mode != "global":
+            metrics[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
+    metrics.update(time_single_queries(models, raw_queries, top_k))
+    metrics.update(time_batched_queries(models, raw_queries, top_k))
+    return metrics
+
+
+def gallery_queries(features: str, gallery_ids: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``all``: a seeded sample of ``n`` gallery images as queries (raw features), with their gallery rows."""
+    from cbir.io import load_features
+
+    rows = np.sort(np.random.default_rng(seed).permutation(len(gallery_ids))[: min(n, len(gallery_ids))])
+    raw = load_features(features, [str(gallery_ids[row]) for row in rows]).features
+    return raw, rows
+
+
 # --- one grid cell from its artifacts ------------------------------------------------------
 
 
@@ -398,9 +430,18 @@ def cell_metrics(
         "mlp_converged": models.mlp.converged,
         "faiss_ivf_nlist": models.faiss["ivf"].nlist if "ivf" in models.faiss else None,
     }
-    query_sets = manifest_label_sets(table, test.ids, n_classes)
-    gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
-    result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
+    result["labelled"] = cell.labelled
+    if not cell.labelled:
+        if len(test.ids):
+            raw_queries, own_rows = test.features, np.full(len(test.ids), -1)
+        else:  # split all: queries drawn from the gallery
+            raw_queries, own_rows = gallery_queries(features, cell.gallery_ids, retrieval["eval_queries"], seed)
+        result.update(evaluate_without_labels(models, raw_queries, own_rows, top_k=top_k))
+        rerank = None  # re-ranking is measured by its precision, which needs labels
+    else:
+        query_sets = manifest_label_sets(table, test.ids, n_classes)
+        gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
+        result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
     if cell.space != "raw":
         from cbir.cell import embedding_name
 

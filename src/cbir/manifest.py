@@ -18,6 +18,8 @@ from cbir.inspection import ImageFacts, inspect_file, inspect_images
 MANIFEST_COLUMNS = ["id", "path", "label", "class_name", "width", "height", "bytes", "sha256"]
 EXCLUDED_COLUMNS = ["path", "class_name", "reason"]
 DUPLICATE_COLUMNS = ["sha256", "id", "class_name", "copies", "across_classes"]
+# the one class of a collection without labels (a folder dataset with labels: none)
+UNLABELLED = "unlabelled"
 # the excluded.csv row of a class folder in which no image could be used (the class is left out)
 EMPTY_CLASS_REASON = "class folder holds no readable image: the class is left out"
 
@@ -31,6 +33,7 @@ class Manifest:
     images: pd.DataFrame
     excluded: pd.DataFrame
     classes: list[str]
+    labelled: bool = True  # False: a collection without labels (every image in the one class UNLABELLED)
 
 
 def scan_image_folder(root: str | Path) -> Manifest:
@@ -78,6 +81,31 @@ def scan_image_folder(root: str | Path) -> Manifest:
         images=pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
         excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
         classes=classes,
+    )
+
+
+def scan_unlabelled_folder(root: str | Path) -> Manifest:
+    """Index every image below ``root``, in any sub-folder, as one collection without labels: label 0,
+    class :data:`UNLABELLED`. Hidden files and folders are ignored and unusable files excluded with
+    their reason, as :func:`scan_image_folder` does."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder")
+    excluded: list[dict[str, Any]] = []
+    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(root, excluded, UNLABELLED)]
+    inspections = iter(inspect_images([path for path, row_id in files if is_utf8_name(row_id)]))
+    rows: list[dict[str, Any]] = []
+    for path, row_id in files:
+        outcome = next(inspections) if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
+        if isinstance(outcome, str):
+            excluded.append({"path": display_path(path), "class_name": UNLABELLED, "reason": outcome})
+        else:
+            rows.append(image_row(path, row_id, 0, UNLABELLED, outcome))
+    return Manifest(
+        images=pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        classes=[UNLABELLED] if rows else [],
+        labelled=False,
     )
 
 
@@ -158,6 +186,11 @@ def count_class_files(root: str | Path) -> list[int]:
         files = _class_files(class_dir, [], class_dir.name)
         counts.append(sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in files))
     return counts
+
+
+def count_image_files(root: str | Path) -> int:
+    """Files with an image extension anywhere below ``root``, without opening them (a collection without labels)."""
+    return sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in _class_files(Path(root), [], ""))
 
 
 def natural_key(name: str) -> list[Any]:
@@ -280,7 +313,8 @@ def accept_manifest(
     except DatasetError:
         write_csv_table(manifest.excluded, rejected_csv)
         raise
-    check_usable(manifest.images, root)
+    if manifest.labelled:
+        check_usable(manifest.images, root)
     return fraction
 
 

@@ -232,6 +232,8 @@ class Summary:
     datasets: pd.DataFrame | None = None  # datasets.csv
     plots: dict[str, Path] = field(default_factory=dict)  # the plots written so far, for the pages to show
     spaces: pd.DataFrame | None = None  # every cell in every embedding space, raw included (spaces.csv)
+    # cells of datasets without labels (labels: none): their recall against exact search, not the paper's tables
+    collections: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @functools.cached_property
     def matched(self) -> dict[str, paper.Match]:
@@ -510,6 +512,47 @@ class SummaryTable:
         return Doc().table(self.wide(summary, split) if wide is None else wide)
 
 
+def split_collections(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cells of labelled datasets, and those of collections without labels (``labelled`` false)."""
+    if "labelled" not in frame.columns:
+        return frame, frame.iloc[:0]
+    labelled = frame["labelled"].map(lambda value: value is not False and str(value) != "False")
+    return frame[labelled].reset_index(drop=True), frame[~labelled].reset_index(drop=True)
+
+
+def collections_table(summary: Summary, split: str) -> pd.DataFrame:
+    """Collections without labels: each search's recall@k against exact search and its median time (ms)."""
+    frame = summary.collections
+    if frame.empty or not (frame["split"] == split).any():
+        return pd.DataFrame()
+    rows = frame[frame["split"] == split]
+    rows.index = [f"{r.dataset} / {r.backbone} / PCA {r.pca} / {r.k} clusters" for r in rows.itertuples()]
+    top_k = _top_k(frame)
+    columns = {"images in the gallery": "n_train", "queries": "n_test", "clusters": "n_clusters"}
+    for mode in MODE_TITLES:
+        columns[f"recall@{top_k} {MODE_TITLES[mode].report}"] = f"recall_at_{top_k}_vs_exact_{mode}"
+    table = _columns_table(rows, columns)
+    for mode in modes_in(frame):
+        if mode != "class":
+            table[f"ms {MODE_TITLES[mode].report}"] = rows[f"time_search_{mode}_median_us"].astype(float) / 1e3
+    return table
+
+
+def collections_doc(summary: Summary, split: str) -> Doc:
+    table = collections_table(summary, split)
+    if table.empty:
+        return Doc().text(f"No dataset without labels at split {split}.")
+    return (
+        Doc()
+        .text(
+            "Datasets without labels (labels: none): each search's recall of the exact top results over the whole "
+            "gallery, and the median search time per query. Queries are the held-out images, or for split all a "
+            "seeded sample of the gallery, each leaving itself out."
+        )
+        .table(table, ".3f")
+    )
+
+
 # --- plots ----------------------------------------------------------------------------------------
 
 
@@ -519,6 +562,15 @@ def _save(fig, out_path: str | Path) -> None:
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(out_path).suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def _placeholder_plot(text: str, out_path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    _save(fig, out_path)
 
 
 def _panels(n: int, sharey: bool = True, width: float = 5.0, height: float = 3.6):
@@ -676,8 +728,14 @@ def paper_comparison_page(summary: Summary, split: str | None = None) -> Doc:
 
 
 def tables_page(summary: Summary, split: str) -> Doc:
-    """One split's accuracy, retrieval quality and time tables, one set per dataset."""
-    doc = Doc().heading("Classification accuracy (%)", 2).table(accuracy_table(summary, split), ".2f")
+    """One split's accuracy, retrieval quality and time tables, one set per dataset; then the collections without
+    labels."""
+    doc = Doc()
+    if not summary.collections.empty and (summary.collections["split"] == split).any():
+        doc.heading("Collections without labels", 2).extend(collections_doc(summary, split))
+    if not (summary.frame["split"] == split).any():
+        return doc
+    doc.heading("Classification accuracy (%)", 2).table(accuracy_table(summary, split), ".2f")
     doc.heading("Retrieval quality", 2).extend(quality_doc(summary, split))
     if summary.spaces is not None and set(summary.spaces["space"]) != {"raw"}:
         doc.heading("Retrieval quality per embedding space", 2).extend(spaces_doc(summary, split))
@@ -686,6 +744,8 @@ def tables_page(summary: Summary, split: str) -> Doc:
 
 def deviations_page(summary: Summary, split: str | None = None) -> Doc:
     """What this run did differently from the paper, and the verdict of its metrics on the paper's claims."""
+    if summary.frame.empty:
+        return Doc().text("No labelled dataset in this run: nothing to compare with the paper's method.")
     doc = Doc().text(
         "Generated from the run: the backbone facts are what the feature files recorded, the hardware what the "
         "timing steps recorded, the verdicts are computed from the metrics of every grid cell (metrics.csv)."
@@ -739,7 +799,11 @@ TABLES: dict[str, SummaryTable] = {
     "paper_time_comparison": SummaryTable("Time per query (ms), the paper's and ours", paper_time_table,
                                           paper_time_doc),
     "embedding_spaces": SummaryTable("Retrieval quality per embedding space", spaces_table, spaces_doc),
+    "collections": SummaryTable("Collections without labels: recall against exact search", collections_table,
+                                collections_doc),
 }  # fmt: skip
+# the one table of the cells without labels; the others are made of the labelled cells
+COLLECTION_TABLES = ("collections",)
 PLOTS: dict[str, Callable[[Summary, str | Path], None]] = {
     "paper_accuracy_vs_pca": plot_paper_accuracy,
     "accuracy_vs_pca": lambda summary, path: plot_accuracy(summary.frame, path),
@@ -789,17 +853,24 @@ def write_summary(
     spaces = gather_spaces(frame, space_metric_paths)
     if spaces_csv is not None:
         write_csv_table(spaces.drop(columns=["library_versions"], errors="ignore"), spaces_csv)
-    summary = Summary(frame, settings or {}, datasets, spaces=spaces)
+    labelled, collections = split_collections(frame)
+    summary = Summary(labelled, settings or {}, datasets, spaces=spaces, collections=collections)
     for name, split in dict.fromkeys((name, split) for name, split, _ in tables):
         table = TABLES[name]
-        wide = table.wide(summary, split)
+        if name in COLLECTION_TABLES or (labelled["split"] == split).any():
+            wide, body = table.wide(summary, split), None
+        else:  # a split that only collections without labels have
+            wide, body = pd.DataFrame(), Doc().text(f"No labelled dataset at split {split}.")
         with atomic_path(tables[name, split, "csv"]) as tmp:
             wide.to_csv(tmp, float_format="%.4f")
-        doc = Doc().heading(f"{table.title}, split {split}", 2).extend(table.doc(summary, split, wide))
+        doc = Doc().heading(f"{table.title}, split {split}", 2).extend(body or table.doc(summary, split, wide))
         with atomic_path(tables[name, split, "md"]) as tmp:
             tmp.write_text(doc.markdown())
     for name, path in plots.items():
-        PLOTS[name](summary, path)
+        if labelled.empty:
+            _placeholder_plot("no labelled dataset in this run", path)
+        else:
+            PLOTS[name](summary, path)
         summary.plots[name] = Path(path)
     for (name, split, ext), path in (pages or {}).items():
         page = PAGES[name]

@@ -46,7 +46,7 @@ def has_nvidia_driver() -> bool:
 
 
 def train_fraction(split: str) -> float:
-    """The training share of a split such as '80-20'; 1 for the official split (an upper bound)."""
+    """The training share of a split such as '80-20'; 1 for all and for the official split (an upper bound)."""
     from cbir.config import OFFICIAL, parse_split
 
     return 1.0 if split == OFFICIAL else parse_split(split)

@@ -52,6 +52,11 @@ def split_table(manifest: pd.DataFrame, train_fraction: float, seed: int) -> pd.
     )
 
 
+def gallery_only_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Split ``all``: every image in the gallery ('train'), none held out (a collection without labels)."""
+    return pd.DataFrame({"id": manifest["id"], "label": manifest["label"], "subset": "train"})
+
+
 def split_ids(split_csv: str | Path, subset: str) -> list[str]:
     """Image ids of one subset ('train' or 'test') of a split file, in file order."""
     table = pd.read_csv(split_csv, dtype={"id": str, "subset": str})

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cbir.config import (  # noqa: E402
     ConfigError,
+    dataset_is_labelled,
     dataset_root,
     downloads_dir,
     grid_cells,
@@ -45,7 +46,7 @@ if _missing:
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     backbone=r"[A-Za-z0-9_]+",
-    split=r"\d{1,2}-\d{1,2}|official",
+    split=r"\d{1,2}-\d{1,2}|official|all",
     pca=r"\d+|original",
     k=r"\d+",
 
@@ -111,7 +112,13 @@ def metrics_files():
     return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
 
 
-# the embedding spaces beyond the paper's (raw is the cell's gallery itself), fitted per cell
+def classifier_input(wildcards):
+    """The cell's MLP; a collection without labels has none (every image in its one class)."""
+    return f"{CELL}/{CLASSIFIER}".format(**wildcards) if dataset_is_labelled(config, wildcards.dataset) else []
+
+
+# the embedding spaces beyond the paper's (raw is the cell's gallery itself), fitted per cell of a
+# labelled dataset (lda and mlp need labels; a collection without labels searches in raw)
 EXTRA_SPACES = [space for space in config["grid"]["embeddings"] if space != "raw"]
 
 
@@ -119,6 +126,7 @@ def space_metrics_files():
     return [
         f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k, space)}"
         for c in grid_cells(config)
+        if dataset_is_labelled(config, c.dataset)
         for space in EXTRA_SPACES
     ]
 
@@ -169,8 +177,10 @@ def montage_split(wildcards):
 
 
 def montage_outputs():
+    """The montages (labelled datasets: they mark each result right or wrong)."""
     grid = config["grid"]
-    return expand(MONTAGE, dataset=grid["datasets"], backbone=grid["backbones"])
+    labelled = [dataset for dataset in grid["datasets"] if dataset_is_labelled(config, dataset)]
+    return expand(MONTAGE, dataset=labelled, backbone=grid["backbones"])
 
 
 def retrieval_settings(*keys):

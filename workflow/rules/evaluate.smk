@@ -25,7 +25,8 @@ rule time_extraction:
 
 
 rule evaluate:
-    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell."""
+    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell (without labels: each
+    search's recall@k against exact search, and timings)."""
     input:
         features=FEATURES,
         timing="results/{dataset}/features/{backbone}.timing.json",
@@ -33,13 +34,13 @@ rule evaluate:
         split=SPLIT,
         projection=f"{CELL}/{PROJECTION}",
         gallery=f"{CELL}/{GALLERY}",
-        classifier=f"{CELL}/{CLASSIFIER}",
+        classifier=classifier_input,
         clusters=f"{CELL}/{clusters_name('{k}')}",
     output:
         metrics=[f"{CELL}/{metrics_name('{k}')}"],
     params:
         spaces=["raw"],
-        retrieval=retrieval_settings("top_k", "metric", "faiss"),
+        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries"),
         rerank=config["embeddings"]["rerank"],
         seed=SEED,
     log:

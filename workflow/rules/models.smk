@@ -35,6 +35,7 @@ rule project:
         gallery=f"{CELL}/{GALLERY}",
     params:
         seed=SEED,
+        labelled=lambda wildcards: dataset_is_labelled(config, wildcards.dataset),
     log:
         f"{LOGS}/project/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.log",
     benchmark:
@@ -51,7 +52,8 @@ rule project:
 
 
 rule cluster:
-    """k-means with k clusters inside each class of the training images."""
+    """k-means with k clusters inside each class of the training images (a collection without labels is one class:
+    k-means over the whole gallery)."""
     input:
         gallery=f"{CELL}/{GALLERY}",
     output:

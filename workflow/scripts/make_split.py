@@ -1,19 +1,21 @@
-"""Stratified, seeded train/test split of a manifest (or its official one), written as a list of image ids."""
+"""Stratified, seeded train/test split of a manifest (its official one, or all in the gallery), as image ids."""
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.config import OFFICIAL, parse_split
+from cbir.config import ALL, OFFICIAL, parse_split
 from cbir.datasets import official_split_table
 from cbir.io import atomic_path
 from cbir.manifest import read_manifest
 from cbir.runtime import run_step
-from cbir.split import split_table
+from cbir.split import gallery_only_table, split_table
 
 
 def main(smk) -> None:
     manifest = read_manifest(smk.input.manifest)
     if smk.wildcards.split == OFFICIAL:
         table = official_split_table(manifest)
+    elif smk.wildcards.split == ALL:
+        table = gallery_only_table(manifest)
     else:
         table = split_table(manifest, parse_split(smk.wildcards.split), seed=smk.params.seed)
     with atomic_path(smk.output.split) as tmp:

@@ -23,6 +23,8 @@ def main(smk) -> None:
         "seed": smk.params.seed,
         "backbone_attrs": train.attrs,
         "class_names": class_names(read_manifest(smk.input.manifest)),
+        # False: a collection without labels (cbir.cell.load_cell then needs no classifier)
+        "labelled": smk.params.labelled,
     }
     save_projection(smk.output.projection, projection, attrs)
     save_arrays(

@@ -46,7 +46,7 @@ from cbir.datasets.fetch import (
     unpack_archive,
     verify_archive,
 )
-from cbir.datasets.folder import FolderSource
+from cbir.datasets.folder import FolderSource, is_labelled
 from cbir.datasets.indexed import COREL1K_CLASSES, Corel1kSource, Corel10kSource, Ghim10kSource, IndexedSpec
 from cbir.datasets.source import COMMON_KEYS, Source, data_dir
 from cbir.datasets.voc2012 import VOC_CLASSES, Voc2012Source, voc_labels
@@ -76,6 +76,7 @@ __all__ = [
     "fashion_mnist_paths",
     "fetch_dataset",
     "get_source",
+    "is_labelled",
     "official_split_sources",
     "official_split_table",
     "prepared_datasets_pattern",
