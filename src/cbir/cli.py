@@ -1,15 +1,17 @@
-"""The ``cbir`` command line: query a trained grid cell with your own images, serve it as a web page, or list
-the duplicate and near-duplicate images of an indexed dataset."""
+"""The ``cbir`` command line: index a folder of photos, query a trained grid cell with your own images, serve it as
+a web page, or list the duplicate and near-duplicate images of an indexed dataset."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from cbir.cell import BEST, ModelFolderError, load_cell
 from cbir.duplicates import DEFAULT_THRESHOLD, DuplicatesError
+from cbir.index import FolderIndexError
 from cbir.query import Embedder, QueryError, describe_space, format_table, query_images
 from cbir.retrieve import MODE_TITLES, MODES
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--montage", metavar="PNG", help="also draw the queries and their results into this image")
     add_serve_parser(commands)
     add_duplicates_parser(commands)
+    add_index_parser(commands)
     return parser
 
 
@@ -96,6 +99,46 @@ def add_duplicates_parser(commands: argparse._SubParsersAction) -> None:
     duplicates.add_argument("--json", metavar="FILE", help="write the groups as JSON ('-': stdout, summary on stderr)")
     duplicates.add_argument("--montage", metavar="PNG", help="draw the largest groups into this image")
     duplicates.add_argument("--montage-groups", type=int, default=8, help="groups in the montage (default 8)")
+
+
+def add_index_parser(commands: argparse._SubParsersAction) -> None:
+    index = commands.add_parser(
+        "index",
+        help="index a folder of photos (with or without labels) for query, serve and duplicates",
+        description="Write a config for FOLDER, run the workflow on it (Snakemake, with its progress) and print the "
+        "folders to pass to cbir query, serve and duplicates. Run it again after adding photos: only the new ones "
+        "are extracted.",
+    )
+    index.add_argument("folder", metavar="FOLDER", help="the photos: any layout, or one sub-folder per class")
+    index.add_argument("--name", help="the dataset's name under results/ (default: the folder's name)")
+    index.add_argument("--backbone", default="efficientnet_lite0",
+                       help="a backbone of config/config.yaml's catalogue (default efficientnet_lite0)")  # fmt: skip
+    index.add_argument("--labels", choices=["auto", "none", "folders"], default="auto",
+                       help="folders: one sub-folder per class; none: no labels; auto (default): folders when "
+                       "the photos are sorted into two or more sub-folders with none at the top")  # fmt: skip
+    index.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores to use (default: all)")
+    index.add_argument("--workdir", default=".", help="where results/ is written (default: here)")
+    index.add_argument("--engine", choices=["auto", "torch", "openvino"], default=None,
+                       help="extraction engine (default: config/config.yaml's, auto)")  # fmt: skip
+    index.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default=None,
+                       help="extraction precision (default: config/config.yaml's, auto)")  # fmt: skip
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cbir.index import describe, plan_index
+    from cbir.index import run_index as run_workflow
+
+    if args.cores < 1:
+        raise QueryError("--cores must be at least 1")
+    plan = plan_index(args.folder, name=args.name, labels=args.labels, backbone=args.backbone)
+    workdir = Path(args.workdir).resolve()
+    print(f"cbir index: {plan.n_images} image file(s) in '{plan.folder}', labels: {plan.labels}", file=sys.stderr)
+    extraction = {key: value for key, value in (("engine", args.engine), ("precision", args.precision)) if value}
+    run_workflow(plan, workdir, args.cores, extraction)
+    print(describe(plan, workdir))
+    return 0
 
 
 def run_duplicates(args: argparse.Namespace) -> int:
@@ -198,10 +241,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"query": run_query, "serve": run_serve, "duplicates": run_duplicates}
+    commands = {"query": run_query, "serve": run_serve, "duplicates": run_duplicates, "index": run_index}
     try:
         return commands[args.command](args)
-    except (ModelFolderError, QueryError, DuplicatesError) as error:
+    except (ModelFolderError, QueryError, DuplicatesError, FolderIndexError) as error:
         print(f"cbir {args.command}: error: {error}", file=sys.stderr)
         return 2
 
