@@ -130,6 +130,36 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     return root, config
 
 
+# --- a collection without labels (labels: none) ---------------------------------------------------
+
+
+def make_collection(root: Path) -> Path:
+    """36 images in no class layout: twelve at the top, the others in nested folders."""
+    folder = make_image_folder(root, per_class=12)
+    for path in sorted((folder / "red").iterdir()):
+        path.rename(folder / f"top_{path.name}")
+    (folder / "red").rmdir()
+    (folder / "blue").rename(folder / "green" / "nested")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def collection_config(folder: Path, **entry: object) -> dict:
+    config = tiny_config(folder, splits=["all", "80-20"], datasets=["photos"])
+    config["datasets"] = {"photos": {"source": "folder", "path": str(folder), "labels": "none", **entry}}
+    return config
+
+
+@pytest.fixture(scope="session")
+def collection_run(tmp_path_factory) -> Path:
+    """The workflow run to completion over a collection without labels (folder, labels: none), once per session."""
+    root = tmp_path_factory.mktemp("collection")
+    folder = make_collection(root / "data" / "photos")
+    result = run_snakemake(root, write_config(root / "config.yaml", collection_config(folder)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
 @pytest.fixture(scope="module")
 def served(finished_run):
     """The session run's cell 80-20 / PCA 8 loaded once per test module for `cbir serve`, without file watching."""

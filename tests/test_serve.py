@@ -75,6 +75,7 @@ def test_model_info_describes_the_cell_and_its_metrics(client, finished_run):
     names = (info["dataset"], info["backbone"], info["split"], info["pca"], info["k"])
     assert names == ("tiny", "lite", "80-20", "8", 2)
     assert info["arch"] == "efficientnet_lite0" and info["classes"] == ["blue", "green", "red"]
+    assert info["labelled"] is True
     assert info["gallery_size"] == 24 and info["test_images"] == 6 and info["reduced_dim"] == 8
     assert info["max_upload_bytes"] == 10 * 1024 * 1024 and info["top_k"] == 5
     # it searches in the cell's best space (the session's run fits all of them), and says which

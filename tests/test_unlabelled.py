@@ -12,35 +12,9 @@ from cbir.cell import CLASSIFIER, load_cell
 from cbir.config import ConfigError, cluster_counts, load_schema, validate_config
 from cbir.manifest import UNLABELLED, read_manifest
 
-from conftest import REPO, make_image_folder, run_snakemake, tiny_config, write_config
+from conftest import REPO, collection_config, make_image_folder, tiny_config
 
 SCHEMA = load_schema(REPO / "config" / "schema.yaml")
-
-
-def make_collection(root: Path) -> Path:
-    """36 images in no class layout: twelve at the top, the others in nested folders."""
-    folder = make_image_folder(root, per_class=12)
-    for path in sorted((folder / "red").iterdir()):
-        path.rename(folder / f"top_{path.name}")
-    (folder / "red").rmdir()
-    (folder / "blue").rename(folder / "green" / "nested")
-    (folder / "notes.txt").write_text("not an image")
-    return folder
-
-
-def collection_config(folder: Path, **entry: object) -> dict:
-    config = tiny_config(folder, splits=["all", "80-20"], datasets=["photos"])
-    config["datasets"] = {"photos": {"source": "folder", "path": str(folder), "labels": "none", **entry}}
-    return config
-
-
-@pytest.fixture(scope="module")
-def collection_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("collection")
-    folder = make_collection(root / "data" / "photos")
-    result = run_snakemake(root, write_config(root / "config.yaml", collection_config(folder)))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
 
 
 @pytest.mark.workflow

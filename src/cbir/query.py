@@ -103,6 +103,9 @@ class Embedder:
 
 
 NO_MATCH_METRIC = "no_match_distance_global"
+NEAREST_CLUSTERS = 3  # nearest centroids named per query of a collection without labels
+NEAREST_CLUSTER_TITLE = "nearest cluster"  # the clustered search without classes: an inverted file with one probe
+UNLABELLED_NO_MATCH = "a collection without labels has no 'no good match' distance: it is calibrated on labels"
 
 
 def _number(value: Any) -> float | None:
@@ -123,7 +126,9 @@ def match_calibration(model: Cell, metrics: dict[str, Any] | None = None) -> dic
     metric = model.models.index.metric
     out: dict[str, Any] = {"distance": None, "precision": None, "recall": None, "metric": NO_MATCH_METRIC,
                            "intercept": None, "slope": None}  # fmt: skip
-    if not metrics:
+    if not model.labelled:
+        out["source"] = UNLABELLED_NO_MATCH
+    elif not metrics:
         out["source"] = f"no {name} in the model folder: no calibrated distance, no result is marked"
     elif _number(metrics.get(NO_MATCH_METRIC)) is None:
         out["source"] = (
@@ -175,6 +180,28 @@ def similarities(distances: np.ndarray, kind: str | None, metric: str, calibrati
     return np.where(finite, score, np.nan)
 
 
+def shown_modes(model: Cell, modes: Sequence[str]) -> tuple[str, ...]:
+    """The requested modes worth answering: without labels the class search is the global one, so it is left out."""
+    if model.labelled:
+        return tuple(modes)
+    shown = tuple(mode for mode in modes if mode != "class")
+    if modes and not shown:
+        raise QueryError("a collection without labels has no class search (it is the global one): use global")
+    return shown
+
+
+def nearest_clusters(model: Cell, reduced: np.ndarray, n: int = NEAREST_CLUSTERS) -> list[list[dict[str, Any]]]:
+    """For each projected query, its ``n`` nearest centroids (number, distance, gallery images), nearest first."""
+    index = model.models.index
+    distances = index.centroid_distances(model.models.embedding.transform(reduced))
+    sizes = np.bincount(index.assignments, minlength=len(index.centroids))
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :n]
+    return [
+        [{"cluster": int(c), "distance": float(distances[row, c]), "size": int(sizes[c])} for c in nearest[row]]
+        for row in range(len(reduced))
+    ]
+
+
 def search_features(
     model: Cell,
     features: np.ndarray,
@@ -184,6 +211,10 @@ def search_features(
     calibration: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Predicted class and top-k results per mode for each row of raw backbone features.
+
+    A collection without labels (``model.labelled`` False) has no predicted class and no class
+    search: its answers name the ``nearest_clusters`` instead, and its results their ``cluster``
+    rather than a class and a ``good_match`` (there is no calibration either).
 
     Each result has its ``distance``, its ``similarity`` (see :func:`similarity_kind`; None where
     the cell has none) and ``good_match``: distance <= the cell's calibrated "no good match"
@@ -208,7 +239,7 @@ def search_features(
     steps["project_predict"] = (time.perf_counter() - start) * 1e3
     searchers = model.models.searchers()
     found = {}
-    for mode in modes:
+    for mode in shown_modes(model, modes):
         start = time.perf_counter()
         found[mode] = searchers[mode](reduced, predicted, top_k)
         steps[f"search_{mode}"] = (time.perf_counter() - start) * 1e3
@@ -217,34 +248,43 @@ def search_features(
     scores = {mode: similarities(d, kind, model.models.index.metric, calibration) for mode, (_, d) in found.items()}
     threshold = calibration["distance"]
     no_match = {key: calibration[key] for key in ("distance", "precision", "recall", "metric", "source")}
+    clusters = None if model.labelled else nearest_clusters(model, reduced)
     answers = []
     for row in range(len(features)):
-        answer: dict[str, Any] = {
-            "predicted_class": model.class_names[int(predicted[row])],
-            "probability": float(probabilities[row].max()),
-            "space": model.space,
-            "similarity": kind,
-            "no_match": dict(no_match),
-            "results": {},
-        }
-        for mode, (indices, distances) in found.items():
-            answer["results"][mode] = [
-                {
-                    "rank": rank + 1,
-                    "id": str(model.gallery_ids[index]),
-                    "path": str(model.gallery_paths[index]),
-                    "class": model.class_names[int(model.gallery_labels[index])],
-                    "distance": float(distance),
-                    "similarity": _number(score),
-                    "good_match": None if threshold is None else bool(distance <= threshold),
-                }
+        answer: dict[str, Any] = {}
+        if model.labelled:
+            answer["predicted_class"] = model.class_names[int(predicted[row])]
+            answer["probability"] = float(probabilities[row].max())
+        answer.update(space=model.space, similarity=kind, no_match=dict(no_match))
+        if clusters is not None:
+            answer["nearest_clusters"] = clusters[row]
+        answer["results"] = {
+            mode: [
+                _result(model, rank + 1, int(index), float(distance), score, threshold)
                 for rank, (index, distance, score) in enumerate(
                     zip(indices[row], distances[row], scores[mode][row], strict=True)
                 )
                 if index >= 0
             ]
+            for mode, (indices, distances) in found.items()
+        }
         answers.append(answer)
     return answers
+
+
+def _result(model: Cell, rank: int, index: int, distance: float, score: float, threshold: float | None) -> dict:
+    """One ranked gallery image: its class and calibrated mark, or in a collection without labels its cluster."""
+    image = {"rank": rank, "id": str(model.gallery_ids[index]), "path": str(model.gallery_paths[index])}
+    if not model.labelled:
+        cluster = int(model.models.index.assignments[index])
+        return {**image, "cluster": cluster, "distance": distance, "similarity": _number(score)}
+    return {
+        **image,
+        "class": model.class_names[int(model.gallery_labels[index])],
+        "distance": distance,
+        "similarity": _number(score),
+        "good_match": None if threshold is None else bool(distance <= threshold),
+    }
 
 
 def describe_space(model: Cell) -> str:
@@ -278,13 +318,20 @@ def format_table(answers: Sequence[dict[str, Any]]) -> str:
         if "error" in answer:
             lines.append(f"  error: {answer['error']}")
             continue
-        lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
+        collection = "nearest_clusters" in answer  # a collection without labels: no class, no marks
+        if collection:
+            lines.append(f"  nearest clusters: {describe_clusters(answer['nearest_clusters'])}")
+        else:
+            lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
         lines.append(f"  search space: {answer['space']}")
         no_match = answer.get("no_match", {})
         if no_match.get("distance") is not None:
             lines.append(f"  no good match beyond distance {no_match['distance']:.4f} ({no_match['source']})")
         elif no_match:
             lines.append(f"  no good match: not marked ({no_match['source']})")
+        if collection:
+            lines.extend(_collection_results(answer))
+            continue
         kind = answer.get("similarity") or "similarity"
         for mode, results in answer["results"].items():
             lines.append(f"  {mode}:")
@@ -296,6 +343,31 @@ def format_table(answers: Sequence[dict[str, Any]]) -> str:
                     f"    {r['rank']:>4}  {r['distance']:>10.4f}  {score:>10}  {r['class']:<16} {r['path']}{mark}"
                 )
     return "\n".join(lines)
+
+
+def describe_clusters(clusters: Sequence[dict[str, Any]]) -> str:
+    """``4 (d = 1.2345, 17 images), 1 (d = ...)``: the nearest clusters of a query, nearest first."""
+    return ", ".join(f"{c['cluster']} (d = {c['distance']:.4f}, {c['size']} images)" for c in clusters)
+
+
+def collection_mode_heading(mode: str) -> str:
+    """A mode's heading in the table for a collection without labels, saying what it searched."""
+    titles = {"clustered": f"{NEAREST_CLUSTER_TITLE} only", "global": "all images"}
+    return f"{mode} ({titles[mode]})" if mode in titles else mode
+
+
+def _collection_results(answer: dict[str, Any]) -> list[str]:
+    """The result lines of a collection without labels: each result's cluster; a similarity column only if any."""
+    kind = answer.get("similarity")
+    score_header = f"  {kind:>10}" if kind else ""
+    lines = []
+    for mode, results in answer["results"].items():
+        lines.append(f"  {collection_mode_heading(mode)}:")
+        lines.append(f"    {'rank':>4}  {'distance':>10}{score_header}  {'cluster':>7}  path")
+        for r in results:
+            score = "" if not kind else f"  {'-' if r['similarity'] is None else format(r['similarity'], '.3f'):>10}"
+            lines.append(f"    {r['rank']:>4}  {r['distance']:>10.4f}{score}  {r['cluster']:>7}  {r['path']}")
+    return lines
 
 
 def montage_for_cell(

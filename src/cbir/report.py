@@ -962,6 +962,18 @@ def _tile(ax, path: str | None, caption: str, correct: bool | None, size: int = 
         spine.set_linewidth(3 if correct is not None else 1)
 
 
+def _guess(answer: dict) -> str:
+    """What the model made of a query: its predicted class, or without labels its nearest cluster."""
+    if "predicted_class" in answer:
+        return f"predicted {answer['predicted_class']}"
+    return f"nearest cluster {answer['nearest_clusters'][0]['cluster']}"
+
+
+def _group(result: dict) -> str:
+    """A result's class, or without labels its cluster."""
+    return result["class"] if "class" in result else f"cluster {result['cluster']}"
+
+
 def draw_montage(
     queries: list[dict],
     out_path: str | Path,
@@ -979,6 +991,8 @@ def draw_montage(
     import matplotlib.pyplot as plt
 
     modes = modes or {mode: MODE_TITLES[mode].short for mode in ("clustered", "class")}
+    # a collection without labels is not searched by class: its answers have no such rows
+    modes = {mode: title for mode, title in modes.items() if any(mode in q["results"] for q in queries)} or modes
     true_classes = true_classes or [None] * len(queries)
     top_k = max((len(q["results"].get(m, [])) for q in queries for m in modes), default=1)
     n_rows = len(queries) * len(modes)
@@ -987,14 +1001,12 @@ def draw_montage(
         for m, (mode, title) in enumerate(modes.items()):
             row = axes[q * len(modes) + m]
             caption = f"query: {truth}" if truth else "query"
-            _tile(
-                row[0], answer["query"] if m == 0 else None, f"{caption}\npredicted {answer['predicted_class']}", None
-            )
+            _tile(row[0], answer["query"] if m == 0 else None, f"{caption}\n{_guess(answer)}", None)
             results = answer["results"].get(mode, [])
             for r in range(top_k):
                 result = results[r] if r < len(results) else None
                 correct = None if result is None or truth is None else result["class"] == truth
-                label = f"{r + 1}. {result['class']}\nd = {result['distance']:.3g}" if result else ""
+                label = f"{r + 1}. {_group(result)}\nd = {result['distance']:.3g}" if result else ""
                 _tile(row[r + 1], result["path"] if result else None, label, correct)
             row[1].set_ylabel(title, fontsize=9, fontweight="bold")  # names the row's retrieval mode
     fig.tight_layout()

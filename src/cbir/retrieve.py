@@ -189,6 +189,13 @@ class RetrievalIndex:
             chosen[rows] = candidates[np.argmin(distances, axis=1)]
         return chosen
 
+    def centroid_distances(self, queries: np.ndarray) -> np.ndarray:
+        """Distance of each query to every centroid (queries x centroids), in the units :meth:`search` reports."""
+        queries = self._prepare(queries)
+        return self._finish(
+            squared_distances(queries, self.centroids, np.einsum("ij,ij->i", self.centroids, self.centroids))
+        )
+
     def _members(self, mode: str, group: int) -> np.ndarray:
         """Gallery positions searched by one group of queries (ascending)."""
         empty = np.empty(0, dtype=np.int64)

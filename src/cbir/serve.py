@@ -38,12 +38,19 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
 from cbir.cell import MODEL_FILES, Cell, available_k, clusters_name, load_cell, metrics_name
-from cbir.query import Embedder, describe_space, match_calibration, search_features
+from cbir.query import (
+    NEAREST_CLUSTER_TITLE,
+    Embedder,
+    describe_space,
+    match_calibration,
+    search_features,
+    shown_modes,
+)
 from cbir.retrieve import MODE_TITLES, MODES
 from cbir.serve_auth import TOKEN_ENV, SecurityHeaders, TokenAuth, is_loopback
 
@@ -109,6 +116,13 @@ def mode_title(mode: str, space: str) -> str:
     """A mode's title on the page; outside the paper's space, the searches over all images name their space."""
     title = MODE_TITLES[mode].short
     return title if space == "raw" or mode != "global" else f"{title} ({space} space)"
+
+
+def mode_titles(model: Cell) -> dict[str, str]:
+    """The title of each mode the cell answers; without labels there is no class search, and the clustered
+    one probes the nearest of all clusters."""
+    titles = {mode: mode_title(mode, model.space) for mode in shown_modes(model, MODES)}
+    return titles if model.labelled else {**titles, "clustered": NEAREST_CLUSTER_TITLE}
 
 
 class UploadError(Exception):
@@ -194,6 +208,7 @@ class ServedModel:
             "gallery_size": len(self.model.gallery_ids),
             "test_images": len(self.test_ids),
             "classes": self.model.class_names,
+            "labelled": self.model.labelled,
             "feature_dim": self.model.feature_dim,
             "reduced_dim": self.model.reduced_dim,
             "space": self.model.space,
@@ -203,7 +218,7 @@ class ServedModel:
             "max_top_k": MAX_TOP_K,
             "max_upload_bytes": self.settings.max_upload_bytes,
             "max_pixels": self.settings.max_pixels,
-            "modes": {mode: mode_title(mode, self.model.space) for mode in MODES},
+            "modes": mode_titles(self.model),
             "metrics": quality_metrics(self.metrics),
             "loaded_at": self.loaded_at,
         }
@@ -218,6 +233,8 @@ class ServedModel:
         features = self.embedder.forward(tensor[None])
         timings["forward"] = _ms_since(start)
         [answer] = search_features(self.model, features, top_k, MODES, timings=timings, calibration=self.calibration)
+        if not self.model.labelled:
+            return collection_answer(answer, top_k, timings)
         results = {
             mode: [
                 {
@@ -247,9 +264,33 @@ class ServedModel:
         }
 
 
+def collection_answer(answer: dict[str, Any], top_k: int, timings: dict[str, float]) -> dict[str, Any]:
+    """The response for a collection without labels: the nearest clusters, no class and no marks."""
+    results = {
+        mode: [
+            {key: r[key] for key in ("rank", "id", "cluster", "distance", "similarity")}
+            | {"thumbnail": thumbnail_url(r["id"])}
+            for r in rows
+        ]
+        for mode, rows in answer["results"].items()
+    }
+    return {
+        "top_k": top_k,
+        "similarity": answer["similarity"],
+        "no_match": answer["no_match"],
+        "nearest_clusters": answer["nearest_clusters"],
+        "results": results,
+        "timings_ms": timings,
+    }
+
+
 def quality_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Accuracy, then mAP@top-k, mAP and precision@top-k of the three query modes, in that order."""
+    """Accuracy, then mAP@top-k, mAP and precision@top-k of the three query modes, in that order; for a
+    collection without labels, the recall@top-k of each search against the exact one instead."""
     top_k = metrics.get("top_k", 5)
+    if metrics.get("labelled") is False:
+        keys = [key for key in sorted(metrics) if key.startswith(f"recall_at_{top_k}_vs_exact_")]
+        return {key: float(metrics[key]) for key in keys if isinstance(metrics[key], int | float)}
     keys = ["accuracy"]
     for pattern in (f"map_at_{top_k}_{{}}", "map_{}", f"precision_at_{top_k}_{{}}"):
         keys += [pattern.format(mode) for mode in MODES]
@@ -662,6 +703,53 @@ class QueryResponse(BaseModel):
     )
 
 
+class ClusterInfo(BaseModel):
+    cluster: int = Field(description="the centroid's number in the cell's clusters file")
+    distance: float = Field(description="distance from the query to the centroid")
+    size: int = Field(description="gallery images in the cluster")
+
+
+class CollectionTile(BaseModel):
+    rank: int
+    id: str
+    cluster: int = Field(description="the cluster of the image")
+    distance: float
+    similarity: float | None = Field(
+        default=None,
+        description="cosine similarity (1 = same direction) in a normalised space or with the cosine metric; null "
+        "otherwise (a collection without labels has no calibrated relevance)",
+    )
+    thumbnail: str = Field(description="URL of the image's thumbnail (GET /api/images/{id})")
+
+
+class CollectionQueryResponse(BaseModel):
+    """The answer for a collection without labels: no predicted class, no right/wrong marks."""
+
+    query: QueryInfo
+    top_k: int
+    similarity: Literal["cosine"] | None = Field(description="what each result's similarity is; null: none")
+    no_match: NoMatchInfo = Field(description="always without a distance: it is calibrated on labels")
+    nearest_clusters: list[ClusterInfo] = Field(description="the query's nearest centroids, nearest first")
+    results: dict[str, list[CollectionTile]] = Field(
+        description="top-k per mode: clustered (the nearest cluster's images), global"
+    )
+    timings_ms: dict[str, float] = Field(
+        description="decode, preprocess, forward, project_predict, search_<mode>, total (milliseconds)"
+    )
+
+
+def _answer_kind(answer: Any) -> str:
+    has_clusters = "nearest_clusters" in answer if isinstance(answer, dict) else hasattr(answer, "nearest_clusters")
+    return "collection" if has_clusters else "labelled"
+
+
+# a labelled cell's answer, or a collection's (told apart by its nearest clusters)
+AnyQueryResponse = Annotated[
+    Annotated[QueryResponse, Tag("labelled")] | Annotated[CollectionQueryResponse, Tag("collection")],
+    Discriminator(_answer_kind),
+]
+
+
 class ModelInfo(BaseModel):
     dataset: str
     backbone: str
@@ -679,6 +767,10 @@ class ModelInfo(BaseModel):
     gallery_size: int
     test_images: int
     classes: list[str]
+    labelled: bool = Field(
+        description="false: a collection without labels: no class is predicted, no result is marked right or "
+        "wrong, and the clustered search probes the nearest of all clusters"
+    )
     feature_dim: int
     reduced_dim: int = Field(description="dimensions of the PCA-reduced features the classifier takes")
     space: str = Field(description="the embedding space every search ranks in (README, 'Embedding spaces')")
@@ -689,7 +781,10 @@ class ModelInfo(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     modes: dict[str, str]
-    metrics: dict[str, float] = Field(description="accuracy, mAP and precision from the cell's metrics file")
+    metrics: dict[str, float] = Field(
+        description="accuracy, mAP and precision from the cell's metrics file; without labels, each search's recall "
+        "against the exact one"
+    )
     loaded_at: str = Field(description="when this model was loaded (UTC, ISO 8601)")
     reloads: int = Field(description="how often this server process has loaded the cell again since it started")
 
@@ -891,7 +986,7 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
 
     @app.post(
         "/api/query",
-        response_model=QueryResponse,
+        response_model=AnyQueryResponse,
         responses=error_responses(400, 404, 408, 413, 415, 422, token=token),
         summary="Search with an uploaded image (field 'image') or one of the test images (field 'test_id')",
     )
@@ -917,7 +1012,9 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
                     data = entry.path.read_bytes()
                 except OSError as error:
                     raise UploadError(404, f"test image '{test_id}' cannot be read on the server: {error}") from error
-                name, true_class, image_id = entry.id, entry.class_name, entry.id
+                # a collection's test images have no class to judge the results by
+                true_class = entry.class_name if served.model.labelled else None
+                name, image_id = entry.id, entry.id
             start = time.perf_counter()
             decoded = decode_image(data, settings.max_pixels)
             decode_ms = _ms_since(start)

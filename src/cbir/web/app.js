@@ -74,6 +74,8 @@ function metricLabel(key, titles) {
   if (match && titles[match[3]]) return `${match[1] === "map" ? "mAP" : "P"}@${match[2]} ${titles[match[3]]}`;
   match = key.match(/^map_(\w+)$/);
   if (match && titles[match[1]]) return `mAP ${titles[match[1]]}`;
+  match = key.match(/^recall_at_(\d+)_vs_exact_(\w+)$/); // a collection without labels
+  if (match) return `recall@${match[1]} ${titles[match[2]] || match[2].replace("_", " ")} vs exact`;
   return key === "accuracy" ? "classification accuracy" : null;
 }
 
@@ -88,10 +90,11 @@ function renderModel(model) {
   addEntry(info, "precision", model.precision_notice ? `${model.precision} (${model.precision_notice})` : model.precision);
   addEntry(info, "split", model.split);
   addEntry(info, "PCA size", model.pca === "original" ? `original (${model.reduced_dim})` : model.pca);
-  addEntry(info, "k (clusters per class)", model.k);
+  addEntry(info, model.labelled === false ? "k (clusters)" : "k (clusters per class)", model.k);
   addEntry(info, "gallery size", model.gallery_size);
   addEntry(info, "test images", model.test_images);
-  addEntry(info, "classes", model.classes.length);
+  if (model.labelled === false) addEntry(info, "labels", "none (a collection: no class is predicted)");
+  else addEntry(info, "classes", model.classes.length);
   addEntry(info, "distance", model.metric);
   const metrics = byId("model-metrics");
   metrics.replaceChildren();
@@ -103,13 +106,23 @@ function renderModel(model) {
   byId("max-upload").textContent = formatBytes(model.max_upload_bytes);
   byId("top-k").value = model.top_k;
   byId("top-k").max = model.max_top_k;
+  if (model.labelled === false) showCollectionColumns(model.modes);
+}
+
+// A collection without labels: its class search is the global one (hidden), its clustered one probes the nearest cluster.
+function showCollectionColumns(titles) {
+  document.querySelector('.column[data-mode="class"]').hidden = true;
+  const clustered = document.querySelector('.column[data-mode="clustered"]');
+  clustered.querySelector("h3").textContent = titles.clustered.charAt(0).toUpperCase() + titles.clustered.slice(1);
+  clustered.querySelector("p").textContent = "nearest centroid among all clusters, then its images";
 }
 
 function renderTestImages(images) {
   const select = byId("test-select");
   select.replaceChildren();
   for (const image of images) {
-    const option = element("option", "", `${image.id} (${image.class})`);
+    const unlabelled = state.model && state.model.labelled === false;
+    const option = element("option", "", unlabelled ? image.id : `${image.id} (${image.class})`);
     option.value = image.id;
     select.append(option);
   }
@@ -123,18 +136,20 @@ const SIMILARITY = {
 };
 
 function tile(result, kind) {
-  const verdict = result.correct === null ? "" : result.correct ? "right" : "wrong";
+  // no verdict when the query's class is unknown (null) or the cell has no labels (no such field)
+  const verdict = result.correct === true ? "right" : result.correct === false ? "wrong" : "";
+  const group = "cluster" in result ? `cluster ${result.cluster}` : result.class;
   const noMatch = result.good_match === false;
   const item = element("li", `tile ${verdict} ${noMatch ? "no-match" : ""}`.trim());
   item.dataset.id = result.id;
   const image = element("img");
   image.src = result.thumbnail;
-  image.alt = `${result.class} (${result.id})`;
+  image.alt = `${group} (${result.id})`;
   image.loading = "lazy";
   const meta = element("div", "meta");
   meta.append(
     element("span", "rank", `#${result.rank}`),
-    element("span", "class", result.class),
+    element("span", "class", group),
     element("span", "distance", result.distance.toFixed(4)),
   );
   if (result.similarity !== null && result.similarity !== undefined && SIMILARITY[kind]) {
@@ -162,15 +177,8 @@ function renderAnswer(answer, previewUrl) {
   byId("query-image").src = previewUrl;
   byId("query-name").textContent = `${query.name} · ${query.width}×${query.height}` + (query.true_class ? ` · class ${query.true_class}` : "");
   const prediction = byId("prediction");
-  prediction.replaceChildren(
-    element("span", "", "predicted class "),
-    element("strong", "predicted", answer.predicted_class),
-    element("span", "", ` with probability ${answer.probability.toFixed(3)}`),
-  );
-  if (answer.prediction_correct !== null) {
-    prediction.append(element("span", answer.prediction_correct ? "verdict right" : "verdict wrong",
-      answer.prediction_correct ? " ✓ right" : " ✗ wrong"));
-  }
+  if (answer.nearest_clusters) renderNearestClusters(prediction, answer.nearest_clusters);
+  else renderPrediction(prediction, answer);
   const noMatch = answer.no_match;
   byId("no-match-note").textContent = noMatch.distance === null
     ? `No result is marked "no good match": ${noMatch.source}.`
@@ -192,6 +200,28 @@ function renderAnswer(answer, previewUrl) {
   }
   byId("results").hidden = false;
   document.body.dataset.state = "done";
+}
+
+function renderPrediction(prediction, answer) {
+  prediction.replaceChildren(
+    element("span", "", "predicted class "),
+    element("strong", "predicted", answer.predicted_class),
+    element("span", "", ` with probability ${answer.probability.toFixed(3)}`),
+  );
+  if (answer.prediction_correct !== null) {
+    prediction.append(element("span", answer.prediction_correct ? "verdict right" : "verdict wrong",
+      answer.prediction_correct ? " ✓ right" : " ✗ wrong"));
+  }
+}
+
+function renderNearestClusters(prediction, clusters) {
+  prediction.replaceChildren(element("span", "", "nearest clusters "));
+  clusters.forEach((cluster, i) => {
+    if (i) prediction.append(element("span", "", " · "));
+    const item = element("strong", "nearest-cluster", `${cluster.cluster}`);
+    item.dataset.cluster = cluster.cluster;
+    prediction.append(item, element("span", "muted", ` (d ${cluster.distance.toFixed(4)}, ${cluster.size} images)`));
+  });
 }
 
 async function search(form, previewUrl, label) {
