@@ -90,11 +90,13 @@ def test_a_folder_is_indexed_queried_and_updated_with_only_the_new_photos_extrac
     for path in sorted((folder / "red").iterdir()):  # no class layout: photos at the top as well
         path.rename(folder / f"top_{path.name}")
     (folder / "red").rmdir()
+    (folder / "notes.txt").write_text("not a photo")
     options = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
     first = cbir("index", "photos", *options, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "steps (100%) done" in first.stderr
-    assert "indexed 18 image file(s)" in first.stdout and "(without labels)" in first.stdout
+    assert "indexed 18 image(s)" in first.stdout and "(without labels)" in first.stdout
+    assert "1 file(s) left out" in first.stdout  # notes.txt
     cell = tmp_path / "results/photos/efficientnet_lite0/all/original"
     assert f"cbir query PHOTO --model {cell}" in first.stdout
 
@@ -107,7 +109,7 @@ def test_a_folder_is_indexed_queried_and_updated_with_only_the_new_photos_extrac
         Image.fromarray(pixels).save(folder / "green" / f"new_{i}.png")
     second = cbir("index", "photos", *options, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "2 inspected, 18 reused" in second.stderr and "extracting 2 images" in second.stderr
+    assert "2 inspected, 19 reused" in second.stderr and "extracting 2 images" in second.stderr
     plan = json.loads((tmp_path / "results/photos/shards/efficientnet_lite0/plan.json").read_text())
     assert (plan["n_images"], plan["n_extracted"]) == (20, 2)
 

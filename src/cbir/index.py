@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from cbir.images import IMAGE_EXTENSIONS
-from cbir.manifest import count_class_files, count_image_files
+from cbir.manifest import count_class_files, count_image_files, excluded_file_count
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL_CHOICES = ("auto", "none", "folders")
@@ -158,13 +159,17 @@ def describe(plan: IndexPlan, workdir: Path) -> str:
     where = workdir.resolve()
     cell, features = where / plan.cell, where / plan.features
     labels = "without labels" if plan.labels == "none" else "labelled by its sub-folders"
+    dataset = where / "results" / plan.name
+    n_indexed = sum(1 for _ in (dataset / "manifest.csv").open()) - 1
+    n_excluded = excluded_file_count(pd.read_csv(dataset / "excluded.csv"))
     lines = [
-        f"indexed {plan.n_images} image file(s) in '{plan.folder}' as '{plan.name}' ({labels}); "
-        f"results in {where / 'results' / plan.name}",
+        f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset}",
         f"  cbir query PHOTO --model {cell}",
         f"  cbir serve --model {cell}",
         f"  cbir duplicates {features}",
     ]
+    if n_excluded:
+        lines.append(f"  {n_excluded} file(s) left out, each with the reason, in {dataset / 'excluded.csv'}")
     if plan.split != "all":
         lines.append(f"  (split {plan.split}: a fifth of each class is held out to measure the classifier)")
     lines.append("Run the same cbir index again after adding photos: only the new ones are extracted.")
