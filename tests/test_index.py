@@ -78,6 +78,7 @@ def test_the_config_is_one_cell_of_the_folder(tmp_path: Path):
     assert config["grid"] == {"datasets": ["trip"], "backbones": ["efficientnet_lite0"], "splits": ["all"],
                               "pca": [100], "k": [3], "embeddings": ["raw"]}  # fmt: skip
     assert config["extraction"] == {"engine": "torch"} and unlabelled.cell.endswith("trip/efficientnet_lite0/all/100")
+    assert config["update"] == {"refit": "when_due"}
     labelled = plan_index(folder, name="trips", labels="auto", backbone="efficientnet_lite0")
     assert labelled.labels == "folders" and labelled.split == "80-20" and labelled.pca == "100"
     with pytest.raises(ValueError, match="not in the backbone catalogue"):

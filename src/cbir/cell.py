@@ -22,6 +22,7 @@ from cbir.classify import MlpModel, load_mlp, single_class_model
 from cbir.cluster import IntraClassClusters, load_clusters
 from cbir.io import load_arrays
 from cbir.reduce import Projection, load_projection
+from cbir.refit import WHEN_DUE, place_new_images
 from cbir.retrieve import MODES, FaissSearch, RetrievalIndex
 from cbir.spaces import RAW, Embedding, identity_embedding, load_embedding
 
@@ -167,6 +168,7 @@ class Cell:
     reduced_dim: int  # dimensions of the projected features (the MLP's input)
     space: str = RAW  # the embedding space every search ranks in
     labelled: bool = True  # False: a collection without labels (no classifier; one class, clusters over all)
+    placed_since_fit: int = 0  # gallery images that joined kept clusters after their fit (update.refit: when_due)
 
     @property
     def root(self) -> Path:
@@ -286,10 +288,18 @@ def load_cell(
             f"'{folder / GALLERY}' lacks the class names or the backbone settings: it was written by an "
             "older version of cbir; rerun the workflow to rebuild the cell"
         )
-    clusters, cluster_ids, _ = _read_artifact(folder / clusters_name(k, space), load_clusters)
-    if list(cluster_ids) != list(gallery["ids"]):
-        raise ModelFolderError(f"'{folder / clusters_name(k, space)}' was fitted on other images than the gallery")
+    clusters, cluster_ids, cluster_attrs = _read_artifact(folder / clusters_name(k, space), load_clusters)
     embedding = None if space == RAW else _read_artifact(folder / embedding_name(space), load_embedding)
+    placed = 0
+    if list(cluster_ids) != list(gallery["ids"]):
+        if cluster_attrs.get("refit") != WHEN_DUE:
+            raise ModelFolderError(f"'{folder / clusters_name(k, space)}' was fitted on other images than the gallery")
+        # update.refit when_due: images added since the fit join the nearest kept centroid of their class
+        vectors = gallery["features"] if embedding is None else embedding.transform(gallery["features"])
+        try:
+            clusters, placed = place_new_images(clusters, cluster_ids, gallery["ids"], vectors, gallery["labels"])
+        except ValueError as error:
+            raise ModelFolderError(f"'{folder / clusters_name(k, space)}': {error}") from error
     classifier = (
         _read_artifact(folder / CLASSIFIER, load_mlp)
         if labelled
@@ -320,6 +330,7 @@ def load_cell(
         reduced_dim=int(gallery["features"].shape[1]),
         space=space,
         labelled=labelled,
+        placed_since_fit=placed,
     )
 
 

@@ -424,6 +424,8 @@ def cell_metrics(
         "top_k": top_k,
         "metric": retrieval["metric"],
         "n_clusters": len(clusters.centroids),
+        # update.refit when_due: gallery images that joined the kept clusters instead of a refit
+        "images_placed_since_fit": cell.placed_since_fit,
         "kmeans_max_iter_used": max(clusters.n_iter.values(), default=0),
         "kmeans_all_converged": all(clusters.converged.values()),
         "mlp_n_iter": models.mlp.n_iter,

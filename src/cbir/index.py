@@ -120,7 +120,9 @@ def index_config(
             "pca": [int(plan.pca) if plan.pca.isdigit() else plan.pca], "k": base["grid"]["k"]}  # fmt: skip
     if plan.labels == "none":
         grid["embeddings"] = ["raw"]  # the further spaces are fitted on labels
-    config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry}}
+    # an update that adds a few photos keeps the fitted models until a refit is due (cbir.refit)
+    config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry},
+              "update": {"refit": "when_due"}}  # fmt: skip
     return {**config, "extraction": dict(extraction)} if extraction else config
 
 

@@ -261,11 +261,13 @@ def fit_cell_spaces(
     seed: int,
     embedding_paths: Mapping[str, str | Path],
     clusters_paths: Mapping[tuple[str, int], str | Path],
+    refit: str = "always",
 ) -> None:
     """Fit every space on the cell's gallery (the projected training images), then k-means within each class in it.
 
     ``embedding_paths[space]`` and ``clusters_paths[space, k]`` are where they are written; each
-    file records its fitting time (``fit_seconds``).
+    file records its fitting time (``fit_seconds``) and what it was fitted on, with ``refit``,
+    the update policy (:mod:`cbir.refit`).
     """
     import time
 
@@ -274,6 +276,8 @@ def fit_cell_spaces(
 
     gallery, attrs = load_arrays(gallery_path)
     mlp = load_mlp(classifier_path)
+    # what they are fitted on (cbir.refit), and whether images added later may join the clusters when loaded
+    fitted_on = {"n_train": len(gallery["ids"]), "n_classes": len(np.unique(gallery["labels"])), "refit": refit}
     for space in spaces:
         start = time.perf_counter()
         embedding = fit_embedding(space, gallery["features"], gallery["labels"], mlp, options)
@@ -283,7 +287,7 @@ def fit_cell_spaces(
             embedding_paths[space],
             embedding,
             {"fit_seconds": fitted, "input_dim": int(gallery["features"].shape[1]), "dim": int(vectors.shape[1]),
-             "seed": seed, "pca": attrs.get("pca")},
+             "seed": seed, "pca": attrs.get("pca"), **fitted_on},
         )  # fmt: skip
         for k in ks:
             start = time.perf_counter()
@@ -302,5 +306,5 @@ def fit_cell_spaces(
                 clusters_paths[space, int(k)],
                 clusters,
                 gallery["ids"],
-                {"k": int(k), "seed": seed, "space": space, "fit_seconds": time.perf_counter() - start},
+                {"k": int(k), "seed": seed, "space": space, "fit_seconds": time.perf_counter() - start, **fitted_on},
             )

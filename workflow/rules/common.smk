@@ -8,8 +8,12 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cbir.config import (  # noqa: E402
+    ALL,
+    OFFICIAL,
     ConfigError,
+    class_sizes_bound,
     dataset_is_labelled,
+    max_train_images,
     dataset_root,
     downloads_dir,
     grid_cells,
@@ -30,6 +34,7 @@ from cbir.cell import (  # noqa: E402
     model_files,
 )
 from cbir.datasets import get_source  # noqa: E402
+from cbir.refit import WHEN_DUE, fitted_on, refit_due  # noqa: E402
 from cbir.paper import summary_settings  # noqa: E402
 from cbir.report import PAGES, PLOTS, TABLES, page_files  # noqa: E402
 
@@ -58,6 +63,7 @@ CELL = CELL_FOLDER  # results/{dataset}/{backbone}/{split}/{pca}
 MANIFEST = "results/{dataset}/manifest.csv"
 SPLIT = "results/{dataset}/splits/{split}.csv"
 FEATURES = "results/{dataset}/features/{backbone}.h5"
+PCA_BASIS = "results/{dataset}/{backbone}/{split}/pca_basis.h5"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
@@ -105,11 +111,37 @@ def pca_basis_size(wildcards):
 def basis_input(wildcards):
     if wildcards.pca == "original":
         return []
-    return "results/{dataset}/{backbone}/{split}/pca_basis.h5".format(**wildcards)
+    return PCA_BASIS.format(**wildcards)
 
 
 def metrics_files():
     return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
+
+
+def current_training_set(wildcards):
+    """(training images, classes) of a cell's split, counted from the dataset's files; None where unknown."""
+    bound = class_sizes_bound(config, wildcards.dataset, wildcards.split == OFFICIAL)
+    if bound is None:
+        return None
+    sizes = [n for n in bound[0] if n > 0]
+    return max_train_images(sizes, wildcards.split), len(sizes)
+
+
+def kept_until_due(path, artifact):
+    """An input of the step fitting ``artifact``, marked ancient while update.refit is when_due and no refit
+    is due (cbir.refit), so that a changed input does not refit the kept model."""
+    return lambda wildcards: kept_input(path.format(**wildcards), artifact.format(**wildcards), wildcards)
+
+
+def kept_input(target, artifact, wildcards):
+    update = config["update"]
+    # a ratio split reshuffles a class whose images change: a kept model could have been fitted on an
+    # image now held out, so only the splits that keep every image where it was (all, official) keep models
+    if update["refit"] != WHEN_DUE or wildcards.split not in (ALL, OFFICIAL):
+        return target
+    if refit_due(fitted_on(artifact), current_training_set(wildcards), update["refit_after"]):
+        return target
+    return ancient(target)
 
 
 def classifier_input(wildcards):

@@ -1,10 +1,10 @@
 rule fit_pca:
     """One PCA per training split, at the grid's largest size: exact, or streamed for large training sets."""
     input:
-        features=FEATURES,
-        split=SPLIT,
+        features=kept_until_due(FEATURES, PCA_BASIS),
+        split=kept_until_due(SPLIT, PCA_BASIS),
     output:
-        basis="results/{dataset}/{backbone}/{split}/pca_basis.h5",
+        basis=PCA_BASIS,
     params:
         n_components=pca_basis_size,
         pca_fit=config["pca_fit"],
@@ -55,12 +55,13 @@ rule cluster:
     """k-means with k clusters inside each class of the training images (a collection without labels is one class:
     k-means over the whole gallery)."""
     input:
-        gallery=f"{CELL}/{GALLERY}",
+        gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{clusters_name('{k}')}"),
     output:
         clusters=f"{CELL}/{clusters_name('{k}')}",
     params:
         kmeans=config["kmeans"],
         seed=SEED,
+        refit=config["update"]["refit"],
     log:
         f"{LOGS}/cluster/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
     benchmark:
@@ -78,7 +79,7 @@ rule cluster:
 rule train_mlp:
     """The MLP classifier on the reduced training features."""
     input:
-        gallery=f"{CELL}/{GALLERY}",
+        gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{CLASSIFIER}"),
     output:
         classifier=f"{CELL}/{CLASSIFIER}",
     params:
@@ -104,8 +105,8 @@ if EXTRA_SPACES:
         """The cell's embedding spaces beyond the paper's (grid.embeddings), fitted on its training images, each
         with k-means inside each class for every k of the grid."""
         input:
-            gallery=f"{CELL}/{GALLERY}",
-            classifier=f"{CELL}/{CLASSIFIER}",
+            gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{embedding_name(EXTRA_SPACES[0])}"),
+            classifier=kept_until_due(f"{CELL}/{CLASSIFIER}", f"{CELL}/{embedding_name(EXTRA_SPACES[0])}"),
         output:
             embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
             clusters=[f"{CELL}/{clusters_name(k, space)}" for space in EXTRA_SPACES for k in config["grid"]["k"]],
@@ -115,6 +116,7 @@ if EXTRA_SPACES:
             options={key: value for key, value in config["embeddings"].items() if key != "rerank"},
             kmeans=config["kmeans"],
             seed=SEED,
+            refit=config["update"]["refit"],
         log:
             f"{LOGS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.log",
         benchmark:

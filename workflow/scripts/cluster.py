@@ -1,5 +1,7 @@
 """k-means with k clusters inside each class of the training images."""
 
+import numpy as np
+
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.cluster import fit_intra_class_kmeans, save_clusters
@@ -22,7 +24,15 @@ def main(smk) -> None:
         exact_max_images=options["exact_max_images"],
         batch_size=options["batch_size"],
     )
-    save_clusters(smk.output.clusters, clusters, gallery["ids"], {"k": int(smk.wildcards.k), "seed": smk.params.seed})
+    attrs = {
+        "k": int(smk.wildcards.k),
+        "seed": smk.params.seed,
+        # what they were fitted on (cbir.refit), and whether images added later may join them when loaded
+        "n_train": len(gallery["ids"]),
+        "n_classes": len(np.unique(gallery["labels"])),
+        "refit": smk.params.refit,
+    }
+    save_clusters(smk.output.clusters, clusters, gallery["ids"], attrs)
 
 
 run_step(snakemake, main)

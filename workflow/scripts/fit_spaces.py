@@ -19,6 +19,7 @@ def main(smk) -> None:
         # the rule lists its outputs in the order of its params: spaces, then (space, k)
         embedding_paths=dict(zip(spaces, smk.output.embeddings, strict=True)),
         clusters_paths=dict(zip([(s, k) for s in spaces for k in ks], smk.output.clusters, strict=True)),
+        refit=smk.params.refit,
     )
 
 

@@ -1,5 +1,7 @@
 """Train the MLP classifier on one grid cell's reduced training features."""
 
+import numpy as np
+
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.classify import save_mlp, train_mlp
@@ -19,7 +21,9 @@ def main(smk) -> None:
         max_iter=options["max_iter"],
         seed=smk.params.seed,
     )
-    save_mlp(smk.output.classifier, model, {"seed": smk.params.seed, "classes_from": "train"})
+    # what it was fitted on: update.refit when_due refits when that has changed enough (cbir.refit)
+    fitted_on = {"n_train": len(gallery["labels"]), "n_classes": len(np.unique(gallery["labels"]))}
+    save_mlp(smk.output.classifier, model, {"seed": smk.params.seed, "classes_from": "train", **fitted_on})
 
 
 run_step(snakemake, main)
