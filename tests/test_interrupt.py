@@ -197,20 +197,22 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path:
     config["plugins"] = [str(tmp_path / "slow_reads.py")]
     config_path = write_config(tmp_path / "config.yaml", config)
 
-    # 1. SIGTERM while a shard is written: the job unwinds, its partial file is removed
+    # 1. SIGTERM while a shard is written: the job unwinds, its partial file is removed. (On some
+    # machines the shard being written when the signal is sent still finishes: one or two are done.)
     run_until_a_shard_is_written(tmp_path, config_path, 1, signal.SIGTERM)
     done_first = finished_shards(tmp_path)
-    assert len(done_first) == 1 and not partial_packs(tmp_path)
+    assert 1 <= len(done_first) < N_SHARDS and not partial_packs(tmp_path)
     mtimes = log_mtimes(tmp_path)
 
-    # 2. rerun, SIGKILL while the next shard is written: nothing can clean up
-    output = run_until_a_shard_is_written(tmp_path, config_path, 2, signal.SIGKILL)
-    assert not extracted_shards(output) & done_first  # the finished shard was not extracted again
+    # 2. rerun, SIGKILL while a shard not finished before is written: nothing can clean up
+    output = run_until_a_shard_is_written(tmp_path, config_path, len(done_first), signal.SIGKILL)
+    assert not extracted_shards(output) & done_first  # the finished shards were not extracted again
     done_second = finished_shards(tmp_path)
-    assert len(done_second) == 2 and done_first < done_second
+    assert done_first <= done_second and len(done_second) < N_SHARDS
     [killed] = extracted_shards(output) - done_second  # started, and killed while its pack was written
     assert len(partial_packs(tmp_path)) == 1  # SIGKILL: nothing could remove it
-    assert log_mtimes(tmp_path)[next(iter(done_first))] == mtimes[next(iter(done_first))]
+    for shard in done_first:
+        assert log_mtimes(tmp_path)[shard] == mtimes[shard], f"shard {shard} was extracted again"
     mtimes = log_mtimes(tmp_path)
     unlock = run(tmp_path, config_path, "--unlock")  # a killed Snakemake leaves its lock behind
     assert unlock.returncode == 0, unlock.stderr[-2000:]
