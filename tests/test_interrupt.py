@@ -204,11 +204,11 @@ def test_killed_extraction_resumes_without_recomputing_finished_shards(tmp_path:
     assert 1 <= len(done_first) < N_SHARDS and not partial_packs(tmp_path)
     mtimes = log_mtimes(tmp_path)
 
-    # 2. rerun, SIGKILL while a shard not finished before is written: nothing can clean up
-    output = run_until_a_shard_is_written(tmp_path, config_path, len(done_first), signal.SIGKILL)
+    # 2. rerun, SIGKILL while the last shard is written (after the others finished): nothing can clean up
+    output = run_until_a_shard_is_written(tmp_path, config_path, N_SHARDS - 1, signal.SIGKILL)
     assert not extracted_shards(output) & done_first  # the finished shards were not extracted again
     done_second = finished_shards(tmp_path)
-    assert done_first <= done_second and len(done_second) < N_SHARDS
+    assert done_first <= done_second and len(done_second) == N_SHARDS - 1
     [killed] = extracted_shards(output) - done_second  # started, and killed while its pack was written
     assert len(partial_packs(tmp_path)) == 1  # SIGKILL: nothing could remove it
     for shard in done_first:
