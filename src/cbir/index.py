@@ -61,7 +61,8 @@ def check_folder(folder: str | Path) -> Path:
     if not path.is_dir():
         raise FolderIndexError(f"'{path}' is not a folder")
     try:
-        next(os.scandir(path), None)
+        with os.scandir(path) as entries:
+            next(entries, None)
     except OSError as error:
         raise FolderIndexError(f"cannot read '{path}': {error.strerror or error}") from error
     n_images = count_image_files(path)
