@@ -102,6 +102,13 @@ def run_snakemake(workdir: Path, config_path: Path, *args: str, timeout: int = 6
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_cbir(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The ``cbir`` command line in a fresh process, run in ``cwd``."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "cbir.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Job counts per rule from the 'Job stats' table of a dry run."""
     counts: dict[str, int] = {}

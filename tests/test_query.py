@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_snakemake, write_config
+from conftest import run_cbir, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 CELL = "results/tiny/lite/80-20/8"
 
 
-def cbir(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cbir.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_query_prints_the_predicted_class_and_ranked_results(finished_run, tmp_path: Path):
     root, _ = finished_run
     query = root / "data/tiny/red/000.png"
-    result = cbir(
+    result = run_cbir(
         "query", str(query), "--model", CELL, "--json", "--top-k", "3", "--montage", str(tmp_path / "m.png"), cwd=root
     )
     assert result.returncode == 0, result.stderr
@@ -49,7 +41,7 @@ def test_query_accepts_folders_and_other_formats_and_prints_a_table(finished_run
     folder.mkdir()
     Image.open(root / "data/tiny/blue/001.png").convert("RGB").save(folder / "blue.jpg", quality=90)
     Image.open(root / "data/tiny/green/001.png").save(folder / "green.webp")
-    result = cbir("query", str(folder), "--model", CELL, "--mode", "clustered", cwd=root)
+    result = run_cbir("query", str(folder), "--model", CELL, "--mode", "clustered", cwd=root)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("query: ") == 2
     assert "predicted class: blue" in result.stdout and "predicted class: green" in result.stdout
@@ -59,7 +51,7 @@ def test_query_accepts_folders_and_other_formats_and_prints_a_table(finished_run
 def test_query_reports_an_unreadable_image_and_keeps_going(finished_run, tmp_path: Path):
     root, _ = finished_run
     (tmp_path / "notes.jpg").write_text("not an image")
-    result = cbir("query", str(tmp_path / "notes.jpg"), str(root / "data/tiny/red/001.png"), "--model", CELL,
+    result = run_cbir("query", str(tmp_path / "notes.jpg"), str(root / "data/tiny/red/001.png"), "--model", CELL,
                   "--json", cwd=root)  # fmt: skip
     assert result.returncode == 1
     bad, good = json.loads(result.stdout)
@@ -72,11 +64,11 @@ def test_query_refuses_an_incomplete_model_folder(finished_run, tmp_path: Path):
     incomplete = tmp_path / "model"
     incomplete.mkdir()
     (incomplete / "gallery.h5").write_bytes((root / CELL / "gallery.h5").read_bytes())
-    result = cbir("query", str(root / "data/tiny/red/001.png"), "--model", str(incomplete), cwd=root)
+    result = run_cbir("query", str(root / "data/tiny/red/001.png"), "--model", str(incomplete), cwd=root)
     assert result.returncode == 2
     assert "incomplete" in result.stderr
     assert "projection.h5" in result.stderr and "classifier.h5" in result.stderr and "clusters_k" in result.stderr
-    result = cbir("query", str(root / "data/tiny/red/001.png"), "--model", CELL, "--k", "7", cwd=root)
+    result = run_cbir("query", str(root / "data/tiny/red/001.png"), "--model", CELL, "--k", "7", cwd=root)
     assert result.returncode == 2 and "no clusters for k=7" in result.stderr
 
 

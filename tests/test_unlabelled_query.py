@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cbir.cell import load_cell
+
+from conftest import run_cbir
 
 pytestmark = pytest.mark.workflow
 ALL = "results/photos/lite/all/8"  # every image is in the gallery: a query finds itself
@@ -25,18 +25,12 @@ def collection(collection_run: Path) -> Path:
     return collection_run
 
 
-def cbir(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cbir.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def cluster_sizes(root: Path, cell: str) -> np.ndarray:
     return np.bincount(load_cell(root / cell).clusters.assignments)
 
 
 def test_query_json_names_the_nearest_clusters_and_no_class(collection: Path, tmp_path: Path):
-    result = cbir("query", QUERY, "--model", ALL, "--json", "--top-k", "4", "--montage", str(tmp_path / "m.png"),
+    result = run_cbir("query", QUERY, "--model", ALL, "--json", "--top-k", "4", "--montage", str(tmp_path / "m.png"),
                   cwd=collection)  # fmt: skip
     assert result.returncode == 0, result.stderr
     [answer] = json.loads(result.stdout)
@@ -65,7 +59,7 @@ def test_query_json_names_the_nearest_clusters_and_no_class(collection: Path, tm
 
 
 def test_query_table_has_no_class_or_marks_and_titles_the_clustered_search(collection: Path):
-    result = cbir("query", QUERY, "data/photos/top_003.png", "--model", HELD_OUT, "--top-k", "3", cwd=collection)
+    result = run_cbir("query", QUERY, "data/photos/top_003.png", "--model", HELD_OUT, "--top-k", "3", cwd=collection)
     assert result.returncode == 0, result.stderr
     table = result.stdout
     assert table.count("query: ") == 2 and table.count("  nearest clusters: ") == 2
@@ -77,7 +71,7 @@ def test_query_table_has_no_class_or_marks_and_titles_the_clustered_search(colle
 
 
 def test_the_class_search_alone_is_refused_with_a_message(collection: Path):
-    result = cbir("query", QUERY, "--model", ALL, "--mode", "class", cwd=collection)
+    result = run_cbir("query", QUERY, "--model", ALL, "--mode", "class", cwd=collection)
     assert result.returncode == 2 and "has no class search" in result.stderr
 
 
