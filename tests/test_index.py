@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +10,9 @@ import pytest
 from PIL import Image
 
 from cbir.cli import main
-from cbir.index import dataset_name, detect_labels, index_config, plan_index
+from cbir.index import class_folders, dataset_name, detect_labels, index_config, plan_index
 
-from conftest import make_image_folder
-
-
-def cbir(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "cbir.cli", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+from conftest import make_image_folder, run_cbir
 
 
 @pytest.mark.parametrize(
@@ -53,15 +44,15 @@ def _mkdir(path: Path) -> Path:
 
 def test_labels_are_detected_from_the_layout_and_checked(tmp_path: Path):
     classes = make_image_folder(tmp_path / "sorted", per_class=3)
-    assert detect_labels(classes) == "folders"
+    assert detect_labels(classes, class_folders(classes)) == "folders"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(classes / "loose.png")
-    assert detect_labels(classes) == "none"  # a photo at the top: not a class layout
+    assert detect_labels(classes, class_folders(classes)) == "none"  # a photo at the top: not a class layout
     one = make_image_folder(tmp_path / "one", per_class=3)
     for name in ("green", "blue"):
         for path in (one / name).iterdir():
             path.rename(one / "red" / f"{name}_{path.name}")
         (one / name).rmdir()
-    assert detect_labels(one) == "none"
+    assert detect_labels(one, class_folders(one)) == "none"
     with pytest.raises(ValueError, match="two or more sub-folders of images"):
         plan_index(one, name=None, labels="folders", backbone="efficientnet_lite0")
     with pytest.raises(ValueError, match="letters, digits and underscores"):
@@ -93,7 +84,7 @@ def test_a_folder_is_indexed_queried_and_updated_with_only_the_new_photos_extrac
     (folder / "red").rmdir()
     (folder / "notes.txt").write_text("not a photo")
     options = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
-    first = cbir("index", "photos", *options, cwd=tmp_path)
+    first = run_cbir("index", "photos", *options, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "steps (100%) done" in first.stderr
     assert "indexed 18 image(s)" in first.stdout and "(without labels)" in first.stdout
@@ -101,18 +92,18 @@ def test_a_folder_is_indexed_queried_and_updated_with_only_the_new_photos_extrac
     cell = tmp_path / "results/photos/efficientnet_lite0/all/original"
     assert f"cbir query PHOTO --model {cell}" in first.stdout
 
-    query = cbir("query", str(folder / "top_000.png"), "--model", str(cell), "--json", cwd=tmp_path)
+    query = run_cbir("query", str(folder / "top_000.png"), "--model", str(cell), "--json", cwd=tmp_path)
     assert query.returncode == 0, query.stderr[-3000:]
     assert json.loads(query.stdout)[0]["results"]
 
     for i in range(2):
         pixels = np.random.default_rng(100 + i).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / "green" / f"new_{i}.png")
-    second = cbir("index", "photos", *options, cwd=tmp_path)
+    second = run_cbir("index", "photos", *options, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 inspected, 19 reused" in second.stderr and "extracting 2 images" in second.stderr
     plan = json.loads((tmp_path / "results/photos/shards/efficientnet_lite0/plan.json").read_text())
     assert (plan["n_images"], plan["n_extracted"]) == (20, 2)
 
-    duplicates = cbir("duplicates", str(tmp_path / "results/photos/features/efficientnet_lite0.h5"), cwd=tmp_path)
+    duplicates = run_cbir("duplicates", str(tmp_path / "results/photos/features/efficientnet_lite0.h5"), cwd=tmp_path)
     assert duplicates.returncode == 0, duplicates.stderr[-3000:]

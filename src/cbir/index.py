@@ -53,8 +53,9 @@ class IndexPlan:
         return f"results/{self.name}/features/{self.backbone}.h5"
 
 
-def check_folder(folder: str | Path) -> Path:
-    """The folder as an absolute path, or an :class:`FolderIndexError` saying why it cannot be indexed."""
+def check_folder(folder: str | Path) -> tuple[Path, int]:
+    """The folder as an absolute path and its image files, or a :class:`FolderIndexError` saying why it cannot
+    be indexed."""
     path = Path(folder).expanduser()
     if not path.exists():
         raise FolderIndexError(f"'{path}' does not exist")
@@ -72,14 +73,19 @@ def check_folder(folder: str | Path) -> Path:
         raise FolderIndexError(
             f"'{path}' holds {what} (image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}): nothing to index"
         )
-    return path.resolve()
+    return path.resolve(), n_images
 
 
-def detect_labels(folder: Path) -> str:
-    """``folders`` when the photos are sorted into two or more sub-folders and none lies at the top, else ``none``."""
+def class_folders(folder: Path) -> int:
+    """Sub-folders holding image files: the classes of a labelled layout."""
+    return sum(n > 0 for n in count_class_files(folder))
+
+
+def detect_labels(folder: Path, n_classes: int) -> str:
+    """``folders`` when the photos are sorted into two or more sub-folders (``n_classes``) and none lies at the top,
+    else ``none``."""
     at_top = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
-    classes = [n for n in count_class_files(folder) if n > 0]
-    return "folders" if not at_top and len(classes) >= 2 else "none"
+    return "folders" if not at_top and n_classes >= 2 else "none"
 
 
 def dataset_name(folder: Path) -> str:
@@ -89,15 +95,15 @@ def dataset_name(folder: Path) -> str:
 
 
 def plan_index(folder: str | Path, *, name: str | None, labels: str, backbone: str) -> IndexPlan:
-    path = check_folder(folder)
+    path, n_images = check_folder(folder)
     if labels not in LABEL_CHOICES:
         raise FolderIndexError(f"--labels must be one of {', '.join(LABEL_CHOICES)}, not '{labels}'")
-    labels = detect_labels(path) if labels == "auto" else labels
-    if labels == "folders" and len([n for n in count_class_files(path) if n > 0]) < 2:
+    n_classes = class_folders(path) if labels != "none" else 0
+    labels = detect_labels(path, n_classes) if labels == "auto" else labels
+    if labels == "folders" and n_classes < 2:
         raise FolderIndexError(f"--labels folders needs two or more sub-folders of images in '{path}'")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise FolderIndexError(f"--name '{name}' may hold letters, digits and underscores only")
-    n_images = count_image_files(path)
     split = "all" if labels == "none" else SPLIT_WITH_LABELS
     n_gallery = n_images if split == "all" else int(0.8 * n_images)
     pca = str(PCA) if n_gallery > PCA else "original"
