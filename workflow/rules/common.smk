@@ -1,3 +1,4 @@
+import functools
 import sys
 from pathlib import Path
 
@@ -120,11 +121,17 @@ def metrics_files():
 
 def current_training_set(wildcards):
     """(training images, classes) of a cell's split, counted from the dataset's files; None where unknown."""
-    bound = class_sizes_bound(config, wildcards.dataset, wildcards.split == OFFICIAL)
+    return counted_training_set(wildcards.dataset, wildcards.split)
+
+
+# every fitting job of a split asks: the dataset's folder is listed once per run, not once per job
+@functools.cache
+def counted_training_set(dataset, split):
+    bound = class_sizes_bound(config, dataset, split == OFFICIAL)
     if bound is None:
         return None
     sizes = [n for n in bound[0] if n > 0]
-    return max_train_images(sizes, wildcards.split), len(sizes)
+    return max_train_images(sizes, split), len(sizes)
 
 
 def kept_until_due(path, artifact):
