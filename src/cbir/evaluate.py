@@ -410,8 +410,6 @@ def cell_metrics(
     cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space)
     models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
-    table = read_manifest(manifest)
-    n_classes = int(table["label"].max()) + 1
     result: dict[str, Any] = {
         **cell.identity.as_dict(),
         "k": cell.k,
@@ -441,6 +439,8 @@ def cell_metrics(
         result.update(evaluate_without_labels(models, raw_queries, own_rows, top_k=top_k))
         rerank = None  # re-ranking is measured by its precision, which needs labels
     else:
+        table = read_manifest(manifest)  # the label sets: a collection without labels needs none
+        n_classes = int(table["label"].max()) + 1
         query_sets = manifest_label_sets(table, test.ids, n_classes)
         gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
         result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
