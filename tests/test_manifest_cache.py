@@ -263,3 +263,67 @@ def test_the_manifest_rule_reuses_its_cache(tmp_path: Path):
     log = (tmp_path / "results" / "logs" / "manifest" / "tiny.log").read_text()
     assert "manifest: 1 inspected, 12 reused from results/tiny/cache/file_records.csv" in log
     assert len(read_manifest(tmp_path / "results" / "tiny" / "manifest.csv")) == 13
+
+
+def test_scan_shards_cover_the_listing_once(photos: Path):
+    paths = [path for path, _ in inspection.listed_files(photos)]
+    assert len(paths) == 14
+    for n_shards in (1, 2, 3, 5, 14, 20):
+        shards = [inspection.shard_of(paths, i, n_shards) for i in range(n_shards)]
+        assert [path for shard in shards for path in shard] == paths
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError, match=r"shard 3 is not one of 0\.\.2"):
+        inspection.shard_of(paths, 3, 3)
+    assert [inspection.scan_shard_count(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [0, 0, 0, 2, 2, 3]
+
+
+def test_a_manifest_from_scan_shards_inspects_nothing_itself(photos: Path, tmp_path: Path, inspected: list[str]):
+    cache = tmp_path / "cache.csv"
+    shards = [tmp_path / f"{i}-of-3.csv" for i in range(3)]
+    for i, shard in enumerate(shards):
+        inspection.scan_shard(photos, i, 3, cache, shard)
+    assert sorted(inspected) == sorted(path.rsplit("/", 1)[-1] for path, _ in inspection.listed_files(photos))
+    inspected.clear()
+    records = FileRecords.load(cache, shards=shards)
+    manifest = build_manifest("folder", FOLDER, photos, records=records)
+    assert inspected == [] and records.reused == 14
+    assert_as_from_scratch(manifest, photos)
+    # a rescan after adding a file inspects that file alone, taking the others from the cache
+    records.save(cache)
+    inspected.clear()
+    write_png(photos / "blue" / "extra.png", 20)
+    rescans = [inspection.scan_shard(photos, i, 3, cache, shard) for i, shard in enumerate(shards)]
+    assert inspected == ["extra.png"] and sum(r.reused for r in rescans) == 14
+
+
+def test_unreadable_scan_records_stop_the_manifest_naming_them(tmp_path: Path):
+    shard = tmp_path / "0-of-2.csv"
+    shard.write_text("not records\n")
+    with pytest.raises(ValueError, match=r"scan records '.*0-of-2\.csv' cannot be read"):
+        FileRecords.load(tmp_path / "cache.csv", shards=[shard])
+
+
+@pytest.mark.workflow
+def test_a_large_folder_is_inspected_by_scan_jobs(tmp_path: Path):
+    data = make_image_folder(tmp_path / "data" / "tiny", per_class=4)
+    config = tiny_config(data)
+    config["data"] = {"scan_shard_size": 5}
+    config_path = write_config(tmp_path / "config.yaml", config)
+    first = run_snakemake(tmp_path, config_path, "results/tiny/manifest.csv")
+    assert first.returncode == 0, first.stderr[-3000:]
+    logs = tmp_path / "results" / "logs"
+    assert sorted(path.name for path in (logs / "scan_files").iterdir()) == [f"tiny_{i}-of-3.log" for i in range(3)]
+    assert "4 inspected, 0 reused" in (logs / "scan_files" / "tiny_0-of-3.log").read_text()
+    log = (logs / "manifest" / "tiny.log").read_text()
+    assert "manifest: 0 inspected, 12 reused from results/tiny/cache/file_records.csv and 3 scan shards" in log
+    assert not (tmp_path / "results" / "tiny" / "scan").exists() or not any((tmp_path / "results/tiny/scan").iterdir())
+    expected = build_manifest("folder", FOLDER, data)
+    manifest = read_manifest(tmp_path / "results" / "tiny" / "manifest.csv")
+    assert sorted(manifest["sha256"]) == sorted(expected.images["sha256"])
+    # an added file: the folder's listing changed, so the scan jobs run again and inspect it alone
+    write_png(data / "red" / "extra.png", 20)
+    second = run_snakemake(tmp_path, config_path, "results/tiny/manifest.csv")
+    assert second.returncode == 0, second.stderr[-3000:]
+    scans = [(logs / "scan_files" / f"tiny_{i}-of-3.log").read_text() for i in range(3)]
+    assert sum("1 inspected" in text for text in scans) == 1
+    assert len(read_manifest(tmp_path / "results" / "tiny" / "manifest.csv")) == 13

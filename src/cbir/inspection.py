@@ -6,6 +6,10 @@ Inspecting a file decodes it whole, measures it and hashes it: hours for a large
 rule rsync and git use, so a file edited in place keeping both is not noticed). The dataset
 sources call it without options; :func:`build_manifest <cbir.datasets.build_manifest>` sets the
 cache and the pool size for the whole build with :func:`scanning`.
+
+A large folder of the user's own files is inspected before the manifest job, by scan jobs of
+:func:`scan_shard` each taking a slice of :func:`listed_files`: the manifest job then finds every
+file in their records, so a million files are not one job lasting hours.
 """
 
 from __future__ import annotations
@@ -94,17 +98,27 @@ class FileRecords:
         self.reused = 0
 
     @classmethod
-    def load(cls, path: str | Path) -> FileRecords:
-        """The records of a cache file; a missing, unreadable or malformed one is ignored (a warning)."""
+    def load(cls, path: str | Path, shards: Sequence[str | Path] = ()) -> FileRecords:
+        """The records of a cache file; a missing, unreadable or malformed one is ignored (a warning).
+
+        ``shards``: the records the scan jobs wrote this run (:func:`scan_shard`), taken over the
+        cache's; unlike the cache they must be readable (an error names the file).
+        """
         path = Path(path)
+        known: dict[FileKey, Inspection] = {}
         if not path.exists():
             log.info("no file record cache '%s' yet: every file is inspected", path)
-            return cls()
-        try:
-            return cls(read_records(path))
-        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
-            log.warning("file record cache '%s' ignored, every file is inspected: %s", path, error)
-            return cls()
+        else:
+            try:
+                known = read_records(path)
+            except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
+                log.warning("file record cache '%s' ignored, every file is inspected: %s", path, error)
+        for shard in shards:
+            try:
+                known.update(read_records(Path(shard)))
+            except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
+                raise ValueError(f"scan records '{shard}' cannot be read: {error}") from error
+        return cls(known)
 
     def lookup(self, key: FileKey | None) -> Inspection | None:
         if key is None:
@@ -228,11 +242,9 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context()
 
 
-def listing_digest(folder: str | Path) -> str:
-    """One SHA-256 over the names, sizes and modification times of every non-hidden file below
-    ``folder`` (links to folders followed once): what changes when a file is added, removed,
-    renamed or edited. It reads no file, so a million files take seconds."""
-    digest = hashlib.sha256()
+def listed_files(folder: str | Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every non-hidden file below ``folder``, sorted by folder then name (links to folders followed
+    once), with its status (a broken link's own). It reads no file, so a million files take seconds."""
     seen: set[str] = set()
     for current, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
@@ -244,9 +256,50 @@ def listing_digest(folder: str | Path) -> str:
         for name in sorted(name for name in files if not name.startswith(".")):
             path = os.path.join(current, name)
             try:
-                info = os.stat(path)
+                yield path, os.stat(path)
             except OSError:  # a broken link: its name still counts
-                info = os.lstat(path)
-            entry = f"{os.path.relpath(path, folder)}\0{info.st_size}\0{info.st_mtime_ns}\n"
-            digest.update(os.fsencode(entry))
-    return digest.hexdigest()
+                yield path, os.lstat(path)
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What a listing of a folder says without reading a file: a digest of the names, sizes and
+    modification times (what changes when a file is added, removed, renamed or edited) and the count."""
+
+    digest: str
+    n_files: int
+
+
+def folder_state(folder: str | Path) -> FolderState:
+    digest = hashlib.sha256()
+    n_files = 0
+    for path, info in listed_files(folder):
+        digest.update(os.fsencode(f"{os.path.relpath(path, folder)}\0{info.st_size}\0{info.st_mtime_ns}\n"))
+        n_files += 1
+    return FolderState(digest.hexdigest(), n_files)
+
+
+def scan_shard_count(n_files: int, shard_size: int) -> int:
+    """Scan jobs for a folder of ``n_files``: none (the manifest job inspects them) when one would do."""
+    shards = -(-n_files // shard_size)
+    return shards if shards > 1 else 0
+
+
+def shard_of(paths: Sequence[str], shard: int, n_shards: int) -> Sequence[str]:
+    """The ``shard``-th of ``n_shards`` contiguous, near-equal slices of ``paths``."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not one of 0..{n_shards - 1}")
+    return paths[len(paths) * shard // n_shards : len(paths) * (shard + 1) // n_shards]
+
+
+def scan_shard(
+    folder: str | Path, shard: int, n_shards: int, cache: str | Path, out: str | Path, workers: int = 1
+) -> FileRecords:
+    """Inspect one shard of the files below ``folder`` (listed as :func:`listed_files` lists them) into
+    the records file ``out``, which the manifest job then takes its inspections from. Unchanged
+    files are taken from the ``cache`` the last manifest job wrote, so a rescan mostly stats."""
+    paths = shard_of([path for path, _ in listed_files(folder)], shard, n_shards)
+    records = FileRecords.load(cache)
+    inspect_images([Path(path) for path in paths], records=records, workers=workers)
+    records.save(out)
+    return records

@@ -35,6 +35,7 @@ from cbir.cell import (  # noqa: E402
     model_files,
 )
 from cbir.datasets import get_source  # noqa: E402
+from cbir.inspection import folder_state, scan_shard_count  # noqa: E402
 from cbir.refit import WHEN_DUE, fitted_on, refit_due  # noqa: E402
 from cbir.paper import summary_settings  # noqa: E402
 from cbir.report import PAGES, PLOTS, TABLES, page_files  # noqa: E402
@@ -63,6 +64,7 @@ SEED = config["seed"]
 CELL = CELL_FOLDER  # results/{dataset}/{backbone}/{split}/{pca}
 MANIFEST = "results/{dataset}/manifest.csv"
 SPLIT = "results/{dataset}/splits/{split}.csv"
+SCAN_RECORDS = "results/{dataset}/scan/{shard}-of-{n}.csv"
 FEATURES = "results/{dataset}/features/{backbone}.h5"
 PCA_BASIS = "results/{dataset}/{backbone}/{split}/pca_basis.h5"
 LOGS = "results/logs"
@@ -82,10 +84,30 @@ def adapter_options(wildcards):
     return {k: v for k, v in dataset_entry(wildcards.dataset).items() if k != "how_to_get"}
 
 
+def dataset_user_folder(dataset):
+    """The folder of the dataset's own files, where the user adds and changes them (Source.user_folder), or None."""
+    entry = dataset_entry(dataset)
+    return get_source(entry["source"]).user_folder(entry, dataset_root(config, dataset))
+
+
+# asked by the manifest and by every scan job: the folder is listed once per run
+@functools.cache
+def dataset_folder_state(dataset):
+    folder = dataset_user_folder(dataset)
+    return folder_state(folder) if folder else None
+
+
 def dataset_files_state(wildcards):
-    """A digest of the dataset's own files where the user adds and changes them (cbir.datasets.Source.files_state)."""
-    entry = dataset_entry(wildcards.dataset)
-    return get_source(entry["source"]).files_state(entry, dataset_root(config, wildcards.dataset))
+    """A digest of the names, sizes and mtimes of the dataset's own files (None for other sources)."""
+    state = dataset_folder_state(wildcards.dataset)
+    return state.digest if state else None
+
+
+def scan_records(wildcards):
+    """The records of the scan jobs inspecting a large folder dataset in shards (none for a small one)."""
+    state = dataset_folder_state(wildcards.dataset)
+    n = scan_shard_count(state.n_files, config["data"]["scan_shard_size"]) if state else 0
+    return [SCAN_RECORDS.format(dataset=wildcards.dataset, shard=i, n=n) for i in range(n)]
 
 
 def download_input(wildcards):

@@ -105,19 +105,53 @@ rule fashion_mnist_images:
         "../scripts/export_fashion_mnist.py"
 
 
+rule scan_files:
+    """Inspect (decode, measure, hash) one shard of a large folder dataset's files for its manifest.
+
+    A folder of more than data.scan_shard_size files is listed when the workflow starts and
+    inspected by this many scan jobs, each taking a contiguous slice of the sorted listing; the
+    manifest job then takes every file's inspection from their records. Unchanged files are taken
+    from the file record cache (results/<dataset>/cache/file_records.csv), so after a change every
+    shard runs again but inspects only the new or changed files. The records are temporary.
+    """
+    output:
+        records=temp(SCAN_RECORDS),
+    wildcard_constraints:
+        shard=r"\d+",
+        n=r"\d+",
+    params:
+        folder=lambda wildcards: str(dataset_user_folder(wildcards.dataset)),
+        file_records=lambda wildcards: f"results/{wildcards.dataset}/cache/file_records.csv",
+        files=dataset_files_state,
+    log:
+        f"{LOGS}/scan_files/{{dataset}}_{{shard}}-of-{{n}}.log",
+    benchmark:
+        f"{BENCHMARKS}/scan_files/{{dataset}}_{{shard}}-of-{{n}}.tsv"
+    threads: config["data"]["scan_threads"]
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/scan_files.py"
+
+
 rule manifest:
     """Index the dataset through its adapter: id, path, label, class, size and checksum of every image.
 
     Unusable files go to excluded.csv with the reason; above data.max_excluded_fraction of them,
     or with fewer than two classes, or with a path outside the dataset folder, the job stops.
-    The files are inspected (decoded, measured, hashed) by data.scan_threads processes, except
-    those unchanged since the last run: same path, size and mtime in the file record cache
-    results/<dataset>/cache/file_records.csv (no output: Snakemake would delete it before the
-    job). A file edited in place that keeps both its size and mtime is not noticed (the rule
-    rsync and git use); deleting the cache forces a full rescan and otherwise only costs time.
+    The files are inspected (decoded, measured, hashed) by data.scan_threads processes (or before,
+    by the scan_files jobs of a large folder dataset), except those unchanged since the last run:
+    same path, size and mtime in the file record cache results/<dataset>/cache/file_records.csv
+    (no output: Snakemake would delete it before the job). A file edited in place that keeps both
+    its size and mtime is not noticed (the rule rsync and git use); deleting the cache forces a
+    full rescan and otherwise only costs time.
     """
     input:
-        manifest_input,
+        source=manifest_input,
+        scans=scan_records,
     output:
         manifest=MANIFEST,
         excluded="results/{dataset}/excluded.csv",

@@ -14,11 +14,12 @@ from cbir.runtime import run_step
 def main(smk) -> None:
     source, entry, root, images = smk.params.source, smk.params.entry, Path(smk.params.root), Path(smk.params.images)
     log = logging.getLogger("cbir.manifest")
-    records = FileRecords.load(smk.params.file_records)
+    records = FileRecords.load(smk.params.file_records, shards=smk.input.scans)
     manifest = build_manifest(source, entry, root, images, records=records, workers=smk.threads)
     # saved before the checks below: what the files hold stays true even if the manifest is refused
     records.save(smk.params.file_records)
-    log.info("manifest: %s", records.summary(smk.params.file_records))
+    where = smk.params.file_records + (f" and {len(smk.input.scans)} scan shards" if smk.input.scans else "")
+    log.info("manifest: %s", records.summary(where))
     # the folder every image must lie in: the images the workflow exported (CIFAR-10), or the dataset's files
     inside = get_source(source).images_folder(entry, root, images)
     # read from the config, not a param: changing the limit re-indexes nothing that passed it

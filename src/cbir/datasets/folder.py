@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from cbir.datasets.source import FETCH_KEYS, Source, data_dir
-from cbir.inspection import listing_digest
 from cbir.manifest import Manifest, count_class_files, count_image_files, scan_image_folder, scan_unlabelled_folder
 
 
@@ -23,9 +22,9 @@ class FolderSource(Source):
         folder = data_dir(root, entry)
         return None if folder.is_dir() else f"'{folder}' does not exist"
 
-    def files_state(self, entry: Mapping[str, Any], root: Path) -> str | None:
+    def user_folder(self, entry: Mapping[str, Any], root: Path) -> Path | None:
         folder = data_dir(root, entry)
-        return listing_digest(folder) if folder.is_dir() else None
+        return folder if folder.is_dir() else None
 
     def class_sizes(self, entry: Mapping[str, Any], root: Path, official: bool) -> tuple[list[int], str] | None:
         """Counted: files with an image extension per class folder (some may still be excluded); without

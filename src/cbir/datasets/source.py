@@ -42,11 +42,16 @@ class Source(ABC):
     def manifest(self, entry: Mapping[str, Any], root: Path, images_dir: Path | None = None) -> Manifest:
         """The manifest of the dataset; ``images_dir`` is the folder the workflow exported its images to."""
 
-    def files_state(self, entry: Mapping[str, Any], root: Path) -> str | None:
-        """A digest of the files the manifest is built from (names, sizes, modification times), a param of
-        the manifest rule: adding, removing or changing a file rebuilds the manifest, and then only what
-        follows from the change. None where the files are not the user's to change (downloaded archives,
-        generated or exported images: the rules that write them are tracked already)."""
+    def user_folder(self, entry: Mapping[str, Any], root: Path) -> Path | None:
+        """The folder of the user's own files the manifest inspects, when it exists; None where the files
+        are not the user's to change (downloaded archives, generated or exported images: the rules
+        that write them are tracked already).
+
+        The workflow lists it when it starts (:func:`cbir.inspection.folder_state`): a digest of its
+        files' names, sizes and modification times is a param of the manifest rule, so adding,
+        removing or changing a file rebuilds the manifest, and then only what follows from the
+        change; and above ``data.scan_shard_size`` files, scan jobs inspect it in shards.
+        """
         return None
 
     def class_sizes(self, entry: Mapping[str, Any], root: Path, official: bool) -> tuple[list[int], str] | None:
