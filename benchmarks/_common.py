@@ -12,6 +12,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+COREL = REPO.parent / "shared" / "data" / "corel1k"  # the real photos of ../shared (README there)
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 

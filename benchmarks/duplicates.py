@@ -23,9 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import REPO, add_backbone_arguments, cpu_model, print_table, record
+from _common import COREL, REPO, add_backbone_arguments, cpu_model, print_table, record
 
-COREL = REPO.parent / "shared" / "data" / "corel1k"
 THRESHOLDS = [*(i / 100 for i in range(1, 11)), 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.3, 0.35, 0.4]
 TARGET_PRECISION = 0.99
 

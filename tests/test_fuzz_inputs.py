@@ -139,7 +139,7 @@ def check_decode(data: bytes) -> None:
     from cbir.serve import UploadError, decode_image
 
     try:
-        image = decode_image(data, MAX_PIXELS)
+        image = decode_image(data, MAX_PIXELS).image
     except UploadError as error:
         assert error.status_code in (400, 413, 422), error.status_code
         assert error.message
@@ -178,7 +178,7 @@ def test_the_seed_images_decode():
     from cbir.serve import decode_image
 
     for data in SEEDS:
-        assert decode_image(data, MAX_PIXELS).mode == "RGB"
+        assert decode_image(data, MAX_PIXELS).image.mode == "RGB"
 
 
 # --- manifests --------------------------------------------------------------------------------

@@ -87,3 +87,35 @@ def test_the_query_latency_is_measured_through_the_gallerys_network(cell):
     assert timing["precision_reason"] == f"{precision}, as the gallery was extracted"
     assert timing["seed"] == (0 if precision == "bf16" else 1)
     assert timing["time_extract_median_us"] > 0
+
+
+def test_a_large_jpeg_upload_is_decoded_as_the_gallery_and_cbir_query_decode_it(finished_run, tmp_path):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from cbir.images import load_rgb_image
+    from cbir.serve import ServedModel, ServeSettings, create_app
+
+    root = finished_run[0]
+    folder = root / "results/tiny/lite/80-20/8"
+    served = ServedModel.load(ServeSettings(model=folder))
+    prepared = served.embedder.prepared
+    assert prepared.draft_to, "the session's gallery was draft-decoded"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 300 wide, 400 high
+    photo = tmp_path / "large.jpg"
+    Image.open(root / QUERY).convert("RGB").resize((400, 300)).save(photo, quality=90, exif=exif)
+    with Image.open(photo) as image:
+        assert min(image.size) >= 4 * prepared.draft_to  # decoded at a reduced scale
+
+    # what `cbir query` computes for the file: the gallery's decoding (draft), then the search
+    expected = served.search(prepared.decode(photo), 5, None)["results"]["global"]
+    in_full = served.search(load_rgb_image(photo), 5, None)["results"]["global"]  # what the server did before
+    with TestClient(create_app(ServeSettings(model=folder), served=served)) as client:
+        response = client.post("/api/query", files={"image": ("large.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [r["id"] for r in answer["results"]["global"]] == [r["id"] for r in expected]
+    assert [r["distance"] for r in answer["results"]["global"]] == pytest.approx([r["distance"] for r in expected])
+    assert [r["distance"] for r in in_full] != pytest.approx([r["distance"] for r in expected], abs=1e-6)
+    assert (answer["query"]["width"], answer["query"]["height"]) == (300, 400)

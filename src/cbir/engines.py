@@ -15,7 +15,10 @@ so no test image of any split sets a quantization range.
 ``precision: auto``) every path that passes the quality bar: mean cosine of its features to
 torch fp32 of at least :data:`QUALITY_BAR_COSINE` on held-out training images of the dataset. It
 takes the fastest, and never one that is not :data:`cbir.precision.MARGIN` times torch fp32's
-speed.
+speed. Calibrating int8 costs time of its own (17 s for EfficientNet-Lite0 at 128 px, 65 s for
+VGG16 at 224 px on 2 cores): unless int8 is asked for, it is only tried where the fastest other
+path would need :data:`INT8_PAYBACK_S` or more for the dataset's images, since it could never
+save more than that time.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ ENGINE_RECORD = "engine.json"
 OPENVINO_MODEL = "model.xml"
 QUALITY_BAR_COSINE = 0.99
 HOLDOUT_IMAGES = 32  # held-out training images the quality bar is measured on
+INT8_PAYBACK_S = 60.0  # seconds of extraction at the fastest other path below which auto does not calibrate int8
 TRIAL_BATCH = 4
 # OpenVINO's inference precision for the layers it runs in floating point; an int8 model keeps
 # fp32 between its quantized layers, so its result does not depend on the CPU having bf16
@@ -186,11 +190,13 @@ def prepare_engine(
     seed: int = 0,
     threads: int | None = None,
     enforce_bar: bool = True,
+    n_images: int | None = None,
 ) -> EngineChoice:
     """Convert, quantize, check and time the candidate paths; write the chosen one into ``out_dir``.
 
     ``enforce_bar=False`` (benchmarks) keeps a requested path that is below the quality bar,
-    so that it can be measured and reported as failing.
+    so that it can be measured and reported as failing. ``n_images``: the images the engine will
+    extract, which decides whether int8 is worth calibrating when it is not asked for (None: tried).
     """
     import torch
 
@@ -217,7 +223,9 @@ def prepare_engine(
     exported = export_openvino(network, spec.image_size)
     runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     models: dict[str, Any] = {}
-    for name in candidates:
+    images = np.random.default_rng(seed).random((TRIAL_BATCH, 3, spec.image_size, spec.image_size), np.float32)
+    skipped = ""
+    for name in sorted(candidates, key=lambda name: name.endswith("int8")):  # int8 last: the others' speed decides it
         kind, wanted = name.split("-")
         if kind == "torch":
 
@@ -229,6 +237,12 @@ def prepare_engine(
             continue
         model = exported
         if wanted == "int8":
+            if precision != "int8" and n_images is not None:
+                rates = {other: TRIAL_BATCH / _seconds(run, images) for other, run in runs.items()}
+                skipped = int8_not_worth(n_images, rates)
+                if skipped:
+                    log.info("%s", skipped)
+                    continue
             calibration = _batches([transform(load_rgb_image(p, draft_to)) for p in calibration_paths])
             start = time.perf_counter()
             model = quantize_int8(exported, calibration)
@@ -242,7 +256,6 @@ def prepare_engine(
     if failing:
         log.warning("below the quality bar (mean cosine to torch fp32 < %s): %s", QUALITY_BAR_COSINE, failing)
 
-    images = np.random.default_rng(seed).random((TRIAL_BATCH, 3, spec.image_size, spec.image_size), np.float32)
     timed = {name: runs[name] for name in (passing or (list(runs) if not enforce_bar else []))}
     if not timed:
         raise EngineError(
@@ -258,6 +271,8 @@ def prepare_engine(
     reason = f"engine {engine}, precision {precision}: measured on {where}: {measured}; chosen: {best}"
     if failing:
         reason += "; below the quality bar: " + ", ".join(f"{n} (cosine {c:.4f})" for n, c in failing.items())
+    if skipped:
+        reason += f"; {skipped}"
     kind, chosen = best.split("-")
     model_file = None
     if kind == "openvino":
@@ -270,6 +285,21 @@ def prepare_engine(
     log.info("%s", reason)
     _write(out_dir, choice)
     return choice
+
+
+def int8_not_worth(n_images: int, rates: dict[str, float]) -> str:
+    """Why int8 is not calibrated for ``n_images`` at the measured ``rates`` of the other paths ('' where
+    it may pay off): int8 cannot save more than the extraction time of the fastest other path."""
+    if not rates:
+        return ""
+    fastest = max(rates, key=rates.__getitem__)
+    seconds = n_images / rates[fastest]
+    if seconds >= INT8_PAYBACK_S:
+        return ""
+    return (
+        f"int8 not calibrated: {n_images} images take about {seconds:.0f} s at {fastest} "
+        f"({rates[fastest]:.0f} images/s), less than the {INT8_PAYBACK_S:.0f} s calibrating could pay back"
+    )
 
 
 def pick_fastest(rates: dict[str, float], engine: str) -> str:

@@ -87,6 +87,9 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+DECODING_AND_COMPUTING = ("torch", "torchvision", "pillow", "simplejpeg", "openvino")
+
+
 def network_fingerprint(
     backbone: Mapping[str, Any], extraction: Mapping[str, Any], seed: int, engine_folder: str | Path | None = None
 ) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def network_fingerprint(
         "engine_digest": _folder_digest(Path(engine_folder)) if engine_folder else None,
         "seed": int(seed),
         "feature_code_version": FEATURE_CODE_VERSION,
-        "versions": {package: _version(package) for package in ("torch", "torchvision", "pillow", "openvino")},
+        "versions": {package: _version(package) for package in DECODING_AND_COMPUTING},
     }
 
 

@@ -7,9 +7,15 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # libjpeg-turbo without Pillow's overhead: the same pixels, faster (benchmarks/decoders.py)
+    import simplejpeg
+except ImportError:  # decoded by Pillow alone
+    simplejpeg = None
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -49,8 +55,8 @@ def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
 
 
-def load_rgb_image(path: str | Path, draft_to: int | None = None) -> Image.Image:
-    """Open an image decoded as RGB, with its EXIF orientation applied.
+def load_rgb_image(path: str | Path | BinaryIO, draft_to: int | None = None) -> Image.Image:
+    """Open an image (a path or an open binary file) decoded as RGB, with its EXIF orientation applied.
 
     Transparency is composited on white; 16-bit grey images are scaled to 8 bits; CMYK, grey
     and palette images are converted. Images above Pillow's pixel limit are refused
@@ -61,16 +67,69 @@ def load_rgb_image(path: str | Path, draft_to: int | None = None) -> Image.Image
     faster than decoding every pixel of a large photo that is then shrunk anyway.
     """
     with open_within_pixel_limit(path) as image:
-        if draft_to and image.format == "JPEG" and min(image.size) >= 2 * draft_to:
-            image.draft("RGB", (2 * draft_to, 2 * draft_to))
-        image.load()
-        image = _high_bit_depth_to_8bit(ImageOps.exif_transpose(image))
+        scale = jpeg_draft_scale(image, draft_to)
+        decoded = decode_jpeg_fast(path, image, scale)
+        if decoded is None:
+            if scale > 1:
+                image.draft("RGB", (2 * draft_to, 2 * draft_to))
+            image.load()
+            decoded = image
+        image = _high_bit_depth_to_8bit(ImageOps.exif_transpose(decoded))
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             # composite on white rather than letting convert() drop alpha onto black
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return image.convert("RGB")
+
+
+def jpeg_draft_scale(image: Image.Image, draft_to: int | None) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) a JPEG is decoded at for ``draft_to`` (1: in full):
+    the largest keeping both sides at least twice ``draft_to``, as Pillow's ``draft`` picks it."""
+    if not draft_to or image.format != "JPEG" or len(image.tile) != 1 or min(image.size) < 2 * draft_to:
+        return 1
+    room = min(image.width // (2 * draft_to), image.height // (2 * draft_to))
+    return next(scale for scale in (8, 4, 2, 1) if room >= scale)
+
+
+def decode_jpeg_fast(path: str | Path | BinaryIO, image: Image.Image, scale: int = 1) -> Image.Image | None:
+    """A colour or grey JPEG decoded by simplejpeg at 1/``scale``, with the opened ``image``'s metadata
+    (EXIF orientation); None where Pillow decodes it: simplejpeg not installed, another format or
+    colour space (CMYK), or data that libjpeg-turbo reports damaged (Pillow then says why).
+
+    Both use libjpeg-turbo with the same settings (accurate integer DCT, fancy upsampling), so the
+    pixels are Pillow's (``tests/test_images.py`` holds them equal) at 1.1–2.2× the speed.
+    """
+    if simplejpeg is None or image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return None
+    width, height = -(-image.width // scale), -(-image.height // scale)
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            _file_bytes(path),
+            colorspace="RGB" if image.mode == "RGB" else "GRAY",
+            min_width=width,
+            min_height=height,
+            min_factor=scale,
+        )
+    except ValueError:
+        return None
+    if pixels.shape[:2] != (height, width):  # another scale than Pillow's: decode as Pillow does
+        return None
+    decoded = Image.fromarray(pixels[..., 0] if image.mode == "L" else pixels, mode=image.mode)
+    decoded.info.update(image.info)  # EXIF and XMP: the orientation exif_transpose applies
+    return decoded
+
+
+def _file_bytes(source: str | Path | BinaryIO) -> bytes:
+    """The whole content of a file, by path or from an open file object (left where it was)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).read_bytes()
+    position = source.tell()
+    source.seek(0)
+    try:
+        return source.read()
+    finally:
+        source.seek(position)
 
 
 def link_problem(path: Path) -> str | None:

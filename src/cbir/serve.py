@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -473,8 +473,21 @@ def _describe_cell(served: ServedModel) -> str:
 # --- uploads ---------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode image bytes to RGB (EXIF orientation applied), refusing non-images and oversized images."""
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload decoded as the gallery's images were, and its size as displayed (in full, turned by EXIF)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> DecodedUpload:
+    """Decode image bytes to RGB (EXIF orientation applied), refusing non-images and oversized images.
+
+    ``draft_to``: the gallery's draft side (:attr:`cbir.network.PreparedNetwork.draft_to`): a large
+    JPEG is decoded at the reduced DCT scale its images were.
+    """
     from cbir.images import load_rgb_image
 
     if not data:
@@ -495,11 +508,14 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             413, f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} pixels"
         )
     try:
-        return load_rgb_image(io.BytesIO(data))  # type: ignore[arg-type]  # PIL opens file objects too
+        image = load_rgb_image(io.BytesIO(data), draft_to)  # type: ignore[arg-type]  # PIL opens file objects too
+        with Image.open(io.BytesIO(data)) as probe:
+            turned = probe.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
     except Image.DecompressionBombError as error:
         raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
     except Exception as error:  # a truncated or corrupt file fails only when decoded
         raise UploadError(422, f"the image cannot be decoded: {type(error).__name__}: {error}") from error
+    return DecodedUpload(image, *((height, width) if turned else (width, height)))
 
 
 def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
@@ -1016,9 +1032,9 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
                 true_class = entry.class_name if served.model.labelled else None
                 name, image_id = entry.id, entry.id
             start = time.perf_counter()
-            decoded = decode_image(data, settings.max_pixels)
+            decoded = decode_image(data, settings.max_pixels, served.embedder.prepared.draft_to)
             decode_ms = _ms_since(start)
-            answer = served.search(decoded, top_k or settings.top_k, true_class)
+            answer = served.search(decoded.image, top_k or settings.top_k, true_class)
             answer["timings_ms"] = {"decode": decode_ms, **answer["timings_ms"], "total": _ms_since(started)}
             source = "upload" if image is not None else "test"
             answer["query"] = {"source": source, "name": name, "id": image_id, "true_class": true_class,

@@ -14,8 +14,9 @@ from cbir.runtime import run_step
 def main(smk) -> None:
     torch.set_num_threads(smk.threads)
     options = smk.params.extraction
+    manifest = read_manifest(smk.input.manifest)
     calibration, holdout = calibration_sample(
-        read_manifest(smk.input.manifest), smk.params.splits, smk.params.seed, options["calibration_images"]
+        manifest, smk.params.splits, smk.params.seed, options["calibration_images"]
     )
     prepare_engine(
         BackboneSpec.from_config(smk.params.backbone),
@@ -27,6 +28,7 @@ def main(smk) -> None:
         holdout_paths=holdout,
         seed=smk.params.seed,
         threads=smk.threads,
+        n_images=len(manifest),
     )
 
 
