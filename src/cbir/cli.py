@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from cbir.cell import BEST, ModelFolderError, load_cell
 from cbir.duplicates import DEFAULT_THRESHOLD, DuplicatesError
 from cbir.index import FolderIndexError
-from cbir.query import Embedder, QueryError, describe_space, format_table, query_images
+from cbir.query import NEAREST_CLUSTER_TITLE, Embedder, QueryError, describe_space, format_table, query_images
 from cbir.retrieve import MODE_TITLES, MODES
 
 
@@ -190,7 +190,10 @@ def run_query(args: argparse.Namespace) -> int:
 
         shown = [a for a in answers if "error" not in a]
         if shown:
-            draw_montage(shown, args.montage, {m: MODE_TITLES[m].short for m in modes})
+            titles = {m: MODE_TITLES[m].short for m in modes}
+            if not model.labelled:  # no class: the clustered search probes the nearest of all clusters
+                titles["clustered"] = NEAREST_CLUSTER_TITLE
+            draw_montage(shown, args.montage, titles)
     return 1 if any("error" in a for a in answers) else 0
 
 

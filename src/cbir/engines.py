@@ -238,8 +238,8 @@ def prepare_engine(
         model = exported
         if wanted == "int8":
             if precision != "int8" and n_images is not None:
-                rates = {other: TRIAL_BATCH / _seconds(run, images) for other, run in runs.items()}
-                skipped = int8_not_worth(n_images, rates)
+                seconds = measure(lambda other: _seconds(runs[other], images), list(runs))
+                skipped = int8_not_worth(n_images, {other: TRIAL_BATCH / s for other, s in seconds.items()})
                 if skipped:
                     log.info("%s", skipped)
                     continue
