@@ -103,3 +103,19 @@ def test_the_no_match_distance_when_all_or_no_results_are_relevant():
     assert set(no_match_metrics(everything)) == {
         "no_match_distance_global", "no_match_precision_global", "no_match_recall_global",
         "relevance_intercept_global", "relevance_slope_global", "no_match_results_global"}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_logistic_fit_is_scikit_learns(seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    from cbir.evaluate import fit_logistic
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=500)
+    y = rng.random(500) < 1 / (1 + np.exp(-(0.3 - 1.7 * x)))
+    for c in (1e4, 1.0, 0.01):
+        reference = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x[:, None], y)
+        intercept, slope = fit_logistic(x, y, c)
+        assert intercept == pytest.approx(reference.intercept_[0], abs=1e-4)
+        assert slope == pytest.approx(reference.coef_[0, 0], abs=1e-4)
