@@ -108,7 +108,8 @@ def test_serve_describes_a_collection_without_labels(client):
     assert set(info["metrics"]) == {"recall_at_5_vs_exact_clustered", "recall_at_5_vs_exact_faiss_flat",
                                     "recall_at_5_vs_exact_faiss_ivf"}  # fmt: skip
     assert info["metrics"]["recall_at_5_vs_exact_faiss_flat"] == pytest.approx(1.0)
-    assert len(client.get("/api/test-images").json()) == info["test_images"] == 7
+    test_images = client.get("/api/test-images").json()
+    assert len(test_images) == info["test_images"] == 7 and {t["class"] for t in test_images} == {None}
 
 
 def test_serve_answers_with_the_nearest_clusters_and_without_class_or_marks(client, collection: Path):

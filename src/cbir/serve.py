@@ -808,7 +808,7 @@ class ModelInfo(BaseModel):
 class SampleImage(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     id: str
-    class_name: str = Field(alias="class")
+    class_name: str | None = Field(alias="class", description="null for a collection without labels")
     thumbnail: str
 
 
@@ -985,10 +985,13 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
         responses=error_responses(token=token),
         summary="The split's test images, by id",
     )
-    def test_images() -> list[dict[str, str]]:
+    def test_images() -> list[dict[str, str | None]]:
         served = holder.current
         entries = (served.images[i] for i in served.test_ids)
-        return [{"id": e.id, "class": e.class_name, "thumbnail": thumbnail_url(e.id)} for e in entries]
+        labelled = served.model.labelled  # a collection's images have no class
+        return [
+            {"id": e.id, "class": e.class_name if labelled else None, "thumbnail": thumbnail_url(e.id)} for e in entries
+        ]
 
     @app.get(
         "/api/images/{image_id:path}",
