@@ -15,7 +15,7 @@ so no test image of any split sets a quantization range.
 ``precision: auto``) every path that passes the quality bar: mean cosine of its features to
 torch fp32 of at least :data:`QUALITY_BAR_COSINE` on held-out training images of the dataset. It
 takes the fastest, and never one that is not :data:`cbir.precision.MARGIN` times torch fp32's
-speed. Calibrating int8 costs time of its own (17 s for EfficientNet-Lite0 at 128 px, 65 s for
+speed. Calibrating int8 costs time of its own (17 s for EfficientNet-Lite0 at 128 px, 62 s for
 VGG16 at 224 px on 2 cores): unless int8 is asked for, it is only tried where the fastest other
 path would need :data:`INT8_PAYBACK_S` or more for the dataset's images, since it could never
 save more than that time.

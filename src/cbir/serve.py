@@ -508,7 +508,7 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
             413, f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} pixels"
         )
     try:
-        image = load_rgb_image(io.BytesIO(data), draft_to)  # type: ignore[arg-type]  # PIL opens file objects too
+        image = load_rgb_image(io.BytesIO(data), draft_to)
         with Image.open(io.BytesIO(data)) as probe:
             turned = probe.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
     except Image.DecompressionBombError as error:
