@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from cbir.images import IMAGE_EXTENSIONS
-from cbir.manifest import count_class_files, count_image_files, excluded_file_count
+from cbir.manifest import count_class_files, count_image_files, excluded_file_count, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL_CHOICES = ("auto", "none", "folders")
@@ -169,7 +169,7 @@ def describe(plan: IndexPlan, workdir: Path) -> str:
     cell, features = where / plan.cell, where / plan.features
     labels = "without labels" if plan.labels == "none" else "labelled by its sub-folders"
     dataset = where / "results" / plan.name
-    n_indexed = sum(1 for _ in (dataset / "manifest.csv").open()) - 1
+    n_indexed = len(read_manifest(dataset / "manifest.csv"))
     n_excluded = excluded_file_count(pd.read_csv(dataset / "excluded.csv"))
     lines = [
         f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset}",

@@ -13,13 +13,14 @@ gone, everything is refitted. Only the splits that keep every image where it was
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from cbir.cluster import IntraClassClusters
-from cbir.retrieve import squared_distances
+from cbir.retrieve import centroids_by_class, nearest_class_centroids
 
 REFIT_POLICIES = ("always", "when_due")
 WHEN_DUE = "when_due"
@@ -71,22 +72,14 @@ def place_new_images(
             new_rows.append(row)
         else:
             assignments[row] = clusters.assignments[fitted_row]
-    for label in np.unique(labels[new_rows]) if new_rows else []:
-        members = np.flatnonzero(clusters.centroid_labels == label)
-        if not len(members):
-            raise ValueError(f"images of class {int(label)} were added, which no fitted centroid has: a refit is due")
-        rows = [row for row in new_rows if labels[row] == label]
-        centroids = clusters.centroids[members].astype(np.float64)
-        queries = vectors[rows].astype(np.float64)
-        distances = squared_distances(queries, centroids, np.einsum("ij,ij->i", centroids, centroids))
-        assignments[rows] = members[np.argmin(distances, axis=1)]
-    placed = IntraClassClusters(
-        centroids=clusters.centroids,
-        centroid_labels=clusters.centroid_labels,
-        assignments=assignments,
-        n_iter=clusters.n_iter,
-        converged=clusters.converged,
-        methods=clusters.methods,
-        capped=clusters.capped,
-    )
-    return placed, len(new_rows)
+    if new_rows:
+        new_labels = labels[new_rows]
+        class_centroids = centroids_by_class(clusters.centroid_labels)
+        chosen = nearest_class_centroids(
+            vectors[new_rows].astype(np.float64), new_labels, clusters.centroids.astype(np.float64), class_centroids
+        )
+        if (chosen < 0).any():
+            label = int(new_labels[chosen < 0].min())
+            raise ValueError(f"images of class {label} were added, which no fitted centroid has: a refit is due")
+        assignments[new_rows] = chosen
+    return dataclasses.replace(clusters, assignments=assignments), len(new_rows)

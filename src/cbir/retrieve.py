@@ -11,6 +11,7 @@ deterministic. Rows shorter than ``top_k`` (a small cluster) are padded with -1 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,6 +39,28 @@ METRICS = ("euclidean", "cosine")
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1.0, norms)
+
+
+def centroids_by_class(centroid_labels: np.ndarray) -> dict[int, np.ndarray]:
+    """The indices of each class's centroids."""
+    return {int(c): np.flatnonzero(centroid_labels == c) for c in np.unique(centroid_labels)}
+
+
+def nearest_class_centroids(
+    queries: np.ndarray, classes: np.ndarray, centroids: np.ndarray, class_centroids: Mapping[int, np.ndarray]
+) -> np.ndarray:
+    """For each query, the index of the nearest centroid of its class (``class_centroids[c]``: the indices of
+    class ``c``'s centroids), by squared Euclidean distance; -1 where its class has no centroid."""
+    chosen = np.full(len(queries), -1, dtype=np.int64)
+    for label in np.unique(classes):
+        rows = np.flatnonzero(classes == label)
+        candidates = class_centroids.get(int(label), np.empty(0, dtype=np.int64))
+        if len(candidates) == 0:
+            continue
+        members = centroids[candidates]
+        distances = squared_distances(queries[rows], members, np.einsum("ij,ij->i", members, members))
+        chosen[rows] = candidates[np.argmin(distances, axis=1)]
+    return chosen
 
 
 def squared_distances(queries: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray) -> np.ndarray:
@@ -163,9 +186,7 @@ class RetrievalIndex:
         self._gallery32 = self.gallery.astype(np.float32)
         self._class_members = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
         self._cluster_members = [np.flatnonzero(self.assignments == c) for c in range(len(self.centroids))]
-        self._class_centroids = {
-            int(c): np.flatnonzero(self.centroid_labels == c) for c in np.unique(self.centroid_labels)
-        }
+        self._class_centroids = centroids_by_class(self.centroid_labels)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -177,17 +198,7 @@ class RetrievalIndex:
 
     def nearest_centroids(self, queries: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """For each query, the index of the nearest centroid of its predicted class."""
-        queries = self._prepare(queries)
-        chosen = np.full(len(queries), -1, dtype=np.int64)
-        for label in np.unique(predicted):
-            rows = np.flatnonzero(predicted == label)
-            candidates = self._class_centroids.get(int(label), np.empty(0, dtype=np.int64))
-            if len(candidates) == 0:
-                continue
-            centroids = self.centroids[candidates]
-            distances = squared_distances(queries[rows], centroids, np.einsum("ij,ij->i", centroids, centroids))
-            chosen[rows] = candidates[np.argmin(distances, axis=1)]
-        return chosen
+        return nearest_class_centroids(self._prepare(queries), predicted, self.centroids, self._class_centroids)
 
     def centroid_distances(self, queries: np.ndarray) -> np.ndarray:
         """Distance of each query to every centroid (queries x centroids), in the units :meth:`search` reports."""
