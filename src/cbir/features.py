@@ -17,6 +17,7 @@ from torchvision.transforms import v2 as transforms
 from tqdm import tqdm
 
 from cbir.backbones import BackboneSpec
+from cbir.batch_decode import device_decoded_batches
 from cbir.feature_cache import HASH_DTYPE, PACK_HASHES, pack_name
 from cbir.images import load_rgb_image
 from cbir.io import STRING_DTYPE, atomic_path, library_versions, terminate_cleanly, write_attrs
@@ -83,22 +84,32 @@ def stream_features(
     feature_dtype: str = "float32",
     seed: int = 0,
     engine: Mapping[str, Any] | None = None,
+    decode: str = "pillow",
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Path:
     """The features of ``paths`` into the ``features`` dataset of a new HDF5 file, beside ``columns``
-    (name -> (values, dtype), one value per image) and the network's record as attributes."""
+    (name -> (values, dtype), one value per image) and the network's record as attributes.
+
+    ``decode``: ``pillow`` decodes and resizes in the DataLoader's workers; ``device`` has the
+    workers read the files and decodes batches of JPEGs on the extraction device
+    (:mod:`cbir.batch_decode`: nvJPEG on CUDA).
+    """
     prepared = prepare_network(
-        spec, seed=seed, device=device, precision=precision, batch_size=batch_size, engine=engine
+        spec, seed=seed, device=device, precision=precision, batch_size=batch_size, engine=engine, decode=decode
     )
     dim = prepared.feature_dim
-    loader = DataLoader(
-        ImageFiles(paths, prepared.transform, prepared.draft_to),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=prepared.device.type == "cuda",
-        shuffle=False,
-    )
+    if decode == "device":
+        loader = device_decoded_batches(paths, prepared.preprocessing, prepared.device, batch_size=batch_size,
+                                        num_workers=num_workers)  # fmt: skip
+    else:
+        loader = DataLoader(
+            ImageFiles(paths, prepared.transform, prepared.draft_to),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=prepared.device.type == "cuda",
+            shuffle=False,
+        )
     dtype = np.dtype(feature_dtype)
     rows_per_chunk = max(1, min(len(paths), (1 << 20) // (dim * dtype.itemsize)))
     log.info(
@@ -127,7 +138,8 @@ def stream_features(
             },
         )
         start = 0
-        for batch in tqdm(loader, desc="features", unit="batch", file=sys.stderr, disable=not progress):
+        batches = -(-len(paths) // batch_size)
+        for batch in tqdm(loader, desc="features", unit="batch", total=batches, file=sys.stderr, disable=not progress):
             out = embed_batch(prepared, batch)
             features[start : start + len(out)] = out.astype(dtype, copy=False)
             start += len(out)

@@ -122,8 +122,11 @@ def prepare_network(
     precision: str = "auto",
     batch_size: int = 32,
     engine: Mapping[str, Any] | None = None,
+    decode: str = "pillow",
 ) -> PreparedNetwork:
     """The network extraction runs: ``precision: auto`` resolved by a timed trial on this machine.
+
+    ``decode``: how extraction decodes the images (``extraction.decode``), recorded in the preprocessing.
 
     ``engine`` is a prepared engine's record (:func:`cbir.engines.read_engine`): OpenVINO runs its
     model file in its precision; a torch engine chosen by ``engine: auto`` fixes the precision.
@@ -132,7 +135,7 @@ def prepare_network(
     dim = feature_dim(network, spec.image_size)
     torch_device = resolve_device(device)
     network = _place(network, torch_device)
-    description = preprocessing_description(spec, network)
+    description = preprocessing_description(spec, network, decode)
     transform = transform_from_description(description)
     if engine and engine.get("engine") == "openvino":
         if torch_device.type != "cpu":

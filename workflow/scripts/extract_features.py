@@ -27,6 +27,7 @@ def main(smk) -> None:
         feature_dtype=options["feature_dtype"],
         seed=smk.params.seed,
         engine=read_engine(smk.input.engine) if smk.input.engine else None,
+        decode=options["decode"],
     )
 
 
