@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cbir.cell import clusters_name, embedding_name
-from cbir.io import load_arrays
+from cbir.io import load_arrays, read_attrs
 
 from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
 from dataset_fixtures import paper_datasets
@@ -113,6 +113,29 @@ def test_speed_settings_do_not_re_extract_the_features(finished_run):
     precise = {**config["extraction"], "feature_dtype": "float16"}
     result = run_snakemake(root, write_config(root / "dtype.yaml", {**config, "extraction": precise}), "-n")
     assert planned_jobs(result).get("gather_features") == 1  # the stored features change
+    on_device = {**config["extraction"], "decode": "device"}
+    result = run_snakemake(root, write_config(root / "decode.yaml", {**config, "extraction": on_device}), "-n")
+    assert planned_jobs(result).get("plan_shards") == 1  # another decoder: its own cache, which lacks every image
+
+
+def test_images_decoded_on_the_device_are_extracted_under_their_own_fingerprint(finished_run, tmp_path: Path):
+    """extraction.decode: device (here on the CPU) runs through the extraction jobs and is recorded."""
+    root, config = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True)
+    on_device = {**config, "extraction": {**config["extraction"], "decode": "device"}}
+    features = "results/tiny/features/lite.h5"
+    result = run_snakemake(copy, write_config(copy / "decode.yaml", on_device), features)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with h5py.File(copy / features) as f, h5py.File(root / features) as g:
+        record = read_attrs(f)["preprocessing"]
+        assert record["decode"].startswith("decode_jpeg") and record["jpeg_draft"] is False
+        a, b = f["features"][()], g["features"][()]
+    assert a.shape == b.shape
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99  # the same images, decoded by another decoder
+    caches = [p for p in (copy / "results/cache/features").iterdir() if p.is_dir()]
+    assert len(caches) == 2  # Pillow's fingerprint and the device decoder's
 
 
 def test_a_retrieval_setting_reruns_only_the_jobs_that_read_it(finished_run):

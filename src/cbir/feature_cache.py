@@ -87,13 +87,13 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _feature_settings(extraction: Mapping[str, Any]) -> dict[str, Any]:
+def feature_settings(extraction: Mapping[str, Any]) -> dict[str, Any]:
+    """The extraction settings that change an image's features (the workflow's extraction params)."""
     settings = {key: extraction.get(key) for key in FEATURE_SETTINGS}
-    # decode joined the settings later: only where it is not the default, so that the caches of
-    # galleries decoded by Pillow (all of them until then) keep their fingerprint
+    # decode joined them later: only where it is not the default, so that the caches and jobs of
+    # galleries decoded by Pillow (all of them until then) keep their fingerprint and params
     if extraction.get("decode", "pillow") != "pillow":
         settings["decode"] = extraction["decode"]
-        settings["torchcodec"] = _version("torchcodec")  # the device decoder, where installed
     return settings
 
 
@@ -106,14 +106,18 @@ def network_fingerprint(
     """Everything an image's features depend on besides the image: architecture, weights (by content),
     pooling, input size, precision, engine (a prepared OpenVINO model by content), preprocessing code,
     seed (random weights) and the versions of the libraries that decode and compute."""
+    settings = feature_settings(extraction)
+    versions = {package: _version(package) for package in DECODING_AND_COMPUTING}
+    if "decode" in settings:
+        versions["torchcodec"] = _version("torchcodec")  # the device decoder, where installed
     return {
         "backbone": {key: backbone[key] for key in sorted(backbone)},
         "weights_identity": _weights_identity(backbone),
-        "extraction": _feature_settings(extraction),
+        "extraction": settings,
         "engine_digest": _folder_digest(Path(engine_folder)) if engine_folder else None,
         "seed": int(seed),
         "feature_code_version": FEATURE_CODE_VERSION,
-        "versions": {package: _version(package) for package in DECODING_AND_COMPUTING},
+        "versions": versions,
     }
 
 

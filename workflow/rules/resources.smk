@@ -11,7 +11,7 @@ from cbir.resources import (  # noqa: E402
     has_nvidia_driver,
     train_fraction,
 )
-from cbir.feature_cache import FEATURE_SETTINGS  # noqa: E402
+from cbir.feature_cache import feature_settings  # noqa: E402
 from cbir.shards import read_shard_plan  # noqa: E402
 
 SHARD_PLAN = "results/{dataset}/shards/{backbone}/plan.json"
@@ -19,7 +19,7 @@ SHARD = "results/{dataset}/shards/{backbone}/{shard}.json"  # a receipt: the pac
 # The extraction settings that change the features (part of the network's fingerprint): changing
 # one plans the extraction again under another fingerprint. Speed settings (batch size, workers,
 # threads) and the shard layout's sizing are read from the config by the scripts and rerun nothing.
-EXTRACTION_OPTIONS = {key: config["extraction"][key] for key in FEATURE_SETTINGS}
+EXTRACTION_OPTIONS = feature_settings(config["extraction"])
 ENGINE = "results/{dataset}/engine/{backbone}"
 
 
