@@ -23,7 +23,7 @@ from cbir.engines import (
     read_engine,
 )
 from cbir.images import load_rgb_image
-from cbir.network import prepare_from_record, prepare_network
+from cbir.network import RecordError, prepare_from_record, prepare_network
 
 from conftest import REPO, make_image_folder, tiny_config
 
@@ -91,6 +91,52 @@ def test_a_query_without_the_openvino_model_runs_torch_fp32_and_says_so(images, 
     followed = prepare_from_record({**prepared.record(), "engine_model": "elsewhere/model.xml"}, "cpu", tmp_path)
     assert followed.engine == "torch" and followed.precision == "fp32"
     assert "model.xml' is missing: queries run in torch fp32" in followed.notice
+
+
+def test_vnni_is_read_from_the_cpu_flags_within_onednns_cap(monkeypatch):
+    from cbir import precision
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for flags, expected in [({"avx2", "avx512_vnni"}, True), ({"avx2", "avx_vnni"}, True), ({"avx2", "fma"}, False),
+                            ({"amx_int8"}, True), (set(), False)]:  # fmt: skip
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        assert precision.cpu_has_vnni() is expected, flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    for cap, expected in [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", True), ("AVX2_VNNI", True)]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert precision.cpu_has_vnni() is expected, cap
+
+
+def test_int8_is_quantized_for_the_cpus_dot_products_and_refused_where_they_differ(images, tmp_path, monkeypatch):
+    quantized_for = []
+    real = engines.quantize_int8
+
+    def spy(model, calibration, vnni=True):
+        quantized_for.append(vnni)
+        return real(model, calibration, vnni)
+
+    monkeypatch.setattr(engines, "quantize_int8", spy)
+    folders = {}
+    for vnni in (True, False):
+        monkeypatch.setattr(engines, "cpu_has_vnni", lambda vnni=vnni: vnni)
+        folders[vnni] = tmp_path / f"vnni-{vnni}"
+        prepare_engine(SPEC, folders[vnni], engine="openvino", precision="int8", calibration_paths=images[::2],
+                       holdout_paths=images[1::2], threads=1)  # fmt: skip
+        assert read_engine(folders[vnni])["int8_needs_vnni"] is vnni
+    assert quantized_for == [True, False]  # without VNNI: 7-bit weights in every layer (NNCF's overflow fix)
+
+    # a CPU without VNNI (cpu_has_vnni is False now) runs the 7-bit model, and refuses the VNNI one
+    prepare_network(SPEC, device="cpu", engine=read_engine(folders[False]))
+    with pytest.raises(RecordError, match=r"quantized on a CPU with VNNI, and this CPU .* has none.*on CPUs with VNNI"):
+        prepare_network(SPEC, device="cpu", engine=read_engine(folders[True]))
+    # its queries run in torch fp32, and say why
+    monkeypatch.setattr(engines, "cpu_has_vnni", lambda: True)
+    record = prepare_network(SPEC, device="cpu", engine=read_engine(folders[True])).record()
+    monkeypatch.setattr(engines, "cpu_has_vnni", lambda: False)
+    followed = prepare_from_record({**record, "engine_model": "vnni-True/model.xml"}, "cpu", root=tmp_path)
+    assert (
+        followed.engine == "torch" and "has none" in followed.notice and "queries run in torch fp32" in followed.notice
+    )
 
 
 def test_int8_below_the_quality_bar_is_refused_with_its_cosine(images, tmp_path, monkeypatch):

@@ -9,6 +9,8 @@ computation its gallery went through, and ``auto`` is not resolved again on anot
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from cbir.backbones import (
     preprocessing_description,
     transform_from_description,
 )
-from cbir.engines import QUALITY_BAR_COSINE, OpenVinoRunner, openvino_available
+from cbir.engines import ENGINE_RECORD, QUALITY_BAR_COSINE, OpenVinoRunner, openvino_available, vnni_problem
 from cbir.layers import FeatureNetwork
 from cbir.plugins import PluginError, load_plugin
 from cbir.precision import EXPECTED_COSINE_TO_FP32, autocast, follow_recorded, resolve_precision
@@ -143,6 +145,12 @@ def prepare_network(
                 f"the engine prepared for this dataset is OpenVINO, which runs on the CPU, but extraction runs on "
                 f"{torch_device}: set extraction.device: cpu, or extraction.engine: torch"
             )
+        if problem := vnni_problem(engine):
+            raise RecordError(
+                f"cannot extract with the prepared engine {Path(str(engine['model'])).parent}: {problem}. Run the "
+                "extraction on CPUs with VNNI, or prepare the engine again on this kind of CPU (delete that folder: "
+                "without VNNI int8 is quantized with 7-bit weights, which both kinds run alike)"
+            )
         runner = OpenVinoRunner(engine["model"], engine["precision"], torch.get_num_threads())
         return PreparedNetwork(spec, seed, torch_device, engine["precision"], engine["reason"], network, transform,
                                description, dim, engine="openvino", engine_model=str(engine["model"]),
@@ -219,4 +227,7 @@ def _openvino_runner(model_file: Path, precision: str, device: torch.device) -> 
         return None, f"the gallery was extracted by OpenVINO {precision}, which is not installed here: {fallback}"
     if not model_file.is_file():
         return None, f"the gallery's OpenVINO model '{model_file}' is missing: {fallback}"
+    with contextlib.suppress(OSError, ValueError):  # an unreadable engine record: the model runs as it did
+        if problem := vnni_problem(json.loads((model_file.parent / ENGINE_RECORD).read_text())):
+            return None, f"{problem}: {fallback}"
     return OpenVinoRunner(model_file, precision, torch.get_num_threads()), None

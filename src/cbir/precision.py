@@ -49,15 +49,34 @@ class PrecisionChoice:
     images_per_s: dict[str, float] = field(default_factory=dict)
 
 
-def cpu_description() -> str:
-    """The CPU model and the instruction-set flags that decide reduced-precision speed."""
-    flags: set[str] = set()
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the CPU (empty where /proc/cpuinfo cannot be read)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "flags":
-                flags = set(value.split())
-                break
+                return set(value.split())
+    return set()
+
+
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that leave out every VNNI instruction
+_CAPS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+
+
+def cpu_has_vnni() -> bool:
+    """Whether int8 dot products run on VNNI (AVX-512 VNNI, AVX-VNNI or AMX) here, as oneDNN sees it.
+
+    Without VNNI, oneDNN multiplies u8 by s8 in 16-bit sums that can saturate: an int8 model then
+    needs weights quantized to 7 bits (:func:`cbir.engines.quantize_int8`).
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _CAPS_WITHOUT_VNNI:
+        return False
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_description() -> str:
+    """The CPU model and the instruction-set flags that decide reduced-precision speed."""
+    flags = cpu_flags()
     wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in {"avx2", "fma", "avx_vnni"})
     return f"{cpu_model()} [{' '.join(wanted) or 'no avx2/avx-512/amx flags'}]"
 
