@@ -83,13 +83,17 @@ def test_other_formats_and_cmyk_are_decoded_by_pillow(tmp_path: Path, decoder: s
     assert decoded(paths[:1])[0][0, 0].tolist() == [255, 255, 255]
 
 
-def test_a_damaged_jpeg_is_named_and_a_bomb_refused(tmp_path: Path, monkeypatch, decoder: str):
+def test_a_damaged_jpeg_is_named_and_a_bomb_refused(tmp_path: Path, monkeypatch, caplog, decoder: str):
     photo((200, 150)).save(tmp_path / "whole.jpg", quality=90)
     data = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     files = EncodedFiles([str(tmp_path / "whole.jpg"), str(tmp_path / "cut.jpg")])
-    with pytest.raises(RuntimeError, match=r"cannot read image '.*cut\.jpg'"):
+    with (
+        caplog.at_level("WARNING", logger="cbir.batch_decode"),
+        pytest.raises(RuntimeError, match=r"cannot read image '.*cut\.jpg'"),
+    ):
         decode_batch([files[0], files[1]], CPU)
+    assert "cut.jpg' decoded by Pillow: the cpu decoder refused it" in caplog.text  # then Pillow said why not
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(RuntimeError, match=r"cannot read image '.*notes\.jpg'.*cannot identify"):
         EncodedFiles([str(tmp_path / "notes.jpg")])[0]

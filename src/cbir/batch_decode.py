@@ -11,6 +11,7 @@ full (no draft scale), so features differ slightly from a Pillow-decoded gallery
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ try:  # the maintained home of PyTorch's image decoders (torchvision's are depre
     from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
 except ImportError:  # torchvision's decoder: the same pixels
     torchcodec_decode_jpeg = None
+
+log = logging.getLogger(__name__)
 
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -74,7 +77,8 @@ class EncodedFiles(Dataset):
 def _decode_one(item: EncodedImage, device: torch.device) -> torch.Tensor:
     try:
         return decode_jpegs([item.data], device)[0]
-    except (RuntimeError, ValueError):  # a JPEG the device decoder refuses (nvJPEG lacks some variants): Pillow's turn
+    except (RuntimeError, ValueError) as refused:  # nvJPEG lacks some JPEG variants: Pillow's turn
+        log.warning("'%s' decoded by Pillow: the %s decoder refused it (%s)", item.path, device, refused)
         try:
             return F.pil_to_tensor(load_rgb_image(item.path))
         except Exception as error:
