@@ -61,6 +61,8 @@ def test_a_batch_of_jpegs_gives_pillows_pixels(tmp_path: Path, decoder: str):
         photo((300, 200), seed=i).save(paths[-1], quality=90, **options)
     paths.append(tmp_path / "grey.jpg")
     photo((120, 90)).convert("L").save(paths[-1], quality=90)
+    paths.append(tmp_path / "phone.jpg")  # a Multi-Picture JPEG (Pillow's MPO): its first picture
+    photo((300, 200)).save(paths[-1], format="MPO", save_all=True, append_images=[photo((64, 48))], quality=90)
     items = [EncodedFiles([str(p) for p in paths])[i] for i in range(len(paths))]
     assert all(item.is_jpeg for item in items)
     for path, image in zip(paths, decoded(paths), strict=True):

@@ -123,3 +123,19 @@ def test_the_draft_scale_is_the_one_pillow_picks(tmp_path: Path, size):
         scale = jpeg_draft_scale(image, 224)
         image.draft("RGB", (448, 448))
         assert image.size == (-(-size[0] // scale), -(-size[1] // scale))
+
+
+def test_a_photo_with_a_multi_picture_segment_is_decoded_as_a_jpeg(tmp_path: Path, monkeypatch):
+    """Pillow opens a JPEG with an MPF segment (phones' HDR and depth photos) as MPO: its first picture
+    is the photo, drafted and decoded by simplejpeg like any JPEG, with Pillow's pixels."""
+    path = tmp_path / "phone.jpg"
+    first = photo((1800, 1200))
+    first.save(path, format="MPO", save_all=True, append_images=[photo((320, 240), seed=1)], quality=90)
+    with Image.open(path) as image:
+        assert image.format == "MPO" and jpeg_draft_scale(image, 224) == 2
+    scales = fast_decodes(monkeypatch)
+    for draft_to in (None, 224):
+        expected = by_pillow(path, draft_to, monkeypatch)
+        assert np.array_equal(np.asarray(load_rgb_image(path, draft_to)), expected), draft_to
+    assert scales == [1, 2]
+    assert np.asarray(load_rgb_image(path, 224)).shape == (600, 900, 3)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
-from cbir.images import load_rgb_image, open_within_pixel_limit
+from cbir.images import JPEG_FORMATS, load_rgb_image, open_within_pixel_limit
 
 try:  # the maintained home of PyTorch's image decoders (torchvision's are deprecated since 0.29)
     from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
@@ -66,7 +66,7 @@ class EncodedFiles(Dataset):
         path = self.paths[index]
         try:
             with open_within_pixel_limit(path) as image:  # the pixel limit holds for the device decoder too
-                is_jpeg = image.format == "JPEG" and image.mode in ("RGB", "L")
+                is_jpeg = image.format in JPEG_FORMATS and image.mode in ("RGB", "L")
             if is_jpeg:
                 return EncodedImage(path, torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8), True)
             return EncodedImage(path, F.pil_to_tensor(load_rgb_image(path)), False)

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # Raised whenever decoding or preprocessing changes what an image's features are, so that
 # features cached by an older version are not mixed with new ones.
-FEATURE_CODE_VERSION = 1
+# 2: photos with a Multi-Picture segment (format MPO) decoded as JPEGs (draft scale, simplejpeg)
+FEATURE_CODE_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
 HASH_DTYPE = "S64"  # a SHA-256 as 64 hexadecimal characters
 PACK_HASHES = "sha256"  # the dataset of a pack holding its rows' hashes (cbir.features.extract_shard writes packs)

@@ -17,6 +17,9 @@ try:  # libjpeg-turbo without Pillow's overhead: the same pixels, faster (benchm
 except ImportError:  # decoded by Pillow alone
     simplejpeg = None
 
+# Pillow opens a JPEG carrying a Multi-Picture (MPF) segment (many phones' photos: HDR gain maps,
+# depth maps) as format "MPO"; its first picture is the photo, decoded as any JPEG
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -86,7 +89,7 @@ def load_rgb_image(path: str | Path | BinaryIO, draft_to: int | None = None) -> 
 def jpeg_draft_scale(image: Image.Image, draft_to: int | None) -> int:
     """The DCT scale denominator (1, 2, 4 or 8) a JPEG is decoded at for ``draft_to`` (1: in full):
     the largest keeping both sides at least twice ``draft_to``, as Pillow's ``draft`` picks it."""
-    if not draft_to or image.format != "JPEG" or len(image.tile) != 1 or min(image.size) < 2 * draft_to:
+    if not draft_to or image.format not in JPEG_FORMATS or len(image.tile) != 1 or min(image.size) < 2 * draft_to:
         return 1
     room = min(image.width // (2 * draft_to), image.height // (2 * draft_to))
     return next(scale for scale in (8, 4, 2, 1) if room >= scale)
@@ -100,7 +103,7 @@ def decode_jpeg_fast(path: str | Path | BinaryIO, image: Image.Image, scale: int
     Both use libjpeg-turbo with the same settings (accurate integer DCT, fancy upsampling), so the
     pixels are Pillow's (``tests/test_images.py`` holds them equal) at 1.1–2.2× the speed.
     """
-    if simplejpeg is None or image.format != "JPEG" or image.mode not in ("RGB", "L"):
+    if simplejpeg is None or image.format not in JPEG_FORMATS or image.mode not in ("RGB", "L"):
         return None
     width, height = -(-image.width // scale), -(-image.height // scale)
     try:
