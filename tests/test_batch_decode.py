@@ -38,10 +38,10 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
 @pytest.fixture(params=["torchcodec", "torchvision"])
 def decoder(request, monkeypatch) -> str:
     """Each of the two device decoders in turn: TorchCodec, and torchvision's where it is missing."""
-    if request.param == "torchcodec" and batch_decode.torchcodec_decode_jpeg is None:
-        pytest.skip("torchcodec (requirements.txt) is not installed")
+    if request.param == "torchcodec" and batch_decode.torchcodec_decoder() is None:
+        pytest.skip("torchcodec (requirements.txt) is not installed or cannot load")
     if request.param == "torchvision":
-        monkeypatch.setattr(batch_decode, "torchcodec_decode_jpeg", None)
+        monkeypatch.setattr(batch_decode, "torchcodec_decoder", lambda: None)
     return request.param
 
 

@@ -11,10 +11,12 @@ full (no draft scale), so features differ slightly from a Pillow-decoded gallery
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,19 +24,26 @@ from torchvision.transforms.v2 import functional as F
 
 from cbir.images import JPEG_FORMATS, load_rgb_image, open_within_pixel_limit
 
-try:  # the maintained home of PyTorch's image decoders (torchvision's are deprecated since 0.29)
-    from torchcodec.decoders import decode_jpeg as torchcodec_decode_jpeg
-except ImportError:  # torchvision's decoder: the same pixels
-    torchcodec_decode_jpeg = None
-
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def torchcodec_decoder() -> Callable[..., Any] | None:
+    """TorchCodec's ``decode_jpeg``, the maintained home of PyTorch's image decoders (torchvision's are
+    deprecated since 0.29); None where it is not installed or cannot load here (torchvision's then)."""
+    try:  # imported on first use: extraction with decode: pillow never loads it
+        from torchcodec.decoders import decode_jpeg
+    except Exception as error:  # not installed, or a build for another torch or CUDA: its library fails to load
+        log.info("TorchCodec cannot be used (%s): torchvision's decode_jpeg decodes", error)
+        return None
+    return decode_jpeg
 
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """JPEG files' bytes (1-D uint8 tensors on the CPU) decoded on ``device`` in one call: RGB uint8
     (3, H, W), EXIF orientation applied. Raises RuntimeError or ValueError when one cannot be decoded."""
-    if torchcodec_decode_jpeg is not None:
-        return list(torchcodec_decode_jpeg(data, mode="RGB", device=device))  # applies the EXIF orientation
+    if (decode_jpeg := torchcodec_decoder()) is not None:
+        return list(decode_jpeg(data, mode="RGB", device=device))  # applies the EXIF orientation
     import warnings
 
     from torchvision.io import ImageReadMode, decode_jpeg
