@@ -12,8 +12,6 @@ checkpoint plan_shards:
     input:
         manifest=MANIFEST,
         engine=engine_input,
-        # waited for, never a reason to plan again (resources.smk, dataset_split_files)
-        splits=ancient(dataset_split_files),
     output:
         plan=SHARD_PLAN,
     params:

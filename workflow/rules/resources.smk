@@ -30,16 +30,6 @@ def engine_input(wildcards):
     return ENGINE.format(dataset=wildcards.dataset, backbone=wildcards.backbone)
 
 
-def dataset_split_files(wildcards):
-    """The split files of a dataset's cells. plan_shards takes them as ancient inputs: they never make
-    it rerun, but it waits for them. When the checkpoint finishes, Snakemake re-evaluates the DAG; a
-    split job rewriting its file at that moment (its output removed first) would make the fitting
-    steps that keep their models while no refit is due (update.refit: when_due, the split an
-    ancient input) rerun, since a missing file is not taken as ancient."""
-    splits = sorted({cell.split for cell in grid_cells(config) if cell.dataset == wildcards.dataset})
-    return [SPLIT.format(dataset=wildcards.dataset, split=split) for split in splits]
-
-
 def feature_shards(wildcards):
     """The shard files of a dataset and backbone, known once the checkpoint has planned them."""
     plan = read_shard_plan(checkpoints.plan_shards.get(dataset=wildcards.dataset, backbone=wildcards.backbone).output.plan)
