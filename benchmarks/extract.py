@@ -133,9 +133,16 @@ def engine_extraction(args: argparse.Namespace, tmp: Path, attrs: dict, **option
     return extract
 
 
+def cosine_summary(a, b, name: str) -> dict[str, float]:
+    """The mean (as ``name``) and the least of the row cosines between two feature arrays."""
+    import numpy as np
+
+    cosines = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {name: float(cosines.mean()), "cosine_min": float(cosines.min())}
+
+
 def run_engine(paths: list[str], args: argparse.Namespace, precision: str, decode: str = "pillow") -> dict:
     import h5py
-    import numpy as np
     import torch
 
     from cbir.backbones import build_backbone
@@ -156,10 +163,7 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str, decod
             engine_extraction(args, Path(tmp), {}, device=args.device, precision=attrs["precision"])(paths)
             with h5py.File(Path(tmp) / "f.h5") as f:
                 reference = f["features"][()]
-            cosines = (
-                (features * reference).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(reference, axis=1)
-            )
-            result.update({"cosine_to_pillow": float(cosines.mean()), "cosine_min": float(cosines.min())})
+            result.update(cosine_summary(features, reference, "cosine_to_pillow"))
     # seconds include what `auto` costs: its trial on a first run, the cache read after that
     return {**result, "precision": attrs["precision"], "reason": attrs["precision_reason"]}
 
@@ -275,8 +279,7 @@ def run_large(args: argparse.Namespace, draft: bool) -> dict:
     if draft:  # how much the features change: the same images decoded in full
         full = torch.cat(list(DataLoader(ImageFiles(paths, prepared.transform), batch_size=args.batch_size)))
         a, b = prepared.embed(torch.cat(batches)), prepared.embed(full)
-        cosines = (a * b).sum(1) / ((a**2).sum(1) ** 0.5 * (b**2).sum(1) ** 0.5)
-        result.update({"cosine_to_full": float(cosines.mean()), "cosine_min": float(cosines.min())})
+        result.update(cosine_summary(a, b, "cosine_to_full"))
     return result
 
 

@@ -220,6 +220,7 @@ def prepare_engine(
     if engine != "torch" and not openvino_available():
         raise EngineError(f"extraction.engine is '{engine}' but OpenVINO is not installed (pip install openvino nncf)")
     candidates = _candidates(engine, precision, cpu_may_have_fast_bf16())
+    vnni = cpu_has_vnni()  # int8 is quantized for this CPU's dot products, and recorded as such
     if not candidates:
         choice = EngineChoice("torch", precision, "engine: torch as configured", {}, {})
         _write(out_dir, choice)
@@ -256,7 +257,7 @@ def prepare_engine(
                     continue
             calibration = _batches([transform(load_rgb_image(p, draft_to)) for p in calibration_paths])
             start = time.perf_counter()
-            model = quantize_int8(exported, calibration, vnni=cpu_has_vnni())
+            model = quantize_int8(exported, calibration, vnni=vnni)
             log.info("int8: calibrated on %d images in %.1f s", len(calibration_paths), time.perf_counter() - start)
         models[name] = model
         runs[name] = OpenVinoRunner(model, wanted, threads)
@@ -293,7 +294,7 @@ def prepare_engine(
         model_file = OPENVINO_MODEL
     calibrated = len(calibration_paths) if chosen == "int8" else 0
     choice = EngineChoice(kind, chosen, reason, cosines, rates, calibrated, model_file,
-                          int8_needs_vnni=chosen == "int8" and cpu_has_vnni())  # fmt: skip
+                          int8_needs_vnni=chosen == "int8" and vnni)  # fmt: skip
     log.info("%s", reason)
     _write(out_dir, choice)
     return choice
