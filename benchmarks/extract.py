@@ -46,7 +46,7 @@ from _common import COREL, add_backbone_arguments, make_jpegs, peak_rss_mb, prin
 
 
 def spec_from(args: argparse.Namespace):
-    from cbir.backbones import BackboneSpec
+    from cbir.extraction.registry import BackboneSpec
 
     return BackboneSpec(args.arch, args.weights, args.pooling, args.image_size)
 
@@ -83,8 +83,8 @@ def baseline_loop(args: argparse.Namespace) -> Extract:
     from PIL import Image
     from torchvision import transforms
 
-    from cbir.backbones import build_backbone
-    from cbir.network import resolve_device
+    from cbir.extraction.network import resolve_device
+    from cbir.extraction.registry import build_backbone
 
     device = resolve_device(args.device)
     network = build_backbone(spec_from(args)).to(device)
@@ -119,7 +119,7 @@ def engine_extraction(args: argparse.Namespace, tmp: Path, attrs: dict, **option
     """cbir's extraction as a shard job runs it (network prepared, DataLoader, HDF5); ``attrs`` gets its record."""
     import h5py
 
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.features import extract_to_hdf5
     from cbir.io import read_attrs
 
     def extract(paths: list[str]) -> None:
@@ -145,8 +145,8 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str, decod
     import h5py
     import torch
 
-    from cbir.backbones import build_backbone
-    from cbir.network import resolve_device
+    from cbir.extraction.network import resolve_device
+    from cbir.extraction.registry import build_backbone
 
     device = resolve_device(args.device)
     warm = build_backbone(spec_from(args)).to(device)
@@ -188,7 +188,7 @@ def run_memory(n: int, args: argparse.Namespace, precision: str, engine: dict | 
     """The prepared network alone (what extraction and queries run) on tensors already on the device."""
     import torch
 
-    from cbir.network import prepare_network
+    from cbir.extraction.network import prepare_network
 
     prepared = prepare_network(spec_from(args), device=args.device, precision=precision, batch_size=args.batch_size,
                                engine=engine)  # fmt: skip
@@ -210,7 +210,7 @@ def run_memory(n: int, args: argparse.Namespace, precision: str, engine: dict | 
 
 def prepare_openvino(paths: list[str], args: argparse.Namespace, precision: str, folder: Path):
     """The OpenVINO engine prepared once: converted; int8 calibrated on the first 300 images."""
-    from cbir.engines import prepare_engine
+    from cbir.extraction.engines import prepare_engine
 
     return prepare_engine(spec_from(args), folder, engine="openvino", precision=precision,
                           calibration_paths=paths[:300], holdout_paths=paths[-32:], threads=args.threads)  # fmt: skip
@@ -218,7 +218,7 @@ def prepare_openvino(paths: list[str], args: argparse.Namespace, precision: str,
 
 def run_openvino_memory(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
     """The OpenVINO engine's network alone, prepared as for extraction, on in-memory tensors."""
-    from cbir.engines import read_engine
+    from cbir.extraction.engines import read_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare_openvino(paths, args, precision, Path(tmp) / "engine")
@@ -228,7 +228,7 @@ def run_openvino_memory(paths: list[str], args: argparse.Namespace, precision: s
 
 def run_openvino(paths: list[str], args: argparse.Namespace, precision: str) -> dict:
     """The OpenVINO engine: prepared once, then extraction through it."""
-    from cbir.engines import read_engine
+    from cbir.extraction.engines import read_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -264,8 +264,8 @@ def run_large(args: argparse.Namespace, draft: bool) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from cbir.features import ImageFiles
-    from cbir.network import prepare_network
+    from cbir.extraction.features import ImageFiles
+    from cbir.extraction.network import prepare_network
 
     paths = large_photos(args)
     prepared = prepare_network(spec_from(args), device="cpu", precision="fp32")
@@ -288,10 +288,10 @@ def run_decode(paths: list[str], args: argparse.Namespace, decode: str = "pillow
     the device (``decode: device``, nvJPEG on CUDA)."""
     from torch.utils.data import DataLoader
 
-    from cbir.backbones import build_backbone, preprocessing, preprocessing_description
-    from cbir.batch_decode import device_decoded_batches
-    from cbir.features import ImageFiles
-    from cbir.network import resolve_device
+    from cbir.extraction.decode import device_decoded_batches
+    from cbir.extraction.features import ImageFiles
+    from cbir.extraction.network import resolve_device
+    from cbir.extraction.registry import build_backbone, preprocessing, preprocessing_description
 
     spec = spec_from(args)
     network = build_backbone(spec)

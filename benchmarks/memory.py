@@ -23,8 +23,8 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from cbir.backbones import BackboneSpec, build_backbone, preprocessing
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.features import extract_to_hdf5
+    from cbir.extraction.registry import BackboneSpec, build_backbone, preprocessing
 
     torch.set_num_threads(2)
     spec = BackboneSpec(args.arch, "random", "none", args.image_size)
@@ -36,7 +36,7 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
     else:
         from torch.utils.data import DataLoader
 
-        from cbir.features import ImageFiles
+        from cbir.extraction.features import ImageFiles
 
         network = build_backbone(spec)
         loader = DataLoader(ImageFiles(paths, preprocessing(spec, network)), batch_size=64, num_workers=1)

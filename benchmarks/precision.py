@@ -28,8 +28,8 @@ BAR_COSINE, BAR_POINTS = 0.99, 0.5
 
 
 def split_and_reduce(features: np.ndarray, labels: np.ndarray, seed: int = 0):
-    from cbir.reduce import fit_pca_basis
-    from cbir.split import make_split
+    from cbir.data.split import make_split
+    from cbir.fitting.pca import fit_pca_basis
 
     is_train = make_split(labels, 0.8, seed)
     projection = fit_pca_basis(features[is_train], 100, seed)
@@ -38,8 +38,8 @@ def split_and_reduce(features: np.ndarray, labels: np.ndarray, seed: int = 0):
 
 def quality(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Accuracy of the MLP and mAP of exact global kNN, at 80-20 and PCA 100."""
-    from cbir.classify import train_mlp
-    from cbir.evaluate import average_precision
+    from cbir.evaluation.evaluate import average_precision
+    from cbir.fitting.mlp import train_mlp
 
     is_train, train, test = split_and_reduce(features, labels, seed)
     model = train_mlp(train, labels[is_train], seed=seed)
@@ -71,8 +71,8 @@ def fashion_mnist_folder(per_class: int, cache: Path) -> Path:
 
 
 def extract(manifest, spec, path: str, out: Path, args: argparse.Namespace) -> tuple[np.ndarray, float]:
-    from cbir.engines import prepare_engine, read_engine
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.engines import prepare_engine, read_engine
+    from cbir.extraction.features import extract_to_hdf5
     from cbir.io import load_features
 
     engine, precision = path.split("-")
@@ -106,8 +106,8 @@ def main() -> None:
 
     import torch
 
-    from cbir.backbones import BackboneSpec
-    from cbir.manifest import scan_image_folder
+    from cbir.data.manifest import scan_image_folder
+    from cbir.extraction.registry import BackboneSpec
 
     torch.set_num_threads(args.threads)
     folder = fashion_mnist_folder(args.fashion_mnist, Path(args.cache)) if args.fashion_mnist else Path(args.folder)

@@ -10,14 +10,14 @@ stage runs in its own child process (its wall time and peak RSS its own), readin
 stage's files from the work folder:
 
 - ``generate``: the feature file and the held-out query features, in blocks;
-- ``pca-incremental`` / ``pca-sample``: ``cbir.reduce.fit_pca_basis`` on ``FeatureRows`` (the
+- ``pca-incremental`` / ``pca-sample``: ``cbir.fitting.pca.fit_pca_basis`` on ``FeatureRows`` (the
   workflow's large-data methods), to ``--components``; the incremental basis is the one used on;
 - ``project``: every row through the basis in blocks, into a gallery file;
-- ``kmeans-class``: ``cbir.cluster.fit_intra_class_kmeans`` (k = ``--k`` per class,
+- ``kmeans-class``: ``cbir.fitting.kmeans.fit_intra_class_kmeans`` (k = ``--k`` per class,
   ``method="auto"``, the workflow's call) on the whole projected gallery in memory;
 - ``kmeans-global``: faiss k-means with k = sqrt(N) over the collection (no labels: the coarse
   quantiser of an inverted file), trained on 256 points per centroid, then every row assigned;
-- ``ivf16``: ``cbir.retrieve.FaissSearch`` IVF with the workflow's default nlist 16 / nprobe 4;
+- ``ivf16``: ``cbir.search.index.FaissSearch`` IVF with the workflow's default nlist 16 / nprobe 4;
 - ``ivf``: ``FaissSearch`` IVF with nlist = sqrt(N) and ``--nprobe``;
 - ``ivfpq``: ``faiss.IndexIVFPQ`` (cbir has none), nlist = sqrt(N), ``--pq-m`` sub-quantisers of
   8 bits, trained on ``--train-sample`` rows, filled in blocks;
@@ -95,7 +95,7 @@ def stage_generate(work: Path, args: argparse.Namespace) -> dict:
         return (centres[labels] + spread[labels, None] * noise) * spectrum
 
     labels = rng.choice(args.classes, size=args.n, p=share).astype(np.int64)
-    chunk = max(1, min(args.n, (1 << 20) // (args.dim * 4)))  # as cbir.features.extract_to_hdf5
+    chunk = max(1, min(args.n, (1 << 20) // (args.dim * 4)))  # as cbir.extraction.features.extract_to_hdf5
     with h5py.File(work / "features.h5", "w") as f:
         features = f.create_dataset("features", shape=(args.n, args.dim), dtype=np.float32, chunks=(chunk, args.dim))
         ids = f.create_dataset("ids", shape=(args.n,), dtype=STRING_DTYPE, chunks=True)
@@ -116,7 +116,7 @@ def stage_generate(work: Path, args: argparse.Namespace) -> dict:
 
 
 def stage_pca(work: Path, args: argparse.Namespace, method: str) -> dict:
-    from cbir.reduce import FeatureRows, fit_pca_basis, save_projection
+    from cbir.fitting.pca import FeatureRows, fit_pca_basis, save_projection
 
     rows = FeatureRows(work / "features.h5")
     basis = fit_pca_basis(rows, components(args), seed=args.seed, method=method, batch_size=4096,
@@ -130,8 +130,8 @@ def stage_project(work: Path, args: argparse.Namespace) -> dict:
     import h5py
     import numpy as np
 
+    from cbir.fitting.pca import FeatureRows, load_projection
     from cbir.io import STRING_DTYPE
-    from cbir.reduce import FeatureRows, load_projection
 
     projection = load_projection(work / "basis-incremental.h5")
     rows = FeatureRows(work / "features.h5")
@@ -168,7 +168,7 @@ def stage_kmeans_class(work: Path, args: argparse.Namespace) -> dict:
     import warnings
     from collections import Counter
 
-    from cbir.cluster import fit_intra_class_kmeans
+    from cbir.fitting.kmeans import fit_intra_class_kmeans
 
     features, labels = read_gallery(work)
     with warnings.catch_warnings():
@@ -184,7 +184,7 @@ def stage_kmeans_global(work: Path, args: argparse.Namespace) -> dict:
     import faiss
     import numpy as np
 
-    from cbir.reduce import FeatureRows
+    from cbir.fitting.pca import FeatureRows
 
     k = n_lists(args.n)
     rows = FeatureRows(work / "gallery.h5")
@@ -210,7 +210,7 @@ def write_search(work: Path, name: str, search) -> None:
 
 
 def stage_ivf(work: Path, args: argparse.Namespace, nlist: int, nprobe: int, name: str) -> dict:
-    from cbir.retrieve import FaissSearch
+    from cbir.search.index import FaissSearch
 
     features, _ = read_gallery(work)
     search = FaissSearch(features, "ivf", "euclidean", nlist=nlist, nprobe=nprobe, seed=args.seed)
@@ -222,7 +222,7 @@ def stage_ivfpq(work: Path, args: argparse.Namespace) -> dict:
     import faiss
     import numpy as np
 
-    from cbir.reduce import FeatureRows
+    from cbir.fitting.pca import FeatureRows
 
     rows = FeatureRows(work / "gallery.h5")
     nlist, m = n_lists(args.n), pq_m(args)
@@ -243,8 +243,8 @@ def stage_ivfpq(work: Path, args: argparse.Namespace) -> dict:
 
 
 def load_queries(work: Path):
+    from cbir.fitting.pca import load_projection
     from cbir.io import load_arrays
-    from cbir.reduce import load_projection
 
     arrays, _ = load_arrays(work / "queries.h5")
     return load_projection(work / "basis-incremental.h5").transform(arrays["features"])
@@ -282,7 +282,7 @@ def stage_query(work: Path, args: argparse.Namespace, name: str) -> dict:
     import faiss
     import numpy as np
 
-    from cbir.retrieve import FaissSearch
+    from cbir.search.index import FaissSearch
 
     queries = load_queries(work)
     truth = np.load(work / "truth.npy")

@@ -25,7 +25,7 @@ def synthetic(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, 
 
 
 def timed_single(search, queries: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    from cbir.timing import clock, latency_summary
+    from cbir.extraction.latency import clock, latency_summary
 
     samples = []
     for row in range(len(queries)):
@@ -59,8 +59,8 @@ def main() -> None:
 
     from sklearn.neighbors import NearestNeighbors
 
-    from cbir.cluster import fit_intra_class_kmeans
-    from cbir.retrieve import FaissSearch, RetrievalIndex
+    from cbir.fitting.kmeans import fit_intra_class_kmeans
+    from cbir.search.index import FaissSearch, RetrievalIndex
 
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):

@@ -68,8 +68,8 @@ class ApiClient:
 
 def in_process_query(model_folder: Path, paths: list[str], top_k: int, threads: int | None):
     """The path of `cbir query` with the model and backbone loaded once: read, decode, forward, search."""
-    from cbir.cell import load_cell
-    from cbir.query import Embedder, query_images
+    from cbir.search.cell import load_cell
+    from cbir.search.query import Embedder, query_images
 
     if threads:
         import torch

@@ -31,9 +31,9 @@ import json, sys, time
 start = time.perf_counter()
 sys.path.insert(0, {src!r})
 import torch
-from cbir.backbones import BackboneSpec
-from cbir.features import extract_shard
-from cbir.shards import ShardPlan
+from cbir.extraction.registry import BackboneSpec
+from cbir.extraction.features import extract_shard
+from cbir.extraction.shards import ShardPlan
 imported = time.perf_counter()
 extract_shard({manifest!r}, ShardPlan({n_images}, {shard_size}, None, {cache!r}), 0, BackboneSpec(*{spec!r}), {out!r},
               batch_size={batch_size}, num_workers={num_workers}, device={device!r}, precision={precision!r},
@@ -105,7 +105,7 @@ def main() -> None:
         manifest = write_dataset(root, args.images)
         generated = time.perf_counter() - started
         # one import first, so that no job pays for a cold file cache
-        warm_up = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); import cbir.features"
+        warm_up = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); import cbir.extraction.features"
         subprocess.run([sys.executable, "-c", warm_up], check=True)
         jobs = []
         for size in sizes:

@@ -170,7 +170,7 @@ def collection_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(finished_run):
     """The session run's cell 80-20 / PCA 8 loaded once per test module for `cbir serve`, without file watching."""
-    from cbir.serve import ServedModel, ServeSettings
+    from cbir.serve.app import ServedModel, ServeSettings
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / "results/tiny/lite/80-20/8", reload_interval=0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cbir.datasets import CIFAR10_BATCHES, CIFAR10_CLASSES, COREL1K_CLASSES
+from cbir.data.sources import CIFAR10_BATCHES, CIFAR10_CLASSES, COREL1K_CLASSES
 
 
 def tiny_jpeg(path: Path, seed: int, size: int = 12) -> Path:

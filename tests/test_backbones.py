@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cbir.backbones import (
+from cbir.extraction.layers import FeatureNetwork, GeM
+from cbir.extraction.registry import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,8 +23,7 @@ from cbir.backbones import (
     feature_dim,
     weights_problem,
 )
-from cbir.config import ConfigError, load_schema, validate_config
-from cbir.layers import FeatureNetwork, GeM
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
 
 from conftest import REPO, tiny_config
 
@@ -87,7 +87,8 @@ def test_the_benchmarks_offer_the_registered_architectures():
 
 def test_the_readme_table_is_the_registry():
     assert backbones_markdown() in (REPO / "README.md").read_text(), (
-        "README.md's backbone table differs from the registry: paste cbir.backbones.backbones_markdown() into it"
+        "README.md's backbone table differs from the registry: paste "
+        "cbir.extraction.registry.backbones_markdown() into it"
     )
 
 
@@ -213,7 +214,7 @@ def test_gem_power_moves_from_average_towards_max_pooling():
 
 
 def test_gem_p_changes_the_features_and_is_recorded(tmp_path):
-    from cbir.network import prepare_from_record, prepare_network
+    from cbir.extraction.network import prepare_from_record, prepare_network
 
     def features(pooling: str, gem_p: float = 3.0) -> torch.Tensor:
         network = build_backbone(BackboneSpec("efficientnet_lite0", "pypi", pooling, 64, gem_p))
@@ -251,7 +252,7 @@ def test_gem_p_is_a_backbone_key_for_gem_pooling(tmp_path):
 def test_extraction_records_gem_p(image_folder: Path, tmp_path: Path):
     import h5py
 
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.features import extract_to_hdf5
     from cbir.io import read_attrs
 
     paths = sorted(str(p) for p in image_folder.rglob("*.png"))[:2]
@@ -269,8 +270,8 @@ def test_a_vision_transformer_converts_to_openvino():
     pytest.importorskip("openvino")
     from torchvision.models import VisionTransformer
 
-    from cbir.engines import OpenVinoRunner, export_openvino
-    from cbir.layers import VisionTransformerGrid
+    from cbir.extraction.engines import OpenVinoRunner, export_openvino
+    from cbir.extraction.layers import VisionTransformerGrid
 
     torch.manual_seed(0)
     model = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)

@@ -20,10 +20,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.cluster import fit_intra_class_kmeans, load_clusters, save_clusters
-from cbir.images import load_rgb_image
-from cbir.io import atomic_path, partial_paths
-from cbir.manifest import (
+from cbir.data.images import load_rgb_image
+from cbir.data.manifest import (
     EMPTY_CLASS_REASON,
     DatasetError,
     Manifest,
@@ -36,8 +34,10 @@ from cbir.manifest import (
     write_csv_table,
     write_manifest,
 )
-from cbir.report import write_dataset_summary
-from cbir.split import split_table
+from cbir.data.split import split_table
+from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clusters
+from cbir.io import atomic_path, partial_paths
+from cbir.report.summary import write_dataset_summary
 
 from conftest import REPO, make_image_folder, run_snakemake, tiny_config, write_config
 
@@ -206,8 +206,8 @@ def test_hidden_files_are_ignored_and_the_rest_is_used(odd_dataset):
 
 
 def test_odd_but_readable_images_go_through_the_network(odd_dataset, tmp_path: Path):
-    from cbir.backbones import BackboneSpec
-    from cbir.features import extract_to_hdf5
+    from cbir.extraction.features import extract_to_hdf5
+    from cbir.extraction.registry import BackboneSpec
     from cbir.io import load_features
 
     _, manifest = odd_dataset
@@ -315,11 +315,11 @@ def test_duplicate_files_across_classes_are_reported_and_counted(tmp_path: Path)
 
 def _model_folder(folder: Path, raw_dim: int, arch: str = "efficientnet_lite0") -> Path:
     """A grid cell as the workflow writes it, from random features of ``raw_dim`` dimensions."""
-    from cbir.backbones import BackboneSpec
-    from cbir.classify import save_mlp, train_mlp
+    from cbir.extraction.network import prepare_network
+    from cbir.extraction.registry import BackboneSpec
+    from cbir.fitting.mlp import save_mlp, train_mlp
+    from cbir.fitting.pca import fit_pca_basis, save_projection
     from cbir.io import save_arrays
-    from cbir.network import prepare_network
-    from cbir.reduce import fit_pca_basis, save_projection
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 6)
@@ -358,8 +358,8 @@ def test_a_query_that_is_not_an_image_is_reported_and_the_others_run(tmp_path: P
 
 
 def test_a_model_from_another_backbone_is_refused_with_both_dimensions(tmp_path: Path, capsys):
-    from cbir.cell import load_cell
-    from cbir.query import QueryError, search_features
+    from cbir.search.cell import load_cell
+    from cbir.search.query import QueryError, search_features
 
     # the gallery says EfficientNet-Lite0 (1280-D), but the projection was fitted on 512-D features
     model = _model_folder(tmp_path / "model", 512)
@@ -402,7 +402,7 @@ def test_no_artifact_or_weights_file_is_unpickled():
         text = path.read_text()
         found += [f"{path.name}: {what}" for pattern, what in UNSAFE_LOADS.items() if re.search(pattern, text)]
     assert found == []
-    assert "class RestrictedUnpickler(pickle.Unpickler)" in (REPO / "src/cbir/datasets/cifar10.py").read_text()
+    assert "class RestrictedUnpickler(pickle.Unpickler)" in (REPO / "src/cbir/data/sources/cifar10.py").read_text()
 
 
 @pytest.mark.parametrize(
@@ -419,7 +419,7 @@ def test_a_manifest_id_that_escapes_the_dataset_is_refused(image_folder: Path, t
     write_manifest(manifest, tmp_path / "manifest.csv", tmp_path / "excluded.csv")
     with pytest.raises(DatasetError, match=rf"row 4: id '{re.escape(image_id)}' {problem}"):
         read_manifest(tmp_path / "manifest.csv")
-    from cbir.shards import read_manifest_rows  # what each extraction job reads
+    from cbir.extraction.shards import read_manifest_rows  # what each extraction job reads
 
     with pytest.raises(DatasetError, match="ids must stay inside the dataset"):
         read_manifest_rows(tmp_path / "manifest.csv", range(10))
@@ -434,7 +434,7 @@ def test_a_manifest_path_outside_the_dataset_folder_is_refused(image_folder: Pat
 
 
 def test_a_voc_image_list_pointing_outside_the_dataset_is_refused(tmp_path: Path):
-    from cbir.datasets import build_manifest, data_dir
+    from cbir.data.sources import build_manifest, data_dir
 
     from dataset_fixtures import voc_tree
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cbir import batch_decode
-from cbir.backbones import DECODE, DEVICE_DECODE, BackboneSpec, transform_from_description
-from cbir.batch_decode import EncodedFiles, decode_batch, device_decoded_batches, preprocess_batch
-from cbir.config import ConfigError, load_schema, validate_config
-from cbir.feature_cache import fingerprint_id, network_fingerprint
-from cbir.features import extract_to_hdf5
-from cbir.images import load_rgb_image
+from cbir.data.images import load_rgb_image
+from cbir.extraction import decode as batch_decode
+from cbir.extraction.decode import EncodedFiles, decode_batch, device_decoded_batches, preprocess_batch
+from cbir.extraction.feature_cache import fingerprint_id, network_fingerprint
+from cbir.extraction.features import extract_to_hdf5
+from cbir.extraction.network import prepare_from_record
+from cbir.extraction.registry import DECODE, DEVICE_DECODE, BackboneSpec, transform_from_description
 from cbir.io import read_attrs
-from cbir.network import prepare_from_record
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
 
 from conftest import REPO, tiny_config
 
@@ -91,7 +91,7 @@ def test_a_damaged_jpeg_is_named_and_a_bomb_refused(tmp_path: Path, monkeypatch,
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     files = EncodedFiles([str(tmp_path / "whole.jpg"), str(tmp_path / "cut.jpg")])
     with (
-        caplog.at_level("WARNING", logger="cbir.batch_decode"),
+        caplog.at_level("WARNING", logger="cbir.extraction.decode"),
         pytest.raises(RuntimeError, match=r"cannot read image '.*cut\.jpg'"),
     ):
         decode_batch([files[0], files[1]], CPU)

@@ -23,7 +23,7 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(browser, finished_run):
-    from cbir.serve import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
 
     root, _ = finished_run
     app = create_app(ServeSettings(model=root / CELL, top_k=TOP_K))

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cbir.cell import (
+from cbir.search.cell import (
     CLASSIFIER,
     GALLERY,
     PROJECTION,
@@ -23,7 +23,7 @@ from cbir.cell import (
     metrics_name,
     model_files,
 )
-from cbir.retrieve import MODES
+from cbir.search.index import MODES
 
 CELL = "results/tiny/lite/80-20/8"
 
@@ -87,7 +87,7 @@ def test_a_gallery_without_the_names_is_named_by_its_folder(finished_run, tmp_pa
 
 @pytest.mark.workflow
 def test_clusters_fitted_on_other_images_are_refused(finished_run, tmp_path: Path):
-    from cbir.cluster import load_clusters, save_clusters
+    from cbir.fitting.kmeans import load_clusters, save_clusters
 
     copy = copy_cell(finished_run, tmp_path / "cell")
     clusters, ids, _ = load_clusters(copy / clusters_name(2))

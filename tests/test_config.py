@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cbir.config import ConfigError, grid_cells, load_schema, missing_datasets, parse_split, validate_config
+from cbir.data.split import parse_split
+from cbir.pipeline.config import ConfigError, grid_cells, load_schema, missing_datasets, validate_config
 
 from conftest import REPO, make_image_folder, run_snakemake, tiny_config, write_config
 
@@ -267,8 +268,8 @@ def test_the_static_feature_dimension_is_the_networks():
     import torch
     from torchvision.models.vgg import cfgs, make_layers
 
-    from cbir.backbones import BackboneSpec, build_backbone, feature_dim
-    from cbir.config import static_feature_dim
+    from cbir.extraction.registry import BackboneSpec, build_backbone, feature_dim
+    from cbir.pipeline.config import static_feature_dim
 
     vgg16_block5 = make_layers(cfgs["D"])  # torchvision's VGG16 `features`, without its large classifier
     for size in (64, 100):
@@ -298,7 +299,7 @@ def test_a_pca_size_above_the_training_set_stops(tmp_path: Path):
     # the digits' class sizes are scikit-learn's
     from sklearn.datasets import load_digits
 
-    from cbir.datasets.digits import DIGITS_CLASS_SIZES
+    from cbir.data.sources.digits import DIGITS_CLASS_SIZES
 
     assert list(DIGITS_CLASS_SIZES) == np.bincount(load_digits().target).tolist()
 

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.datasets.digits import write_sklearn_digits
-from cbir.images import load_rgb_image
-from cbir.manifest import DatasetError, count_class_files, read_manifest, scan_image_folder, write_manifest
-from cbir.split import make_split, split_ids, split_table
+from cbir.data.images import load_rgb_image
+from cbir.data.manifest import DatasetError, count_class_files, read_manifest, scan_image_folder, write_manifest
+from cbir.data.sources.digits import write_sklearn_digits
+from cbir.data.split import make_split, split_ids, split_table
 
 from conftest import make_image_folder
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cbir.config import ConfigError, load_schema, missing_datasets, validate_config
-from cbir.datasets import (
+from cbir.data.manifest import DatasetError, read_manifest
+from cbir.data.sources import (
     CIFAR10_CLASSES,
     COREL1K_CLASSES,
     SOURCES,
@@ -39,7 +39,7 @@ from cbir.datasets import (
     safe_extract,
     voc_labels,
 )
-from cbir.manifest import DatasetError, read_manifest
+from cbir.pipeline.config import ConfigError, load_schema, missing_datasets, validate_config
 
 from conftest import REPO, SHARED_DATA, planned_jobs, run_snakemake, write_config
 from dataset_fixtures import (
@@ -616,7 +616,7 @@ def test_a_registered_source_is_one_the_config_and_the_checks_know(tmp_path: Pat
             return None if (root / "shoebox").is_dir() else "no shoebox"
 
         def manifest(self, entry, root, images_dir=None):
-            from cbir.manifest import scan_image_folder
+            from cbir.data.manifest import scan_image_folder
 
             return scan_image_folder(root / "shoebox")
 

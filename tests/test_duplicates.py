@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir import duplicates
 from cbir.cli import main
-from cbir.duplicates import (
+from cbir.data.manifest import MANIFEST_COLUMNS, write_csv_table
+from cbir.io import save_arrays
+from cbir.search import duplicates
+from cbir.search.duplicates import (
     CSV_COLUMNS,
     EXACT,
     NEAR,
@@ -25,8 +27,6 @@ from cbir.duplicates import (
     load_index,
     locate_index,
 )
-from cbir.io import save_arrays
-from cbir.manifest import MANIFEST_COLUMNS, write_csv_table
 
 N, DIM = 60, 256
 NEAR_SETS = [[0, 1, 2], [10, 11, 12]]  # 10 - 11 - 12 a chain; 11 has another class than 10 and 12

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cbir import engines
-from cbir.backbones import BackboneSpec
-from cbir.config import ConfigError, load_schema, validate_config
-from cbir.engines import (
+from cbir.data.images import load_rgb_image
+from cbir.extraction import engines
+from cbir.extraction.engines import (
     EngineError,
     calibration_pool,
     calibration_sample,
@@ -22,8 +21,9 @@ from cbir.engines import (
     prepare_engine,
     read_engine,
 )
-from cbir.images import load_rgb_image
-from cbir.network import RecordError, prepare_from_record, prepare_network
+from cbir.extraction.network import RecordError, prepare_from_record, prepare_network
+from cbir.extraction.registry import BackboneSpec
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
 
 from conftest import REPO, make_image_folder, tiny_config
 
@@ -49,7 +49,7 @@ def test_calibration_images_are_training_images_of_every_split():
     labels = np.repeat(np.arange(4), 25)
     manifest = pd.DataFrame({"label": labels, "path": [f"{i}.png" for i in range(100)]})
     pool = set(calibration_pool(manifest, ["60-40", "90-10", "80-20"], seed=3))
-    from cbir.split import make_split
+    from cbir.data.split import make_split
 
     for fraction in (0.6, 0.8, 0.9):
         train = set(np.flatnonzero(make_split(labels, fraction, 3)))
@@ -94,7 +94,7 @@ def test_a_query_without_the_openvino_model_runs_torch_fp32_and_says_so(images, 
 
 
 def test_vnni_is_read_from_the_cpu_flags_within_onednns_cap(monkeypatch):
-    from cbir import precision
+    from cbir.extraction import precision
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     for flags, expected in [({"avx2", "avx512_vnni"}, True), ({"avx2", "avx_vnni"}, True), ({"avx2", "fma"}, False),
@@ -204,7 +204,7 @@ def test_the_workflow_extracts_and_times_with_the_prepared_engine(tmp_path: Path
 def test_large_jpegs_are_draft_decoded_close_to_full_decoding(tmp_path):
     from PIL import Image
 
-    from cbir.backbones import preprocessing
+    from cbir.extraction.registry import preprocessing
 
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 255, (30, 40, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 1200 x 1600

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cbir.config import ConfigError, load_schema, missing_datasets, validate_config
-from cbir.datasets import (
+from cbir.data.manifest import DatasetError, read_manifest
+from cbir.data.sources import (
     FASHION_MNIST_CLASSES,
     build_manifest,
     export_fashion_mnist_png,
@@ -25,7 +25,7 @@ from cbir.datasets import (
     prepared_datasets_pattern,
     read_idx_gz,
 )
-from cbir.datasets.fashion_mnist import (
+from cbir.data.sources.fashion_mnist import (
     DEBIAN_FOLDER,
     FASHION_MNIST_MD5,
     IDX_IMAGES_MAGIC,
@@ -34,7 +34,7 @@ from cbir.datasets.fashion_mnist import (
     read_subset,
     select_per_class,
 )
-from cbir.manifest import DatasetError, read_manifest
+from cbir.pipeline.config import ConfigError, load_schema, missing_datasets, validate_config
 
 from conftest import REPO, planned_jobs, run_snakemake, write_config
 from dataset_fixtures import cifar_tree

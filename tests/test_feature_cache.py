@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.backbones import BackboneSpec
-from cbir.feature_cache import FeatureCache, assemble_features, network_fingerprint
-from cbir.features import extract_shard, extract_to_hdf5
-from cbir.manifest import read_manifest, scan_image_folder, write_manifest
-from cbir.shards import read_shard_plan, write_shard_plan
+from cbir.data.manifest import read_manifest, scan_image_folder, write_manifest
+from cbir.extraction.feature_cache import FeatureCache, assemble_features, network_fingerprint
+from cbir.extraction.features import extract_shard, extract_to_hdf5
+from cbir.extraction.registry import BackboneSpec
+from cbir.extraction.shards import read_shard_plan, write_shard_plan
 
 from conftest import make_image_folder
 

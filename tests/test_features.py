@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from cbir.backbones import BackboneSpec, WeightsError, build_backbone, feature_dim
-from cbir.features import extract_to_hdf5
+from cbir.extraction.features import extract_to_hdf5
+from cbir.extraction.network import resolve_device
+from cbir.extraction.registry import BackboneSpec, WeightsError, build_backbone, feature_dim
 from cbir.io import load_features, read_attrs
-from cbir.network import resolve_device
 
 
 @pytest.mark.parametrize(("pooling", "dim"), [("none", 512 * 2 * 2), ("avg", 512), ("gem", 512)])
@@ -141,8 +141,8 @@ def test_features_can_be_stored_as_float16(image_folder: Path, tmp_path: Path):
 def test_an_images_fp32_features_do_not_depend_on_its_batch(arch: str, weights: str):
     """What makes the feature cache exact: an image added later, extracted in another batch (or alone),
     gets the bits it gets in a from-scratch run."""
-    from cbir.features import embed_batch
-    from cbir.network import prepare_network
+    from cbir.extraction.features import embed_batch
+    from cbir.extraction.network import prepare_network
 
     prepared = prepare_network(BackboneSpec(arch, weights, "avg", 64), device="cpu", precision="fp32", engine=None)
     images = torch.randn(9, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -1,11 +1,11 @@
 """Generated input (hypothesis) for what reads untrusted bytes: uploads, manifests, configs.
 
-- the upload decoding of `cbir serve` (``decode_image``, through ``cbir.images.load_rgb_image``):
+- the upload decoding of `cbir serve` (``decode_image``, through ``cbir.data.images.load_rgb_image``):
   random bytes and damaged JPEG/PNG/GIF/BMP/WebP/TIFF/PPM files either decode to an RGB image
   within the pixel limit or raise an ``UploadError`` with a 4xx, never anything else; as files,
   ``load_rgb_image`` decodes exactly those that the manifest's check (``unreadable_reason``) accepts;
-- ``cbir.manifest.read_manifest``: a damaged manifest is read or refused with a ``DatasetError``;
-- ``cbir.config.validate_config``: a config with any key changed, removed or added is validated
+- ``cbir.data.manifest.read_manifest``: a damaged manifest is read or refused with a ``DatasetError``;
+- ``cbir.pipeline.config.validate_config``: a config with any key changed, removed or added is validated
   or refused with a ``ConfigError``.
 
 Each property runs a bounded number of examples (CBIR_FUZZ_INPUT_EXAMPLES, default 150); with
@@ -136,7 +136,7 @@ upload_bytes = st.one_of(
 
 
 def check_decode(data: bytes) -> None:
-    from cbir.serve import UploadError, decode_image
+    from cbir.serve.app import UploadError, decode_image
 
     try:
         image = decode_image(data, MAX_PIXELS).image
@@ -153,7 +153,7 @@ def test_upload_decoding_refuses_any_bad_bytes_with_a_4xx():
 
 def check_file(folder: Path) -> Callable[[bytes], None]:
     """The same bytes as a file: the manifest's check (``unreadable_reason``) agrees with ``load_rgb_image``."""
-    from cbir.images import load_rgb_image, unreadable_reason
+    from cbir.data.images import load_rgb_image, unreadable_reason
 
     path = folder / "image.png"
 
@@ -175,7 +175,7 @@ def test_load_rgb_image_and_the_manifest_check_agree_on_any_file(tmp_path):
 
 
 def test_the_seed_images_decode():
-    from cbir.serve import decode_image
+    from cbir.serve.app import decode_image
 
     for data in SEEDS:
         assert decode_image(data, MAX_PIXELS).image.mode == "RGB"
@@ -212,7 +212,7 @@ manifest_bytes = st.one_of(damaged_manifests(), st.binary(max_size=300), st.text
 
 
 def check_manifest(folder: Path) -> Callable[[bytes], None]:
-    from cbir.manifest import MANIFEST_COLUMNS, DatasetError, read_manifest
+    from cbir.data.manifest import MANIFEST_COLUMNS, DatasetError, read_manifest
 
     path = folder / "manifest.csv"
 
@@ -281,7 +281,7 @@ def changed_configs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def check_config(schema: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
-    from cbir.config import ConfigError, validate_config
+    from cbir.pipeline.config import ConfigError, validate_config
 
     def check(config: dict[str, Any]) -> None:
         try:
@@ -295,7 +295,7 @@ def check_config(schema: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
 
 def test_a_changed_config_is_validated_or_refused_with_a_config_error():
-    from cbir.config import load_schema
+    from cbir.pipeline.config import load_schema
 
     schema = load_schema(SCHEMA)
     assert fuzz("validate_config (changed keys)", changed_configs(), check_config(schema)) >= EXAMPLES
@@ -303,7 +303,7 @@ def test_a_changed_config_is_validated_or_refused_with_a_config_error():
 
 @pytest.mark.parametrize("config", base_configs(), ids=["tiny", "default"])
 def test_the_base_configs_are_valid(config):
-    from cbir.config import load_schema, validate_config
+    from cbir.pipeline.config import load_schema, validate_config
 
     validate_config(config, load_schema(SCHEMA))
 
@@ -325,7 +325,7 @@ def test_the_base_configs_are_valid(config):
     ids=["empty", "not-utf8", "unclosed-quote", "empty-id"],
 )
 def test_manifest_crashes_found_by_fuzzing_are_dataset_errors(tmp_path, data, message):
-    from cbir.manifest import DatasetError, read_manifest
+    from cbir.data.manifest import DatasetError, read_manifest
 
     path = tmp_path / "manifest.csv"
     path.write_bytes(data)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir import images
-from cbir.images import decode_jpeg_fast, jpeg_draft_scale, load_rgb_image, unreadable_reason
+from cbir.data import images
+from cbir.data.images import decode_jpeg_fast, jpeg_draft_scale, load_rgb_image, unreadable_reason
 
 pytest.importorskip("simplejpeg", reason="simplejpeg (requirements.txt) is not installed: Pillow decodes alone")
 

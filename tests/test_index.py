@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cbir.cli import main
-from cbir.index import class_folders, dataset_name, detect_labels, index_config, plan_index
+from cbir.pipeline.index_folder import class_folders, dataset_name, detect_labels, index_config, plan_index
 
 from conftest import make_image_folder, run_cbir
 

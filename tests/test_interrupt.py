@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from cbir.backbones import BackboneSpec
-from cbir.features import extract_to_hdf5
+from cbir.data.manifest import read_manifest
+from cbir.extraction.features import extract_to_hdf5
+from cbir.extraction.registry import BackboneSpec
 from cbir.io import atomic_path, load_features
-from cbir.manifest import read_manifest
 
 from conftest import REPO, make_image_folder, tiny_config, write_config
 
@@ -41,7 +41,7 @@ BATCH_SIZE = 4  # divides the shard size: a shard's batches are those of a singl
 # milliseconds on a fast CPU, and a shard seen half-written could finish before the signal landed.
 SLOW_READS = """
 import time
-from cbir.features import ImageFiles
+from cbir.extraction.features import ImageFiles
 
 _read = ImageFiles.__getitem__
 
@@ -167,7 +167,7 @@ RULE_STEP = """
 import os, signal, sys, time
 from types import SimpleNamespace
 from cbir.io import atomic_path
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 def step(smk):
     with atomic_path(sys.argv[1]) as tmp:

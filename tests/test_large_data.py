@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cbir.cluster import fit_intra_class_kmeans, load_clusters, save_clusters
-from cbir.reduce import FeatureRows, choose_pca_method, fit_pca_basis
-from cbir.resources import extraction_runtime_min, file_mb, fit_pca_mem_mb, train_fraction
+from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clusters
+from cbir.fitting.pca import FeatureRows, choose_pca_method, fit_pca_basis
+from cbir.pipeline.resources import extraction_runtime_min, file_mb, fit_pca_mem_mb, train_fraction
 
 PCA_OPTIONS = {"exact_max_images": 1000, "large_method": "incremental", "batch_size": 256, "sample_size": 500}
 

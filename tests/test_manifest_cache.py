@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir import inspection
-from cbir.datasets import build_manifest
-from cbir.inspection import FileRecords, records_stamp
-from cbir.manifest import Manifest, read_manifest
+from cbir.data import inspection
+from cbir.data.inspection import FileRecords, records_stamp
+from cbir.data.manifest import Manifest, read_manifest
+from cbir.data.sources import build_manifest
 
 from conftest import make_image_folder, run_snakemake, tiny_config, write_config
 from dataset_fixtures import numbered_flat, voc_tree
@@ -198,7 +198,7 @@ def test_a_corrupt_cache_is_ignored_with_a_warning(photos: Path, tmp_path: Path,
     cache = tmp_path / "file_records.csv"
     cached_build(photos, cache)
     cache.write_bytes(corrupt_cache_bytes(case, cache.read_text()))
-    with caplog.at_level(logging.WARNING, logger="cbir.inspection"):
+    with caplog.at_level(logging.WARNING, logger="cbir.data.inspection"):
         manifest, records = cached_build(photos, cache)
     assert f"file record cache '{cache}' ignored" in caplog.text
     assert (records.inspected, records.reused) == (14, 0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cbir.evaluate import (
+from cbir.evaluation.evaluate import (
     average_precision,
     calibrate_no_match,
     label_sets,
@@ -14,7 +14,7 @@ from cbir.evaluate import (
     relevance,
     total_query_times,
 )
-from cbir.timing import latency_summary
+from cbir.extraction.latency import latency_summary
 
 
 def test_precision_at_k_counts_missing_results_as_not_relevant():
@@ -109,7 +109,7 @@ def test_the_no_match_distance_when_all_or_no_results_are_relevant():
 def test_the_logistic_fit_is_scikit_learns(seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    from cbir.evaluate import fit_logistic
+    from cbir.evaluation.evaluate import fit_logistic
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=500)

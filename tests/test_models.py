@@ -8,9 +8,9 @@ from sklearn.decomposition import PCA
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from cbir.classify import load_mlp, save_mlp, train_mlp
-from cbir.cluster import fit_intra_class_kmeans, load_clusters, save_clusters
-from cbir.reduce import Projection, fit_pca_basis, load_projection, save_projection
+from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clusters
+from cbir.fitting.mlp import load_mlp, save_mlp, train_mlp
+from cbir.fitting.pca import Projection, fit_pca_basis, load_projection, save_projection
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from cbir import precision as precision_module
-from cbir.backbones import BackboneSpec
-from cbir.features import extract_to_hdf5
+from cbir.extraction.features import extract_to_hdf5
+from cbir.extraction.network import RecordError, prepare_from_record, prepare_network
+from cbir.extraction.precision import PrecisionChoice, choose_precision, decide, follow_recorded, resolve_precision
+from cbir.extraction.registry import BackboneSpec
 from cbir.io import load_features, read_attrs
-from cbir.network import RecordError, prepare_from_record, prepare_network
-from cbir.precision import PrecisionChoice, choose_precision, decide, follow_recorded, resolve_precision
-from cbir.query import Embedder
+from cbir.search.query import Embedder
 
 CPU = torch.device("cpu")
 LITE = BackboneSpec("efficientnet_lite0", "pypi", "avg", 64)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cbir import paper
-from cbir.config import ConfigError, load_schema, validate_config
-from cbir.report import PLOTS, TABLES, Doc, page_files, write_summary
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
+from cbir.report import paper
+from cbir.report.summary import PLOTS, TABLES, Doc, page_files, write_summary
 
 from conftest import REPO
 

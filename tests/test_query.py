@@ -102,7 +102,7 @@ def test_a_gallery_from_an_older_version_is_refused_with_a_message(finished_run,
 
     import h5py
 
-    from cbir.cell import ModelFolderError, load_cell
+    from cbir.search.cell import ModelFolderError, load_cell
 
     root, _ = finished_run
     old = tmp_path / "old"
@@ -116,7 +116,7 @@ def test_a_gallery_from_an_older_version_is_refused_with_a_message(finished_run,
 def test_a_damaged_artifact_is_refused_with_its_name(finished_run, tmp_path: Path):
     import shutil
 
-    from cbir.cell import ModelFolderError, load_cell
+    from cbir.search.cell import ModelFolderError, load_cell
 
     root, _ = finished_run
     damaged = tmp_path / "damaged"
@@ -129,10 +129,10 @@ def test_a_damaged_artifact_is_refused_with_its_name(finished_run, tmp_path: Pat
 def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finished_run, tmp_path: Path):
     import shutil
 
-    from cbir.cell import load_cell, metrics_name
+    from cbir.data.split import split_ids
     from cbir.io import load_features
-    from cbir.query import format_table, search_features
-    from cbir.split import split_ids
+    from cbir.search.cell import load_cell, metrics_name
+    from cbir.search.query import format_table, search_features
 
     root, _ = finished_run
     queries = load_features(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.cell import load_cell
-from cbir.cluster import IntraClassClusters
-from cbir.refit import place_new_images, refit_due
+from cbir.fitting.kmeans import IntraClassClusters
+from cbir.fitting.refit import place_new_images, refit_due
+from cbir.search.cell import load_cell
 
 from conftest import collection_config, make_collection, planned_jobs, run_snakemake, write_config
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cbir.cluster import fit_intra_class_kmeans
-from cbir.evaluate import overlap_at
-from cbir.retrieve import FaissSearch, RetrievalIndex
+from cbir.evaluation.evaluate import overlap_at
+from cbir.fitting.kmeans import fit_intra_class_kmeans
+from cbir.search.index import FaissSearch, RetrievalIndex
 
 
 def brute_force(query, gallery, candidates, top_k, metric):
@@ -101,7 +101,7 @@ def test_faiss_flat_equals_exact_search_and_ivf_is_judged_by_recall():
 
 
 def test_partial_top_k_equals_a_full_stable_sort_even_with_many_ties():
-    from cbir.retrieve import _smallest_columns
+    from cbir.search.index import _smallest_columns
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -116,7 +116,7 @@ def test_partial_top_k_equals_a_full_stable_sort_even_with_many_ties():
 def test_float32_screening_returns_the_float64_ranking(metric, dtype, monkeypatch):
     """Large groups are screened in float32 and re-ranked in float64: the answer must not change,
     even for distances that differ below float32's resolution and for exact duplicates."""
-    import cbir.retrieve as retrieve
+    import cbir.search.index as retrieve
 
     rng = np.random.default_rng(7)
     n, dim = 3000, 40
@@ -158,7 +158,7 @@ def test_float32_screening_returns_the_float64_ranking(metric, dtype, monkeypatc
 
 
 def test_auto_ivf_lists_follow_the_square_root_of_the_gallery():
-    from cbir.retrieve import ivf_lists
+    from cbir.search.index import ivf_lists
 
     assert ivf_lists(16, 1_000_000) == 16
     assert ivf_lists("auto", 1_000_000) == 4000

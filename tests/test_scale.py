@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.feature_cache import FeatureCache
-from cbir.manifest import MANIFEST_COLUMNS
-from cbir.shards import write_shard_plan
+from cbir.data.manifest import MANIFEST_COLUMNS
+from cbir.extraction.feature_cache import FeatureCache
+from cbir.extraction.shards import write_shard_plan
 
 from conftest import make_image_folder, planned_jobs, run_snakemake, session_config, tiny_config, write_config
 

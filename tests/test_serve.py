@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cbir.cell import best_space, metrics_name
+from cbir.search.cell import best_space, metrics_name
 
 from conftest import REPO
 
@@ -27,7 +27,7 @@ TIMED_STEPS = {"decode", "preprocess", "forward", "project_predict", "search_clu
 @pytest.fixture(scope="module")
 def served(finished_run):
     """The tiny model loaded once for every app in this module."""
-    from cbir.serve import ServedModel, ServeSettings
+    from cbir.serve.app import ServedModel, ServeSettings
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / CELL))
@@ -36,7 +36,7 @@ def served(finished_run):
 def make_client(served, **limits):
     from fastapi.testclient import TestClient
 
-    from cbir.serve import ServeSettings, create_app
+    from cbir.serve.app import ServeSettings, create_app
 
     return TestClient(create_app(ServeSettings(model=served.settings.model, **limits), served=served))
 
@@ -93,7 +93,7 @@ def test_model_info_describes_the_cell_and_its_metrics(client, finished_run):
 
 
 def test_an_uploaded_image_is_classified_and_searched_like_cbir_query(client, served, finished_run):
-    from cbir.query import query_images
+    from cbir.search.query import query_images
 
     root, _ = finished_run
     query = root / "data/tiny/red/000.png"  # a gallery image: it must find itself first
@@ -253,7 +253,7 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client, fin
 def test_a_cell_copied_out_of_its_run_serves_its_gallery(finished_run, tmp_path):
     from fastapi.testclient import TestClient
 
-    from cbir.serve import ServeSettings, create_app
+    from cbir.serve.app import ServeSettings, create_app
 
     root, _ = finished_run
     copy = tmp_path / "model"

@@ -28,7 +28,7 @@ PAGES = ["/", "/static/app.js", "/static/docs.js", "/docs", "/docs/assets/swagge
 def make_client(served, **settings):
     from fastapi.testclient import TestClient
 
-    from cbir.serve import ServeSettings, create_app
+    from cbir.serve.app import ServeSettings, create_app
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, **settings), served=served)
     return TestClient(app, follow_redirects=False)
@@ -114,7 +114,7 @@ def test_the_token_is_in_no_page_and_no_response(client):
 
 
 def test_security_headers_are_on_every_response(served, finished_run):
-    from cbir.serve_auth import SECURITY_HEADERS
+    from cbir.serve.auth import SECURITY_HEADERS
 
     with make_client(served) as client:
         responses = [client.get("/"), client.get("/api/model"), client.get("/api/images/nope"), client.get("/nope"),
@@ -147,7 +147,7 @@ def test_docs_are_served_offline(served):
 def test_login_then_the_page_and_docs_in_a_browser(served, browser):
     """Headless Chromium (the `browser` fixture of conftest.py): the login form, the search page
     after it, and Swagger UI at /docs rendered from local assets under the page's CSP."""
-    from cbir.serve import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, token=TOKEN), served=served)
     with serve_in_thread(app, "127.0.0.1") as url:

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.backbones import BackboneSpec
-from cbir.feature_cache import CacheError, FeatureCache, assemble_features, network_fingerprint
-from cbir.features import extract_shard, extract_to_hdf5
+from cbir.data.manifest import read_manifest, scan_image_folder, write_manifest
+from cbir.extraction.feature_cache import CacheError, FeatureCache, assemble_features, network_fingerprint
+from cbir.extraction.features import extract_shard, extract_to_hdf5
+from cbir.extraction.registry import BackboneSpec
+from cbir.extraction.shards import ShardPlan, read_manifest_rows, read_shard_plan, write_shard_plan
 from cbir.io import read_attrs, write_attrs
-from cbir.manifest import read_manifest, scan_image_folder, write_manifest
-from cbir.shards import ShardPlan, read_manifest_rows, read_shard_plan, write_shard_plan
 
 SPEC = BackboneSpec("efficientnet_lite0", "random", "avg", 32)
 OPTIONS = {"batch_size": 4, "num_workers": 0, "device": "cpu", "precision": "fp32", "progress": False}

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.cell import BEST, best_space, embedding_name, load_cell, metrics_name
-from cbir.classify import train_mlp
-from cbir.spaces import (
+from cbir.fitting.mlp import train_mlp
+from cbir.fitting.spaces import (
     SPACES,
     Embedding,
     augment_database,
@@ -21,6 +20,7 @@ from cbir.spaces import (
     save_embedding,
     spaces_markdown,
 )
+from cbir.search.cell import BEST, best_space, embedding_name, load_cell, metrics_name
 
 OPTIONS = {"whiten": {"power": 0.5}, "lda": {"shrinkage": "auto"}}
 
@@ -135,7 +135,7 @@ def test_query_expansion_and_dba_average_with_the_nearest_neighbours():
 
 def test_spaces_table_in_the_readme_follows_the_registry():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert spaces_markdown() in readme, "paste cbir.spaces.spaces_markdown() into README.md"
+    assert spaces_markdown() in readme, "paste cbir.fitting.spaces.spaces_markdown() into README.md"
 
 
 def test_the_finished_run_searches_in_every_space_and_best_picks_the_highest_map(finished_run):
@@ -163,14 +163,14 @@ def test_the_finished_run_searches_in_every_space_and_best_picks_the_highest_map
 
 def test_a_space_the_cell_lacks_is_refused_with_what_it_has(finished_run):
     root, _ = finished_run
-    from cbir.cell import ModelFolderError
+    from cbir.search.cell import ModelFolderError
 
     with pytest.raises(ModelFolderError, match=r"no embedding space 'nope'.*available: .*lda"):
         load_cell(root / "results/tiny/lite/80-20/8", 2, space="nope")
 
 
 def test_an_embedding_applies_its_steps_in_order():
-    from cbir.spaces import Step
+    from cbir.fitting.spaces import Step
 
     embedding = Embedding("t", [Step("scale", np.array([2.0, -1.0]), np.array([0.0, 0.0])), Step("relu")])
     assert np.array_equal(embedding.transform(np.array([[1.0, 1.0]])), [[2.0, 0.0]])

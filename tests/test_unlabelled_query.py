@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.cell import load_cell
+from cbir.search.cell import load_cell
 
 from conftest import run_cbir
 
@@ -77,7 +77,7 @@ def test_the_class_search_alone_is_refused_with_a_message(collection: Path):
 
 def test_a_similarity_that_needs_no_calibration_is_kept(collection: Path):
     from cbir.io import load_features
-    from cbir.query import search_features
+    from cbir.search.query import search_features
 
     cell = load_cell(collection / ALL, metric="cosine")
     queries = load_features(collection / "results/photos/features/lite.h5", ["top_001.png", "green/002.png"])
@@ -94,7 +94,7 @@ def test_a_similarity_that_needs_no_calibration_is_kept(collection: Path):
 def client(collection: Path):
     from fastapi.testclient import TestClient
 
-    from cbir.serve import ServedModel, ServeSettings, create_app
+    from cbir.serve.app import ServedModel, ServeSettings, create_app
 
     settings = ServeSettings(model=collection / HELD_OUT, reload_interval=0)
     with TestClient(create_app(settings, served=ServedModel.load(settings))) as test_client:
@@ -113,7 +113,7 @@ def test_serve_describes_a_collection_without_labels(client):
 
 
 def test_serve_answers_with_the_nearest_clusters_and_without_class_or_marks(client, collection: Path):
-    from cbir.query import query_images
+    from cbir.search.query import query_images
 
     served = client.app.state.served
     query = collection / "data/photos/top_003.png"
@@ -156,7 +156,7 @@ def test_the_schema_documents_both_answers(client):
 
 
 def test_the_page_shows_the_nearest_clusters_and_no_class_or_marks(browser, collection: Path):
-    from cbir.serve import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
 
     app = create_app(ServeSettings(model=collection / HELD_OUT, reload_interval=0))
     with serve_in_thread(app, "127.0.0.1") as url:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cbir.cell import clusters_name, embedding_name
 from cbir.io import load_arrays, read_attrs
+from cbir.search.cell import clusters_name, embedding_name
 
 from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
 from dataset_fixtures import paper_datasets

@@ -9,11 +9,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cbir.cell import BEST, ModelFolderError, load_cell
-from cbir.duplicates import DEFAULT_THRESHOLD, DuplicatesError
-from cbir.index import FolderIndexError
-from cbir.query import NEAREST_CLUSTER_TITLE, Embedder, QueryError, describe_space, format_table, query_images
-from cbir.retrieve import MODE_TITLES, MODES
+from cbir.pipeline.index_folder import FolderIndexError
+from cbir.search.cell import BEST, ModelFolderError, load_cell
+from cbir.search.duplicates import DEFAULT_THRESHOLD, DuplicatesError
+from cbir.search.index import MODE_TITLES, MODES
+from cbir.search.query import NEAREST_CLUSTER_TITLE, Embedder, QueryError, describe_space, format_table, query_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +127,8 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
 def run_index(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cbir.index import describe, plan_index
-    from cbir.index import run_index as run_workflow
+    from cbir.pipeline.index_folder import describe, plan_index
+    from cbir.pipeline.index_folder import run_index as run_workflow
 
     if args.cores < 1:
         raise QueryError("--cores must be at least 1")
@@ -142,9 +142,9 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_duplicates(args: argparse.Namespace) -> int:
-    from cbir.duplicates import (
+    from cbir.report.montage import draw_groups
+    from cbir.search.duplicates import (
         check_threshold,
-        draw_groups,
         find_duplicates,
         load_index,
         report,
@@ -186,7 +186,7 @@ def run_query(args: argparse.Namespace) -> int:
     answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
     print(json.dumps(answers, indent=2) if args.json else format_table(answers))
     if args.montage:
-        from cbir.report import draw_montage
+        from cbir.report.montage import draw_montage
 
         shown = [a for a in answers if "error" not in a]
         if shown:
@@ -201,8 +201,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from cbir.serve import MAX_TOP_K, ServeSettings, create_app, run_server
-    from cbir.serve_auth import TOKEN_ENV, token_problem
+    from cbir.serve.app import MAX_TOP_K, ServeSettings, create_app, run_server
+    from cbir.serve.auth import TOKEN_ENV, token_problem
 
     token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
     problem = token_problem(args.host, token)

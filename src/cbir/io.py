@@ -40,7 +40,7 @@ def library_versions() -> dict[str, str]:
         "pandas": metadata.version("pandas"),
         "pillow": metadata.version("pillow"),
     }
-    with contextlib.suppress(metadata.PackageNotFoundError):  # decodes JPEGs where installed (cbir.images)
+    with contextlib.suppress(metadata.PackageNotFoundError):  # decodes JPEGs where installed (cbir.data.images)
         versions["simplejpeg"] = metadata.version("simplejpeg")
     # torch is slow to import: record it only where the stage already uses it
     for name in ("torch", "torchvision"):

@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from cbir.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone
-from cbir.datasets import Source, data_dir, register_source
-from cbir.manifest import image_record, make_manifest
+from cbir.data.manifest import image_record, make_manifest
+from cbir.data.sources import Source, data_dir, register_source
+from cbir.extraction.registry import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone
 
 
 def _toy_cnn() -> nn.Module:

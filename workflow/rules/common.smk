@@ -8,9 +8,8 @@ from snakemake.exceptions import WorkflowError
 # makes it importable without installation too (rule scripts do the same in _package.py).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cbir.config import (  # noqa: E402
+from cbir.pipeline.config import (  # noqa: E402
     ALL,
-    OFFICIAL,
     ConfigError,
     class_sizes_bound,
     dataset_is_labelled,
@@ -23,7 +22,8 @@ from cbir.config import (  # noqa: E402
     pca_sizes,
     validate_config,
 )
-from cbir.cell import (  # noqa: E402
+from cbir.data.split import OFFICIAL  # noqa: E402
+from cbir.search.cell import (  # noqa: E402
     CELL_FOLDER,
     CLASSIFIER,
     GALLERY,
@@ -34,11 +34,11 @@ from cbir.cell import (  # noqa: E402
     metrics_name,
     model_files,
 )
-from cbir.datasets import get_source  # noqa: E402
-from cbir.inspection import folder_state, scan_shard_count  # noqa: E402
-from cbir.refit import WHEN_DUE, fitted_on, refit_due  # noqa: E402
-from cbir.paper import summary_settings  # noqa: E402
-from cbir.report import PAGES, PLOTS, TABLES, page_files  # noqa: E402
+from cbir.data.sources import get_source  # noqa: E402
+from cbir.data.inspection import folder_state, scan_shard_count  # noqa: E402
+from cbir.fitting.refit import WHEN_DUE, fitted_on, refit_due  # noqa: E402
+from cbir.report.paper import summary_settings  # noqa: E402
+from cbir.report.summary import PAGES, PLOTS, TABLES, page_files  # noqa: E402
 
 try:
     config.update(validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml")))
@@ -158,7 +158,7 @@ def counted_training_set(dataset, split):
 
 def kept_until_due(path, artifact):
     """An input of the step fitting ``artifact``, marked ancient while update.refit is when_due and no refit
-    is due (cbir.refit), so that a changed input does not refit the kept model."""
+    is due (cbir.fitting.refit), so that a changed input does not refit the kept model."""
     return lambda wildcards: kept_input(path.format(**wildcards), artifact.format(**wildcards), wildcards)
 
 
@@ -199,7 +199,7 @@ SUMMARY_TABLE_FILES = [(t, s, ext) for t in SUMMARY_TABLES for s in config["grid
 
 
 def summary_page_outputs():
-    """The report's pages (cbir.report.PAGES): one named output per page, so that each gets its category and
+    """The report's pages (cbir.report.summary.PAGES): one named output per page, so that each gets its category and
     caption (workflow/report/<page>.rst); HTML under results/summary/html/, Markdown beside the tables.
 
     Returns the outputs and what each of their files is: output name -> [(page, split or "", ext)].

@@ -1,4 +1,4 @@
-from cbir.datasets import data_dir, fashion_mnist_paths, prepared_datasets_pattern  # noqa: E402
+from cbir.data.sources import data_dir, fashion_mnist_paths, prepared_datasets_pattern  # noqa: E402
 
 
 rule prepare_digits:

@@ -1,4 +1,4 @@
-# Sharded extraction through the content-addressed feature cache (cbir.feature_cache): plan_shards
+# Sharded extraction through the content-addressed feature cache (cbir.extraction.feature_cache): plan_shards
 # (a checkpoint) lists the images of a dataset whose content (SHA-256) the cache of the network's
 # fingerprint lacks and cuts them into shards of extraction.shard_size images; extract_features
 # runs one shard through the backbone into a pack of the cache (a GPU job on a cluster; shards run

@@ -3,7 +3,7 @@
 # runs or submits a job, when its input exists; `attempt` (1, 2, ... with --retries) scales
 # memory for a retried job.
 
-from cbir.resources import (  # noqa: E402
+from cbir.pipeline.resources import (  # noqa: E402
     extraction_runtime_min,
     feature_file_shape,
     file_mb,
@@ -11,8 +11,8 @@ from cbir.resources import (  # noqa: E402
     has_nvidia_driver,
     train_fraction,
 )
-from cbir.feature_cache import feature_settings  # noqa: E402
-from cbir.shards import read_shard_plan  # noqa: E402
+from cbir.extraction.feature_cache import feature_settings  # noqa: E402
+from cbir.extraction.shards import read_shard_plan  # noqa: E402
 
 SHARD_PLAN = "results/{dataset}/shards/{backbone}/plan.json"
 SHARD = "results/{dataset}/shards/{backbone}/{shard}.json"  # a receipt: the pack of the cache holding the shard

@@ -1,19 +1,19 @@
-"""Index a dataset through its source (cbir.datasets: image folder, Corel, GHIM, CIFAR-10, VOC) into the manifest."""
+"""Index a dataset through its source (image folder, Corel, GHIM, CIFAR-10, VOC) into the manifest."""
 
 import logging
 from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.datasets import build_manifest, get_source
-from cbir.inspection import FileRecords
-from cbir.manifest import accept_manifest, excluded_file_count, write_manifest
-from cbir.runtime import run_step
+from cbir.data.inspection import FileRecords
+from cbir.data.manifest import accept_manifest, excluded_file_count, write_manifest
+from cbir.data.sources import build_manifest, get_source
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
     source, entry, root, images = smk.params.source, smk.params.entry, Path(smk.params.root), Path(smk.params.images)
-    log = logging.getLogger("cbir.manifest")
+    log = logging.getLogger("cbir.data.manifest")
     records = FileRecords.load(smk.params.file_records, shards=smk.input.scans)
     manifest = build_manifest(source, entry, root, images, records=records, workers=smk.threads)
     # saved before the checks below: what the files hold stays true even if the manifest is refused

@@ -4,9 +4,9 @@ import numpy as np
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.cluster import fit_intra_class_kmeans, save_clusters
+from cbir.fitting.kmeans import fit_intra_class_kmeans, save_clusters
 from cbir.io import load_arrays
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
@@ -27,7 +27,7 @@ def main(smk) -> None:
     attrs = {
         "k": int(smk.wildcards.k),
         "seed": smk.params.seed,
-        # what they were fitted on (cbir.refit), and whether images added later may join them when loaded
+        # what they were fitted on (cbir.fitting.refit), and whether images added later may join them when loaded
         "n_train": len(gallery["ids"]),
         "n_classes": len(np.unique(gallery["labels"])),
         "refit": smk.params.refit,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.datasets import fetch_dataset
+from cbir.data.sources import fetch_dataset
 from cbir.io import atomic_path
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

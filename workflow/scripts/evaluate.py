@@ -4,8 +4,8 @@ import os
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.evaluate import cell_metrics
-from cbir.runtime import run_step
+from cbir.evaluation.evaluate import cell_metrics
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

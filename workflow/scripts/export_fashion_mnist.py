@@ -5,9 +5,9 @@ from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.datasets import data_dir, export_fashion_mnist_png
+from cbir.data.sources import data_dir, export_fashion_mnist_png
 from cbir.io import atomic_path
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -4,11 +4,11 @@ import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.backbones import BackboneSpec
-from cbir.engines import read_engine
-from cbir.features import extract_shard
-from cbir.runtime import run_step
-from cbir.shards import read_shard_plan
+from cbir.extraction.engines import read_engine
+from cbir.extraction.features import extract_shard
+from cbir.extraction.registry import BackboneSpec
+from cbir.extraction.shards import read_shard_plan
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -4,8 +4,8 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.manifest import find_duplicates, read_manifest, write_csv_table
-from cbir.runtime import run_step
+from cbir.data.manifest import find_duplicates, read_manifest, write_csv_table
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
@@ -13,7 +13,7 @@ def main(smk) -> None:
     write_csv_table(duplicates, smk.output.duplicates)
     across = duplicates[duplicates["across_classes"]]
     if len(across):
-        logging.getLogger("cbir.duplicates").warning(
+        logging.getLogger("cbir.search.duplicates").warning(
             "%d image(s) have the same content as an image of another class, e.g. '%s' (%s); listed in %s",
             len(across),
             across["id"].iloc[0],

@@ -8,10 +8,10 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.data.split import split_ids
+from cbir.fitting.pca import FeatureRows, choose_pca_method, fit_pca_basis, save_projection
 from cbir.io import load_features
-from cbir.reduce import FeatureRows, choose_pca_method, fit_pca_basis, save_projection
-from cbir.runtime import run_step
-from cbir.split import split_ids
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

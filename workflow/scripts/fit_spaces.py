@@ -2,8 +2,8 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.runtime import run_step
-from cbir.spaces import fit_cell_spaces
+from cbir.fitting.spaces import fit_cell_spaces
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

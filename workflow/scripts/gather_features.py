@@ -4,10 +4,10 @@ from pathlib import Path
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.feature_cache import FeatureCache, assemble_features
-from cbir.manifest import read_manifest
-from cbir.runtime import run_step
-from cbir.shards import read_shard_plan
+from cbir.data.manifest import read_manifest
+from cbir.extraction.feature_cache import FeatureCache, assemble_features
+from cbir.extraction.shards import read_shard_plan
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

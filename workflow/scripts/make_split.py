@@ -2,12 +2,11 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.config import ALL, OFFICIAL, parse_split
-from cbir.datasets import official_split_table
+from cbir.data.manifest import read_manifest
+from cbir.data.sources import official_split_table
+from cbir.data.split import ALL, OFFICIAL, gallery_only_table, parse_split, split_table
 from cbir.io import atomic_path
-from cbir.manifest import read_manifest
-from cbir.runtime import run_step
-from cbir.split import gallery_only_table, split_table
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

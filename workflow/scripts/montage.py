@@ -2,8 +2,8 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.query import montage_for_cell
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
+from cbir.report.montage import montage_for_cell
 
 
 def main(smk) -> None:

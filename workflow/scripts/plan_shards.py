@@ -4,9 +4,9 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.feature_cache import FeatureCache, network_fingerprint
-from cbir.runtime import run_step
-from cbir.shards import write_shard_plan
+from cbir.extraction.feature_cache import FeatureCache, network_fingerprint
+from cbir.extraction.shards import write_shard_plan
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -4,9 +4,9 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.datasets.digits import write_sklearn_digits
+from cbir.data.sources.digits import write_sklearn_digits
 from cbir.io import atomic_path
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -4,11 +4,11 @@ import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.backbones import BackboneSpec
-from cbir.engines import calibration_sample, prepare_engine
-from cbir.manifest import read_manifest
-from cbir.network import resolve_device
-from cbir.runtime import run_step
+from cbir.data.manifest import read_manifest
+from cbir.extraction.engines import calibration_sample, prepare_engine
+from cbir.extraction.network import resolve_device
+from cbir.extraction.registry import BackboneSpec
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -2,12 +2,12 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.cell import CellIdentity
+from cbir.data.manifest import class_names, read_manifest
+from cbir.data.split import split_ids
+from cbir.fitting.pca import Projection, load_projection, save_projection
 from cbir.io import load_features, save_arrays
-from cbir.manifest import class_names, read_manifest
-from cbir.reduce import Projection, load_projection, save_projection
-from cbir.runtime import run_step
-from cbir.split import split_ids
+from cbir.pipeline.steps import run_step
+from cbir.search.cell import CellIdentity
 
 
 def main(smk) -> None:
@@ -18,12 +18,12 @@ def main(smk) -> None:
     else:
         projection = load_projection(smk.input.basis).truncate(int(wildcards.pca))
     attrs = {
-        # which grid cell, read back by cbir.cell.load_cell wherever the cell's folder is copied to
+        # which grid cell, read back by cbir.search.cell.load_cell wherever the cell's folder is copied to
         **CellIdentity(wildcards.dataset, wildcards.backbone, wildcards.split, wildcards.pca).as_dict(),
         "seed": smk.params.seed,
         "backbone_attrs": train.attrs,
         "class_names": class_names(read_manifest(smk.input.manifest)),
-        # False: a collection without labels (cbir.cell.load_cell then needs no classifier)
+        # False: a collection without labels (cbir.search.cell.load_cell then needs no classifier)
         "labelled": smk.params.labelled,
     }
     save_projection(smk.output.projection, projection, attrs)

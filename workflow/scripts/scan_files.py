@@ -4,8 +4,8 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.inspection import scan_shard
-from cbir.runtime import run_step
+from cbir.data.inspection import scan_shard
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

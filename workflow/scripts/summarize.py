@@ -4,8 +4,8 @@ import logging
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.report import write_dataset_summary, write_summary
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
+from cbir.report.summary import write_dataset_summary, write_summary
 
 
 def main(smk) -> None:

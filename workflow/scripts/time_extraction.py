@@ -7,11 +7,11 @@ import torch
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.data.manifest import read_manifest
+from cbir.extraction.latency import time_query_extraction
+from cbir.extraction.network import prepare_from_record
 from cbir.io import library_versions, read_attrs, write_json
-from cbir.manifest import read_manifest
-from cbir.network import prepare_from_record
-from cbir.runtime import run_step
-from cbir.timing import time_query_extraction
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:

@@ -4,9 +4,9 @@ import numpy as np
 
 import _package  # noqa: F401  (makes cbir importable)
 
-from cbir.classify import save_mlp, train_mlp
+from cbir.fitting.mlp import save_mlp, train_mlp
 from cbir.io import load_arrays
-from cbir.runtime import run_step
+from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
@@ -21,7 +21,7 @@ def main(smk) -> None:
         max_iter=options["max_iter"],
         seed=smk.params.seed,
     )
-    # what it was fitted on: update.refit when_due refits when that has changed enough (cbir.refit)
+    # what it was fitted on: update.refit when_due refits when that has changed enough (cbir.fitting.refit)
     fitted_on = {"n_train": len(gallery["labels"]), "n_classes": len(np.unique(gallery["labels"]))}
     save_mlp(smk.output.classifier, model, {"seed": smk.params.seed, "classes_from": "train", **fitted_on})
 

@@ -1,0 +1,1 @@
+"""Stage 1: the images: reading one file, inspecting folders, the manifest, the split, the dataset sources."""

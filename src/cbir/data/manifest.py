@@ -1,0 +1,423 @@
+"""Manifests: an image folder or a dataset source indexed, checked, written and read back."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from cbir.data.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, link_problem
+from cbir.data.inspection import ImageFacts, inspect_file, inspect_images
+
+MANIFEST_COLUMNS = ["id", "path", "label", "class_name", "width", "height", "bytes", "sha256"]
+EXCLUDED_COLUMNS = ["path", "class_name", "reason"]
+DUPLICATE_COLUMNS = ["sha256", "id", "class_name", "copies", "across_classes"]
+# the one class of a collection without labels (a folder dataset with labels: none)
+UNLABELLED = "unlabelled"
+# the excluded.csv row of a class folder in which no image could be used (the class is left out)
+EMPTY_CLASS_REASON = "class folder holds no readable image: the class is left out"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message says what is wrong and where."""
+
+
+@dataclass
+class Manifest:
+    images: pd.DataFrame
+    excluded: pd.DataFrame
+    classes: list[str]
+    labelled: bool = True  # False: a collection without labels (every image in the one class UNLABELLED)
+
+
+def scan_image_folder(root: str | Path) -> Manifest:
+    """Index ``root/<class>/<image>``: one row per readable image, one per excluded file.
+
+    Labels are class indices in sorted class-name order, counting only classes with at least one
+    readable image: a class folder without any is left out (a warning, and a row in
+    ``excluded``). Hidden files and folders are ignored; files that are not images, cannot be
+    decoded, have a name that is not UTF-8, or are broken or looping symbolic links are listed
+    in ``excluded`` with the reason. Symbolic links to folders are followed, except back into
+    a folder being scanned. Every class folder is listed first; the files are then inspected
+    together (:func:`cbir.data.inspection.inspect_images`: in parallel, unchanged ones from its cache).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"dataset folder '{root}' has no class sub-folders")
+    listings = [_list_class(root, class_dir) for class_dir in class_dirs]
+    candidates = [path for listing in listings for path, row_id in listing.files if is_utf8_name(row_id)]
+    inspections = iter(inspect_images(candidates))
+    rows: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
+    classes: list[str] = []
+    for listing in listings:
+        class_name = listing.class_name
+        excluded.extend(listing.problems)
+        found = []
+        for path, row_id in listing.files:
+            outcome = next(inspections) if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
+            if isinstance(outcome, str):
+                excluded.append({"path": display_path(path), "class_name": class_name, "reason": outcome})
+            else:
+                found.append(image_row(path, row_id, len(classes), class_name, outcome))
+        if not found:
+            warnings.warn(f"class '{class_name}' in '{root}' has no readable image: left out", stacklevel=2)
+            excluded.append(
+                {"path": display_path(listing.folder), "class_name": class_name, "reason": EMPTY_CLASS_REASON}
+            )
+            continue
+        rows.extend(found)
+        classes.append(class_name)
+    return Manifest(
+        images=pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        classes=classes,
+    )
+
+
+def scan_unlabelled_folder(root: str | Path) -> Manifest:
+    """Index every image below ``root``, in any sub-folder, as one collection without labels: label 0,
+    class :data:`UNLABELLED`. Hidden files and folders are ignored and unusable files excluded with
+    their reason, as :func:`scan_image_folder` does."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder")
+    excluded: list[dict[str, Any]] = []
+    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(root, excluded, UNLABELLED)]
+    inspections = iter(inspect_images([path for path, row_id in files if is_utf8_name(row_id)]))
+    rows: list[dict[str, Any]] = []
+    for path, row_id in files:
+        outcome = next(inspections) if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
+        if isinstance(outcome, str):
+            excluded.append({"path": display_path(path), "class_name": UNLABELLED, "reason": outcome})
+        else:
+            rows.append(image_row(path, row_id, 0, UNLABELLED, outcome))
+    return Manifest(
+        images=pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        classes=[UNLABELLED] if rows else [],
+        labelled=False,
+    )
+
+
+@dataclass
+class _ClassListing:
+    """One class folder's files (path, manifest id), and the excluded rows of what could not be listed."""
+
+    folder: Path
+    class_name: str
+    files: list[tuple[Path, str]]
+    problems: list[dict[str, Any]]
+
+
+def _list_class(root: Path, class_dir: Path) -> _ClassListing:
+    class_name = display_path(class_dir.name)
+    problems: list[dict[str, Any]] = []
+    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(class_dir, problems, class_name)]
+    return _ClassListing(class_dir, class_name, files, problems)
+
+
+def image_row(
+    path: Path, image_id: str, label: int, class_name: str, facts: ImageFacts | None = None
+) -> dict[str, Any]:
+    """The manifest row of a readable image (size as displayed, after its EXIF orientation);
+    ``facts``: its inspection, when done already."""
+    if facts is None:
+        inspected = inspect_file(path)
+        if isinstance(inspected, str):
+            raise ValueError(f"'{display_path(path)}' is no usable image: {inspected}")
+        facts = inspected
+    return {
+        "id": image_id,
+        "path": str(path),
+        "label": label,
+        "class_name": class_name,
+        "width": facts.width,
+        "height": facts.height,
+        "bytes": facts.bytes,
+        "sha256": facts.sha256,
+    }
+
+
+def _class_files(class_dir: Path, excluded: list[dict[str, Any]], class_name: str) -> list[Path]:
+    """Every non-hidden file below ``class_dir`` (sorted), following links to folders without looping."""
+    files: list[Path] = []
+    pending = [(class_dir, frozenset({class_dir.resolve()}))]
+    while pending:
+        folder, chain = pending.pop()
+        try:
+            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except OSError as error:
+            excluded.append({"path": display_path(folder), "class_name": class_name, "reason": f"cannot list: {error}"})
+            continue
+        for path in entries:
+            problem = link_problem(path)
+            if problem is None and path.is_dir():
+                real = path.resolve()
+                if any(folder == real or folder.is_relative_to(real) for folder in chain):
+                    problem = f"symbolic link loop (back to '{display_path(real)}')"
+                else:
+                    pending.append((path, chain | {real}))
+                    continue
+            if problem:
+                excluded.append({"path": display_path(path), "class_name": class_name, "reason": problem})
+            else:
+                files.append(path)
+    return sorted(files)
+
+
+def count_class_files(root: str | Path) -> list[int]:
+    """Files with an image extension per class folder of ``root``, without opening them.
+
+    An upper bound of the images per class the manifest will hold (some may not decode), cheap
+    enough to check the configuration with before any job runs.
+    """
+    counts = []
+    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _class_files(class_dir, [], class_dir.name)
+        counts.append(sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in files))
+    return counts
+
+
+def count_image_files(root: str | Path) -> int:
+    """Files with an image extension anywhere below ``root``, without opening them (a collection without labels)."""
+    return sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in _class_files(Path(root), [], ""))
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key putting '2' before '10'."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", name)]
+
+
+ImageEntry = tuple[Path, str, int, str]  # an image a source lists: path, manifest id, label, class name
+
+
+def image_records(entries: Sequence[ImageEntry]) -> list[dict[str, Any] | str]:
+    """The manifest row of each image, or the reason it cannot be used, in order; the files are
+    inspected together (:func:`cbir.data.inspection.inspect_images`: in parallel, unchanged ones from its cache)."""
+    present = [path.is_file() for path, *_ in entries]
+    inspections = iter(inspect_images([path for (path, *_), exists in zip(entries, present, strict=True) if exists]))
+    records: list[dict[str, Any] | str] = []
+    for entry, exists in zip(entries, present, strict=True):
+        outcome = next(inspections) if exists else "file is missing"
+        records.append(outcome if isinstance(outcome, str) else image_row(*entry, outcome))
+    return records
+
+
+def image_record(path: Path, image_id: str, label: int, class_name: str) -> dict[str, Any] | str:
+    """The manifest row of one image, or the reason it cannot be used (:func:`image_records` is faster for many)."""
+    return image_records([(path, image_id, label, class_name)])[0]
+
+
+def make_manifest(
+    rows: list[dict[str, Any]], excluded: list[dict[str, Any]], classes: Sequence[str], extra: Sequence[str] = ()
+) -> Manifest:
+    return Manifest(
+        images=pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *extra]),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        classes=list(classes),
+    )
+
+
+def relabel(manifest: Manifest, mapping: Mapping[str, int], classes: Sequence[str]) -> Manifest:
+    """Replace the folder-order labels by a fixed class order; ``mapping`` maps folder -> label."""
+    images = manifest.images.copy()
+    folders = images["class_name"]
+    images["label"] = folders.map(mapping).astype(int)
+    images["class_name"] = images["label"].map(lambda label: classes[label])
+    excluded = manifest.excluded.copy()
+    excluded["class_name"] = [
+        classes[mapping[name]] if name in mapping else name for name in excluded["class_name"]
+    ]  # fmt: skip
+    return Manifest(images=images, excluded=excluded, classes=list(classes))
+
+
+def read_exported_folder(images_dir: str | Path, report_file: str, title: str) -> tuple[Manifest, dict[str, Any]]:
+    """An image folder written by a source's preparing rule (CIFAR-10, Fashion-MNIST), with its export report:
+    scanned, and labelled in the report's class order; a folder that is no class of ``title`` is refused."""
+    import json
+
+    images_dir = Path(images_dir)
+    report = json.loads((images_dir / report_file).read_text())
+    names = list(report["classes"])
+    manifest = scan_image_folder(images_dir)
+    unknown = sorted(set(manifest.classes) - set(names))
+    if unknown:
+        raise DatasetError(f"'{images_dir}' has folders that are not {title} classes: {', '.join(unknown)}")
+    return relabel(manifest, {name: names.index(name) for name in manifest.classes}, names), report
+
+
+def check_class_counts(
+    images: pd.DataFrame, classes: Sequence[str], expected: int | None, n_classes: int | None = None
+) -> list[str]:
+    """Warn (and return the messages) for each class whose image count differs from ``expected``."""
+    counts = images["class_name"].value_counts()
+    problems = []
+    if n_classes is not None and len(classes) != n_classes:
+        problems.append(f"{len(classes)} classes found, expected {n_classes}")
+    if expected:
+        for name in classes:
+            have = int(counts.get(name, 0))
+            if have != expected:
+                problems.append(f"class '{name}' has {have} images, expected {expected}")
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    return problems
+
+
+def excluded_file_count(excluded: pd.DataFrame) -> int:
+    """Excluded files (rows of left-out class folders do not count)."""
+    return int((excluded["reason"] != EMPTY_CLASS_REASON).sum()) if len(excluded) else 0
+
+
+def check_excluded_fraction(n_images: int, excluded: pd.DataFrame, limit: float, excluded_csv: str | Path) -> float:
+    """The excluded share of the files; above ``limit`` a :class:`DatasetError` naming where the list is."""
+    n_excluded = excluded_file_count(excluded)
+    total = n_images + n_excluded
+    fraction = n_excluded / total if total else 0.0
+    if fraction > limit:
+        reasons = excluded.loc[excluded["reason"] != EMPTY_CLASS_REASON, "reason"]
+        common = reasons.str.split(":").str[0].value_counts().head(3)
+        summary = ", ".join(f"{reason} ({count})" for reason, count in common.items())
+        raise DatasetError(
+            f"{n_excluded} of {total} files ({fraction:.1%}) were excluded, more than "
+            f"data.max_excluded_fraction = {limit:g} allows; most common reasons: {summary}. "
+            f"The files and reasons are listed in '{excluded_csv}'. Fix or remove them, "
+            "or raise data.max_excluded_fraction"
+        )
+    return fraction
+
+
+def accept_manifest(
+    manifest: Manifest, root: str | Path, *, max_excluded_fraction: float, rejected_csv: str | Path
+) -> float:
+    """Check a freshly built manifest before it is written; returns the excluded share of the files.
+
+    Refused, with a :class:`DatasetError`: ids or paths outside the dataset folder ``root``;
+    more excluded files than ``max_excluded_fraction`` (the excluded table is then written to
+    ``rejected_csv``, which the message names, since the job's own outputs are removed); fewer
+    than two classes.
+    """
+    check_manifest_paths(manifest.images, root)
+    try:
+        fraction = check_excluded_fraction(len(manifest.images), manifest.excluded, max_excluded_fraction, rejected_csv)
+    except DatasetError:
+        write_csv_table(manifest.excluded, rejected_csv)
+        raise
+    if manifest.labelled:
+        check_usable(manifest.images, root)
+    return fraction
+
+
+def find_duplicates(images: pd.DataFrame) -> pd.DataFrame:
+    """Images whose content (sha256) occurs more than once, with whether the copies span classes."""
+    groups = images.groupby("sha256")
+    copies = groups["id"].transform("size")
+    n_classes = groups["label"].transform("nunique")
+    duplicated = images.loc[copies > 1, ["sha256", "id", "class_name"]].assign(
+        copies=copies[copies > 1], across_classes=n_classes[copies > 1] > 1
+    )
+    return duplicated.sort_values(["sha256", "id"]).reset_index(drop=True)[DUPLICATE_COLUMNS]
+
+
+def check_usable(images: pd.DataFrame, where: str | Path) -> None:
+    """A dataset needs at least two classes: classification and class-based retrieval are meaningless otherwise."""
+    present = sorted(images["class_name"].astype(str).unique())
+    if len(present) < 2:
+        raise DatasetError(
+            f"the dataset at '{where}' has {len(images)} usable image(s) in {len(present)} class(es) "
+            f"({', '.join(present) or 'none'}): the classifier and the per-class retrieval need at least "
+            "two classes with images"
+        )
+
+
+def id_problem(image_id: str) -> str | None:
+    """Why a manifest id is not a plain relative path inside the dataset (None when it is)."""
+    pure = PurePosixPath(image_id)
+    if not image_id or pure.is_absolute() or image_id.startswith("\\"):
+        return f"id '{image_id}' is not a relative path"
+    if ".." in pure.parts:
+        return f"id '{image_id}' contains '..'"
+    return None
+
+
+def check_manifest_paths(images: pd.DataFrame, root: str | Path, manifest: str | Path = "manifest") -> None:
+    """Refuse a manifest whose ids or paths lead outside the dataset folder ``root``."""
+    root_text = os.path.normpath(os.path.abspath(root))
+    problems = []
+    for row, (image_id, path) in enumerate(zip(images["id"].astype(str), images["path"].astype(str), strict=True)):
+        problem = id_problem(image_id)
+        normalised = os.path.normpath(os.path.abspath(path))
+        if problem is None and os.path.commonpath([root_text, normalised]) != root_text:
+            problem = f"path '{path}' is outside the dataset folder '{root}'"
+        if problem:
+            problems.append(f"row {row + 1}: {problem}")
+    if problems:
+        raise DatasetError(
+            f"{manifest} lists {len(problems)} image(s) outside the dataset folder, refused: "
+            + "; ".join(problems[:5])
+            + (" ..." if len(problems) > 5 else "")
+        )
+
+
+def write_csv_table(frame: pd.DataFrame, target: str | Path) -> None:
+    """A table as CSV, atomically."""
+    from cbir.io import atomic_path
+
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_manifest(manifest: Manifest, images_csv: str | Path, excluded_csv: str | Path) -> None:
+    for frame, target in ((manifest.images, images_csv), (manifest.excluded, excluded_csv)):
+        write_csv_table(frame, target)
+
+
+def read_manifest(path: str | Path, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """A manifest written by :func:`write_manifest` (rows ``[start, stop)`` only, the others not
+    parsed); ids that lead outside the dataset are refused, and so is a file that is no CSV
+    (:class:`DatasetError` naming it)."""
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"id": str, "path": str, "class_name": str, "sha256": str},
+            skiprows=range(1, start + 1) if start else None,
+            nrows=None if stop is None else stop - start,
+        )
+    except (ValueError, OverflowError) as error:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise DatasetError(
+            f"manifest '{path}' cannot be read as a CSV table ({type(error).__name__}: {error}); "
+            "rerun the workflow's manifest step to write it again"
+        ) from error
+    missing = set(MANIFEST_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DatasetError(f"manifest '{path}' lacks column(s): {', '.join(sorted(missing))}")
+    check_ids(frame["id"], path)
+    return frame
+
+
+def check_ids(ids: pd.Series, manifest: str | Path) -> None:
+    """Refuse ids that are absolute or contain '..' (a tampered or hand-edited manifest)."""
+    for row, image_id in enumerate(ids):
+        # an empty cell is missing, not '' (pandas keeps it missing through astype(str) as well)
+        problem = "the id is empty" if pd.isna(image_id) else id_problem(str(image_id))
+        if problem:
+            raise DatasetError(f"manifest '{manifest}' row {row + 1}: {problem}; ids must stay inside the dataset")
+
+
+def class_names(manifest: pd.DataFrame) -> list[str]:
+    """Class names indexed by label."""
+    pairs = manifest[["label", "class_name"]].drop_duplicates().sort_values("label")
+    names = [""] * (int(pairs["label"].max()) + 1 if len(pairs) else 0)
+    for label, name in pairs.itertuples(index=False):
+        names[int(label)] = str(name)
+    return names

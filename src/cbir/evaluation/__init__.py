@@ -1,0 +1,1 @@
+"""Stage 5: the test split's queries, scored: accuracy, precision, mAP, recall and latency."""

@@ -1,0 +1,413 @@
+"""Configuration: schema validation with messages that name the key, and the grid."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cbir.data.split import ALL, OFFICIAL, parse_split
+
+ORIGINAL = "original"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and what is allowed."""
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        return _registry_enums(yaml.safe_load(f))
+
+
+def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)
+    and from the paper's figures (its datasets)."""
+    from cbir.data.sources import SOURCES
+    from cbir.extraction.registry import BACKBONES, POOLINGS
+    from cbir.fitting.spaces import SPACES
+    from cbir.report.paper import paper_datasets
+
+    backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    backbone["arch"]["enum"] = list(BACKBONES)
+    backbone["pooling"]["enum"] = list(POOLINGS)
+    schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] = list(SOURCES)
+    schema["properties"]["paper"]["properties"]["datasets"]["additionalProperties"]["enum"] = paper_datasets()
+    schema["properties"]["grid"]["properties"]["embeddings"]["items"]["enum"] = list(SPACES)
+    return schema
+
+
+def _load_config_plugins(config: Mapping[str, Any]) -> None:
+    """Import the config's plugins, so that the backbones and sources they register are known to the checks."""
+    from cbir.plugins import PluginError, load_plugin
+
+    plugins = config.get("plugins", [])
+    if not isinstance(plugins, list):
+        return  # the schema reports it
+    for i, ref in enumerate(plugins):
+        if isinstance(ref, str):
+            try:
+                load_plugin(ref)
+            except PluginError as error:
+                raise ConfigError(f"invalid configuration:\n  config key 'plugins[{i}]': {error}") from None
+
+
+def _key_path(parts: Iterator[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _allowed(error: jsonschema.ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "enum" in schema:
+        return "allowed: " + ", ".join(map(str, schema["enum"]))
+    if error.validator == "oneOf":
+        options = []
+        for sub in schema.get("oneOf", []):
+            options.append(", ".join(map(str, sub["enum"])) if "enum" in sub else sub.get("type", "?"))
+        return "allowed: " + " or ".join(options)
+    if "description" in schema:
+        return str(schema["description"]).strip()
+    return ""
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = ", ".join(sorted(set(error.instance) - set(allowed)))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"config key '{key}': unknown key(s) {extra}{hint}"
+    allowed = _allowed(error)
+    return f"config key '{key}': {error.message}" + (f" ({allowed})" if allowed else "")
+
+
+def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    """Insert the schema's defaults into ``instance`` (after it has validated)."""
+    if "$ref" in schema:
+        schema = root["definitions"][schema["$ref"].split("/")[-1]]
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in set(instance) - set(schema.get("properties", {})):
+                _fill_defaults(instance[key], extra, root)
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+    config = copy.deepcopy(dict(config))
+    _load_config_plugins(config)
+    schema = _registry_enums(copy.deepcopy(dict(schema)))  # a plugin may have added entries
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(map(_describe, errors)))
+    _check_dataset_entries(config)  # before defaults fill keys of other sources in
+    _fill_defaults(config, schema, schema)
+    _check_semantics(config)
+    return _sorted_keys(config)
+
+
+def _sorted_keys(value: Any) -> Any:
+    """Mappings with their keys sorted (lists keep their order).
+
+    Rule params built from the config are compared by Snakemake as written: without this, the
+    same settings written in another key order would count as changed and rebuild everything.
+    """
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
+
+
+def _check_dataset_entries(config: Mapping[str, Any]) -> None:
+    from cbir.data.sources import entry_problems
+
+    problems = [p for name, entry in config["datasets"].items() for p in entry_problems(name, entry)]
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _check_semantics(config: Mapping[str, Any]) -> None:
+    from cbir.data.sources import SOURCES, official_split_sources
+
+    problems = []
+    grid = config["grid"]
+    for i, split in enumerate(grid["splits"]):
+        if split == OFFICIAL:
+            official = official_split_sources()
+            without = [
+                name for name in grid["datasets"] if config["datasets"].get(name, {}).get("source") not in official
+            ]
+            if without:
+                problems.append(
+                    f"config key 'grid.splits[{i}]': 'official' needs datasets with their own train/test split "
+                    f"(sources {', '.join(official)}); {', '.join(without)} has none"
+                )
+            continue
+        if split == ALL:
+            labelled = [name for name in grid["datasets"] if dataset_is_labelled(config, name)]
+            if labelled:
+                problems.append(
+                    f"config key 'grid.splits[{i}]': 'all' (every image in the gallery, nothing held out) is for "
+                    f"datasets without labels (labels: none); {', '.join(labelled)} has labels: use a ratio split"
+                )
+            continue
+        train, test = (int(p) for p in split.split("-"))
+        if train + test != 100 or train == 0 or test == 0:
+            problems.append(
+                f"config key 'grid.splits[{i}]': '{split}' must be TRAIN-TEST percentages "
+                "that are both above 0 and sum to 100, such as 80-20"
+            )
+    for name, entry in config["datasets"].items():
+        if "clusters" in entry and entry.get("labels") != "none":
+            problems.append(
+                f"config key 'datasets.{name}.clusters': k-means over the whole collection is for a dataset "
+                "without labels (labels: none); a labelled dataset is clustered per class with grid.k"
+            )
+    for kind in ("datasets", "backbones"):
+        for i, name in enumerate(grid[kind]):
+            if name not in config[kind]:
+                problems.append(
+                    f"config key 'grid.{kind}[{i}]': '{name}' is not defined under '{kind}' "
+                    f"(defined: {', '.join(sorted(config[kind])) or 'none'})"
+                )
+    problems.extend(weights_problems(config))
+    problems.extend(backbone_setting_problems(config))
+    extraction = config["extraction"]
+    if extraction["engine"] != "torch" and extraction["precision"] == "fp16":
+        problems.append(
+            f"config key 'extraction.precision': fp16 runs on CUDA with engine torch, not with engine "
+            f"{extraction['engine']} (allowed there: auto, fp32, bf16, int8)"
+        )
+    if extraction["engine"] == "openvino" and extraction["device"] == "cuda":
+        problems.append("config key 'extraction.engine': openvino runs on the CPU; with device cuda use torch or auto")
+    if extraction["engine"] == "torch" and extraction["precision"] == "int8":
+        problems.append("config key 'extraction.precision': int8 needs extraction.engine openvino or auto")
+    for name in grid["datasets"]:
+        entry = config["datasets"].get(name, {})
+        source = SOURCES.get(entry.get("source", ""))
+        if source is not None and source.path_required and "path" not in entry:
+            problems.append(f"config key 'datasets.{name}.path': required when source is '{source.name}'")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    problems = pca_size_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def weights_problems(config: Mapping[str, Any]) -> list[str]:
+    """Backbone entries whose ``weights`` name neither weights of their architecture nor a state-dict file."""
+    from cbir.extraction.registry import weights_problem
+
+    return [
+        f"config key 'backbones.{name}.weights': {problem}"
+        for name, entry in config["backbones"].items()
+        if (problem := weights_problem(entry["arch"], entry["weights"]))
+    ]
+
+
+def backbone_setting_problems(config: Mapping[str, Any]) -> list[str]:
+    """Backbone entries with an image size their network cannot take, or a gem_p without GeM pooling."""
+    from cbir.extraction.registry import get_backbone
+
+    problems = []
+    for name, entry in config["backbones"].items():
+        if problem := get_backbone(entry["arch"]).image_size_problem(int(entry["image_size"])):
+            problems.append(f"config key 'backbones.{name}.image_size': {problem}")
+        if "gem_p" in entry and entry["pooling"] != "gem":
+            problems.append(
+                f"config key 'backbones.{name}.gem_p': GeM's power is used with pooling: gem only, and this "
+                f"backbone pools with {entry['pooling']}: remove gem_p or set pooling: gem"
+            )
+    return problems
+
+
+def static_feature_dim(backbone: Mapping[str, Any]) -> int | None:
+    """The feature dimension a backbone entry gives, where it is known without running the network.
+
+    From the registry (:data:`cbir.extraction.registry.BACKBONES`): pooled features (avg, gem) have one value
+    per channel; an unpooled map has channels x side^2 values (side: image_size / stride, rounded as
+    the entry says), or is known only after extraction (None) where padding sets its size
+    (EfficientNet-Lite).
+    """
+    from cbir.extraction.registry import get_backbone
+
+    return get_backbone(backbone["arch"]).static_feature_dim(
+        backbone.get("pooling", "none"), int(backbone.get("image_size", 224))
+    )
+
+
+def class_sizes_bound(config: Mapping[str, Any], dataset: str, official: bool) -> tuple[list[int], str] | None:
+    """Images per class of a dataset as known before its manifest is built, and where that is known from.
+
+    Asked of the dataset's source: counted for an image folder (files with an image extension:
+    some may still be excluded), declared for the paper's datasets (n_classes x images_per_class;
+    CIFAR-10's official counts), fixed for scikit-learn's digits. None where unknown: VOC 2012, a
+    folder not there yet.
+    """
+    from cbir.data.sources import get_source
+
+    entry = config["datasets"][dataset]
+    return get_source(entry["source"]).class_sizes(entry, dataset_root(config, dataset), official)
+
+
+def max_train_images(class_sizes: list[int], split: str) -> int:
+    """At most how many training images a split of a dataset with these class sizes has."""
+    from cbir.data.split import train_count
+
+    if split in (OFFICIAL, ALL):
+        return sum(class_sizes)
+    fraction = parse_split(split)
+    return sum(train_count(n, fraction) for n in class_sizes if n > 0)
+
+
+def pca_size_problems(config: Mapping[str, Any]) -> list[str]:
+    """PCA sizes larger than a training set or a feature dimension, where these are known before any job.
+
+    A PCA basis has at most min(training images, feature dimension) axes. Sizes not caught here
+    (EfficientNet-Lite0 unpooled, VOC 2012) stop the PCA job with the same explanation.
+    """
+    grid = config["grid"]
+    sizes = [(i, int(p)) for i, p in enumerate(grid["pca"]) if p != ORIGINAL]
+    if not sizes:
+        return []
+    problems = []
+    for backbone in grid["backbones"]:
+        dim = static_feature_dim(config["backbones"][backbone])
+        for i, size in sizes:
+            if dim is not None and size > dim:
+                problems.append(
+                    f"config key 'grid.pca[{i}]': {size} is larger than the feature dimension {dim} of backbone "
+                    f"'{backbone}' (allowed: 1..{dim} or original)"
+                )
+    for dataset in grid["datasets"]:
+        # a folder dataset is counted once, not once per split
+        bounds = {
+            official: class_sizes_bound(config, dataset, official)
+            for official in {s == OFFICIAL for s in grid["splits"]}
+        }
+        known = [
+            (split, max_train_images(bound[0], split), bound[1])
+            for split in grid["splits"]
+            if (bound := bounds[split == OFFICIAL]) is not None
+        ]
+        known = [item for item in known if item[1] > 0]
+        if not known:  # unknown before the manifest, or no image there yet (the manifest says so)
+            continue
+        split, n_train, source = min(known, key=lambda item: item[1])
+        for i, size in sizes:
+            if size > n_train:
+                problems.append(
+                    f"config key 'grid.pca[{i}]': {size} is larger than the training set of dataset '{dataset}' "
+                    f"at split {split}: at most {n_train} images ({source}) (allowed: 1..{n_train} or original)"
+                )
+    return problems
+
+
+def pca_label(size: int | str) -> str:
+    return str(size)
+
+
+def pca_sizes(config: Mapping[str, Any]) -> list[int]:
+    """The integer PCA sizes of the grid, ascending."""
+    return sorted(int(p) for p in config["grid"]["pca"] if p != ORIGINAL)
+
+
+def dataset_root(config: Mapping[str, Any], dataset: str) -> Path:
+    """Folder holding a dataset's files: ``path`` (relative to data_root) or ``data_root/<name>``.
+
+    A dataset with a ``url`` is unpacked there. Generated datasets (sklearn_digits) are always
+    written to ``data_root/<name>``.
+    """
+    entry = config["datasets"][dataset]
+    if entry.get("path"):
+        path = Path(entry["path"])
+        return path if path.is_absolute() else Path(config["data_root"]) / path
+    return Path(config["data_root"]) / dataset
+
+
+def downloads_dir(config: Mapping[str, Any]) -> Path:
+    """Where downloaded archives are kept (and checked again before any re-download)."""
+    from cbir.data.sources import DOWNLOADS
+
+    return Path(config["data_root"]) / DOWNLOADS
+
+
+def missing_datasets(config: Mapping[str, Any]) -> list[str]:
+    """Messages for the datasets of the grid that must be provided but are not there.
+
+    Generated datasets and datasets with a ``url`` (the workflow fetches them) are never missing;
+    any other dataset must be present in the layout of its source.
+    """
+    from cbir.data.sources import get_source
+
+    messages = []
+    for name in config["grid"]["datasets"]:
+        entry = config["datasets"][name]
+        source = get_source(entry["source"])
+        if source.generated or entry.get("url"):
+            continue
+        root = dataset_root(config, name)
+        reason = source.missing_reason(entry, root)
+        if reason:
+            how = entry.get("how_to_get", "")
+            messages.append(
+                f"dataset '{name}' not found at '{root}' (source {source.name}: {reason}): "
+                f"{source.instructions(name)}." + (f" {how.strip()}" if how else "")
+            )
+    return messages
+
+
+@dataclass(frozen=True)
+class GridCell:
+    dataset: str
+    backbone: str
+    split: str
+    pca: str
+    k: int
+
+
+def grid_cells(config: Mapping[str, Any]) -> list[GridCell]:
+    grid = config["grid"]
+    return [
+        GridCell(dataset, backbone, split, pca_label(pca), int(k))
+        for dataset in grid["datasets"]
+        for backbone in grid["backbones"]
+        for split in grid["splits"]
+        for pca in grid["pca"]
+        for k in cluster_counts(config, dataset)
+    ]
+
+
+def dataset_is_labelled(config: Mapping[str, Any], dataset: str) -> bool:
+    from cbir.data.sources import is_labelled
+
+    return is_labelled(config["datasets"][dataset])
+
+
+def cluster_counts(config: Mapping[str, Any], dataset: str) -> list[int]:
+    """The k of a dataset's cells: the grid's k-means clusters per class, or for a collection without labels
+    its ``clusters`` over the whole collection (``auto``: the square root of its image files, at least 1)."""
+    if dataset_is_labelled(config, dataset):
+        return [int(k) for k in config["grid"]["k"]]
+    clusters = config["datasets"][dataset].get("clusters", "auto")
+    if clusters != "auto":
+        return [int(clusters)]
+    bound = class_sizes_bound(config, dataset, official=False)
+    n_images = sum(bound[0]) if bound else 0
+    return [max(1, round(math.sqrt(n_images)))]

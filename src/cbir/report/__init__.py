@@ -1,0 +1,1 @@
+"""Stage 6: the run's summary: tables, plots, pages, montages and the paper's figures beside ours."""

@@ -1,0 +1,345 @@
+"""One grid cell, ``results/<dataset>/<backbone>/<split>/<pca>/``: the names of its artifacts, and loading them.
+
+A cell holds the projection, the gallery (the projected training images with their ids, paths
+and classes), the MLP, the intra-class clusters for one or more k and the metrics per k. The
+workflow's rules take the names from here; the evaluation, ``cbir query`` and ``cbir serve``
+load a cell with :func:`load_cell`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from cbir.fitting.kmeans import IntraClassClusters, load_clusters
+from cbir.fitting.mlp import MlpModel, load_mlp, single_class_model
+from cbir.fitting.pca import Projection, load_projection
+from cbir.fitting.refit import WHEN_DUE, place_new_images
+from cbir.fitting.spaces import RAW, Embedding, identity_embedding, load_embedding
+from cbir.io import load_arrays
+from cbir.search.index import MODES, FaissSearch, RetrievalIndex
+
+CELL_FOLDER = "results/{dataset}/{backbone}/{split}/{pca}"
+PROJECTION = "projection.h5"
+GALLERY = "gallery.h5"
+CLASSIFIER = "classifier.h5"
+MODEL_FILES = (PROJECTION, GALLERY, CLASSIFIER)  # with one clusters_k<k>.h5, what a query needs
+
+T = TypeVar("T")
+Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def cell_folder(dataset: str, backbone: str, split: str, pca: str) -> str:
+    return CELL_FOLDER.format(dataset=dataset, backbone=backbone, split=split, pca=pca)
+
+
+def _in_space(space: str) -> str:
+    return "" if space == RAW else f"{space}_"
+
+
+def clusters_name(k: int | str, space: str = RAW) -> str:
+    """``clusters_k<k>.h5`` (the paper's space), ``clusters_<space>_k<k>.h5``; ``"{k}"`` gives the rules' pattern."""
+    return f"clusters_{_in_space(space)}k{k}.h5"
+
+
+def metrics_name(k: int | str, space: str = RAW) -> str:
+    return f"metrics_{_in_space(space)}k{k}.json"
+
+
+def embedding_name(space: str) -> str:
+    """The fitted embedding space of a cell (none for ``raw``: the gallery is already in it)."""
+    return f"embedding_{space}.h5"
+
+
+def model_files(k: int | str, space: str = RAW) -> tuple[str, ...]:
+    """Every artifact a model with ``k`` clusters per class, searching in ``space``, is loaded from."""
+    extra = () if space == RAW else (embedding_name(space),)
+    return (*MODEL_FILES, *extra, clusters_name(k, space))
+
+
+def available_k(folder: str | Path, space: str = RAW) -> list[int]:
+    """The k of every clusters file of ``space`` in the folder, ascending."""
+    pattern = re.compile(re.escape(clusters_name("", space)[: -len(".h5")]) + r"(\d+)\.h5")
+    return sorted(
+        int(m.group(1)) for p in Path(folder).glob(clusters_name("*", space)) if (m := pattern.fullmatch(p.name))
+    )
+
+
+class ModelFolderError(ValueError):
+    """The model folder cannot be used; the message says what is missing or wrong."""
+
+
+# --- the models of a cell ---------------------------------------------------------------
+
+
+@dataclass
+class CellModels:
+    """The projection and the MLP (on the projected features), and the searches in the cell's embedding space."""
+
+    projection: Projection
+    mlp: MlpModel
+    index: RetrievalIndex  # its gallery and centroids are in the embedding space
+    faiss: dict[str, FaissSearch] = field(default_factory=dict)
+    embedding: Embedding = field(default_factory=identity_embedding)
+
+    def searchers(self) -> dict[str, Searcher]:
+        """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances).
+
+        The queries are the projected features (what the MLP takes); each search maps them into
+        the embedding space first, so a search's time includes that step.
+        """
+        embed = self.embedding.transform
+        modes: dict[str, Searcher] = {
+            mode: (lambda q, p, k, mode=mode: self.index.search(embed(q), mode, k, p)) for mode in MODES
+        }
+        for kind, search in self.faiss.items():
+            modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(embed(q), k)
+        return modes
+
+
+def build_models(
+    projection: Projection,
+    mlp: MlpModel,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    clusters: IntraClassClusters,
+    *,
+    metric: str = "euclidean",
+    faiss_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    embedding: Embedding | None = None,
+) -> CellModels:
+    """The cell's searches over ``train_features`` (the projected training images) in ``embedding``'s space;
+    ``clusters`` were fitted in that space."""
+    embedding = embedding or identity_embedding()
+    train_features = embedding.transform(train_features)
+    index = RetrievalIndex(
+        gallery=train_features,
+        labels=train_labels,
+        centroids=clusters.centroids,
+        centroid_labels=clusters.centroid_labels,
+        assignments=clusters.assignments,
+        metric=metric,
+    )
+    faiss = {}
+    if faiss_options and faiss_options.get("enabled"):
+        for kind in ("flat", "ivf"):
+            faiss[kind] = FaissSearch(
+                train_features, kind, metric, faiss_options["nlist"], faiss_options["nprobe"], seed
+            )
+    return CellModels(projection, mlp, index, faiss, embedding)
+
+
+# --- a cell loaded from its folder ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellIdentity:
+    """Which grid cell: recorded in the projection's and the gallery's attributes."""
+
+    dataset: str
+    backbone: str
+    split: str
+    pca: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Cell:
+    folder: Path
+    k: int
+    identity: CellIdentity
+    record: dict[str, Any]  # the gallery's feature record: backbone, seed, precision, preprocessing
+    class_names: list[str]
+    gallery_ids: np.ndarray
+    gallery_paths: np.ndarray
+    gallery_labels: np.ndarray
+    clusters: IntraClassClusters
+    models: CellModels
+    reduced_dim: int  # dimensions of the projected features (the MLP's input)
+    space: str = RAW  # the embedding space every search ranks in
+    labelled: bool = True  # False: a collection without labels (no classifier; one class, clusters over all)
+    placed_since_fit: int = 0  # gallery images that joined kept clusters after their fit (update.refit: when_due)
+
+    @property
+    def root(self) -> Path:
+        """The folder the workflow ran in (``<root>/results/<dataset>/...``), against which recorded paths resolve."""
+        folder = self.folder.resolve()
+        return folder.parents[4] if len(folder.parents) >= 5 and folder.parents[3].name == "results" else Path.cwd()
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimensions of the raw backbone features the cell takes."""
+        projection = self.models.projection
+        return len(projection.mean) if projection.mean is not None else self.reduced_dim
+
+    def saved_metrics(self) -> dict[str, Any]:
+        """The cell's evaluation for this k and space (``metrics_k<k>.json``); empty before it has run."""
+        path = self.folder / metrics_name(self.k, self.space)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fitted_spaces(folder: str | Path) -> list[str]:
+    """The spaces fitted in a cell folder (an ``embedding_<space>.h5`` each), sorted; ``raw`` needs none."""
+    prefix, suffix = embedding_name("*").split("*")
+    return sorted(p.name[len(prefix) : -len(suffix)] for p in Path(folder).glob(embedding_name("*")))
+
+
+def available_spaces(folder: str | Path, k: int) -> list[str]:
+    """The spaces a cell can search in with k clusters: ``raw`` and every fitted space with its clusters."""
+    return [RAW, *(s for s in fitted_spaces(folder) if (Path(folder) / clusters_name(k, s)).is_file())]
+
+
+BEST = "best"
+HEADLINE_METRIC = "map_global"  # how spaces are compared: mAP of the exact ranking over all training images
+
+
+def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
+    """The evaluated space of the cell with the highest mAP of global exact search, and that mAP
+    (``raw`` and None before any evaluation)."""
+    scores = {}
+    for space in available_spaces(folder, k):
+        path = Path(folder) / metrics_name(k, space)
+        if path.is_file():
+            value = json.loads(path.read_text()).get(HEADLINE_METRIC)
+            if isinstance(value, (int, float)) and value == value:
+                scores[space] = float(value)
+    if not scores:
+        return RAW, None
+    space = max(scores, key=lambda s: (scores[s], s == RAW))  # ties keep the paper's space
+    return space, scores[space]
+
+
+def read_identity(folder: Path, attrs: dict[str, Any]) -> CellIdentity:
+    """Dataset, backbone, split and PCA from the gallery's attributes.
+
+    A gallery written before cbir recorded them there (the PCA size was already) is named by its
+    folder path instead, ``.../<dataset>/<backbone>/<split>/<pca>``.
+    """
+    names = [f.name for f in dataclasses.fields(CellIdentity)]
+    from_path = dict(zip(names, ("", "", "", *folder.resolve().parts)[-4:], strict=True))
+    return CellIdentity(**{name: str(attrs.get(name, from_path[name])) for name in names})
+
+
+def _read_artifact(path: Path, loader: Callable[[Path], T]) -> T:
+    """Load one artifact; a damaged or foreign file becomes a ModelFolderError naming it."""
+    try:
+        return loader(path)
+    except (OSError, KeyError, ValueError) as error:
+        raise ModelFolderError(
+            f"'{path}' cannot be read as a cbir artifact ({type(error).__name__}: {error}); rerun the workflow "
+            "to rebuild the cell"
+        ) from error
+
+
+def load_cell(
+    folder: str | Path,
+    k: int | None = None,
+    metric: str = "euclidean",
+    faiss_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    space: str = RAW,
+) -> Cell:
+    """Read a cell's artifacts once and build its models (k: the smallest available by default).
+
+    ``space``: the embedding space to search in (``raw``, a fitted space of the cell, or ``best``:
+    the one with the highest evaluated global mAP, see :func:`best_space`).
+
+    An incomplete folder is refused with the names of what is missing; a damaged or outdated
+    artifact, or clusters fitted on other images than the gallery, with what is wrong.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder '{folder}' does not exist")
+    if space not in (BEST, RAW) and not (folder / embedding_name(space)).is_file():
+        raise ModelFolderError(
+            f"model folder '{folder}' has no embedding space '{space}' "
+            f"(available: {', '.join(sorted({RAW, *fitted_spaces(folder)}))})"
+        )
+    labelled = _gallery_is_labelled(folder)
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file() and (labelled or name != CLASSIFIER)]
+    ks = available_k(folder, RAW if space == BEST else space)
+    if not ks:
+        missing.append(clusters_name("<k>", RAW if space == BEST else space))
+    if missing:
+        raise ModelFolderError(
+            f"model folder '{folder}' is incomplete: missing {', '.join(missing)} "
+            "(expected a grid cell such as results/<dataset>/<backbone>/<split>/<pca>/ after a finished run)"
+        )
+    if k is None:
+        k = ks[0]
+    elif k not in ks:
+        raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
+    if space == BEST:
+        space, _ = best_space(folder, k)
+    gallery, attrs = _read_artifact(folder / GALLERY, load_arrays)
+    record = attrs.get("backbone_attrs")
+    if "class_names" not in attrs or not isinstance(record, dict):
+        raise ModelFolderError(
+            f"'{folder / GALLERY}' lacks the class names or the backbone settings: it was written by an "
+            "older version of cbir; rerun the workflow to rebuild the cell"
+        )
+    clusters, cluster_ids, cluster_attrs = _read_artifact(folder / clusters_name(k, space), load_clusters)
+    embedding = None if space == RAW else _read_artifact(folder / embedding_name(space), load_embedding)
+    placed = 0
+    if list(cluster_ids) != list(gallery["ids"]):
+        if cluster_attrs.get("refit") != WHEN_DUE:
+            raise ModelFolderError(f"'{folder / clusters_name(k, space)}' was fitted on other images than the gallery")
+        # update.refit when_due: images added since the fit join the nearest kept centroid of their class
+        vectors = gallery["features"] if embedding is None else embedding.transform(gallery["features"])
+        try:
+            clusters, placed = place_new_images(clusters, cluster_ids, gallery["ids"], vectors, gallery["labels"])
+        except ValueError as error:
+            raise ModelFolderError(f"'{folder / clusters_name(k, space)}': {error}") from error
+    classifier = (
+        _read_artifact(folder / CLASSIFIER, load_mlp)
+        if labelled
+        else single_class_model(int(gallery["features"].shape[1]))
+    )
+    models = build_models(
+        _read_artifact(folder / PROJECTION, load_projection),
+        classifier,
+        gallery["features"],
+        gallery["labels"],
+        clusters,
+        metric=metric,
+        faiss_options=faiss_options,
+        seed=seed,
+        embedding=embedding,
+    )
+    return Cell(
+        folder=folder,
+        k=k,
+        identity=read_identity(folder, attrs),
+        record=record,
+        class_names=list(attrs["class_names"]),
+        gallery_ids=gallery["ids"],
+        gallery_paths=gallery["paths"],
+        gallery_labels=gallery["labels"],
+        clusters=clusters,
+        models=models,
+        reduced_dim=int(gallery["features"].shape[1]),
+        space=space,
+        labelled=labelled,
+        placed_since_fit=placed,
+    )
+
+
+def _gallery_is_labelled(folder: Path) -> bool:
+    """False for a collection without labels (``labelled`` recorded in the gallery; older galleries have labels)."""
+    import h5py
+
+    try:
+        with h5py.File(folder / GALLERY, "r") as f:
+            return bool(f.attrs.get("labelled", True))
+    except OSError:  # missing or damaged: reported with the other artifacts
+        return True

@@ -1,0 +1,279 @@
+"""Retrieval: the paper's clustered search and the two exact comparison searches.
+
+- ``clustered``: nearest centroid of the predicted class, then the members of that cluster
+  nearest to the query (the paper's method);
+- ``class``: exact nearest neighbours among all training images of the predicted class;
+- ``global``: exact nearest neighbours over the whole training set.
+
+Results are ordered by distance, ties broken by gallery position, so the ranking is
+deterministic. Rows shorter than ``top_k`` (a small cluster) are padded with -1 / inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from cbir.distances import l2_normalise, squared_distances
+from cbir.fitting.kmeans import centroids_by_class, nearest_class_centroids
+
+MODES = ("clustered", "class", "global")
+
+
+class ModeTitle(NamedTuple):
+    short: str  # on the page, the montages and the CLI
+    report: str  # in the summary's tables and plots
+
+
+# every search mode evaluated: the three above, then faiss over the whole gallery (exact, approximate)
+MODE_TITLES = {
+    "clustered": ModeTitle("with clustering", "clustered (paper)"),
+    "class": ModeTitle("without clustering", "predicted class, exact"),
+    "global": ModeTitle("all images", "all images, exact"),
+    "faiss_flat": ModeTitle("faiss flat", "faiss flat"),
+    "faiss_ivf": ModeTitle("faiss IVF", "faiss IVF"),
+}
+METRICS = ("euclidean", "cosine")
+
+
+# A single query against a small group is sorted outright: cheaper than the partition's overhead.
+_FULL_SORT_MAX_SIZE = 1536
+
+
+def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
+    """Per row, the columns of the ``top_k`` smallest values, ordered by (value, column).
+
+    A partial partition (linear time) finds the k-th value; ties at that value are resolved in
+    favour of the lower column, so the result equals a full stable sort's first k columns.
+    """
+    n_rows, n_columns = distances.shape
+    if top_k >= n_columns or distances.size <= _FULL_SORT_MAX_SIZE:
+        return np.argsort(distances, axis=1, kind="stable")[:, :top_k]
+    kth = np.partition(distances, top_k - 1, axis=1)[:, top_k - 1 : top_k]
+    chosen = distances <= kth
+    if (chosen.sum(axis=1) > top_k).any():  # ties at the k-th value: keep the lowest columns
+        at_kth = distances == kth
+        needed = top_k - (distances < kth).sum(axis=1, keepdims=True)
+        chosen = (distances < kth) | (at_kth & (np.cumsum(at_kth, axis=1) <= needed))
+    columns = np.nonzero(chosen)[1].reshape(n_rows, top_k)  # ascending column order per row
+    order = np.argsort(np.take_along_axis(distances, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
+
+
+def _pad(indices: np.ndarray, found: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad rows shorter than ``top_k`` (a small cluster) with -1 / inf."""
+    if indices.shape[1] < top_k:
+        pad = ((0, 0), (0, top_k - indices.shape[1]))
+        indices = np.pad(indices, pad, constant_values=-1)
+        found = np.pad(found, pad, constant_values=np.inf)
+    return indices, found
+
+
+def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
+    order = _smallest_columns(distances, top_k)
+    return _pad(members[order], np.take_along_axis(distances, order, axis=1), top_k)
+
+
+# Above this many searched images the candidates are found in float32 and re-ranked in float64.
+FLOAT32_SCREEN_MIN_MEMBERS = 512
+_SCREEN_EXTRA_CANDIDATES = 32
+SCREEN_BLOCK_ELEMENTS = 1 << 24  # float32 distances per block of queries (64 MB)
+_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def _screened_top_k(
+    queries: np.ndarray,
+    queries32: np.ndarray,
+    gallery: np.ndarray,
+    gallery32: np.ndarray,
+    sq_norms: np.ndarray,
+    members: np.ndarray,
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 top-k of :func:`squared_distances`, at float32 speed.
+
+    Float32 distances pick ``top_k + 32`` candidates per query. Every image whose float32
+    distance is within twice a rounding-error bound of the k-th one could belong to the float64
+    top-k (the bound holds for any summation order); when all of those are among the candidates,
+    re-ranking the candidates in float64 gives exactly the plain float64 answer, ties included.
+    Rows where they are not (a crowd of near-equal distances) are searched in plain float64.
+    """
+    whole = len(members) == len(gallery)  # no copy when the whole gallery is searched
+    block32 = gallery32 if whole else gallery32[members]
+    norms = sq_norms if whole else sq_norms[members]
+    screen = squared_distances(queries32, block32, norms.astype(np.float32))
+    width = min(top_k + _SCREEN_EXTRA_CANDIDATES, len(members) - 1)
+    candidates = np.argpartition(screen, width - 1, axis=1)[:, :width]
+    screened = np.take_along_axis(screen, candidates, axis=1)
+    kth = np.partition(screened, top_k - 1, axis=1)[:, top_k - 1]
+    # every image left out is at least as far as the farthest candidate
+    farthest_candidate = screened.max(axis=1)
+    query_norms = np.einsum("ij,ij->i", queries, queries)
+    slack = (2 * queries.shape[1] + 16) * _FLOAT32_UNIT_ROUNDOFF * (query_norms + norms.max())
+
+    chosen = members[np.sort(candidates, axis=1)]  # ascending: ties resolve by gallery position
+    exact = query_norms[:, None] - 2.0 * np.einsum("id,ikd->ik", queries, gallery[chosen]) + sq_norms[chosen]
+    np.maximum(exact, 0.0, out=exact)
+    order = _smallest_columns(exact, top_k)
+    indices, found = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(exact, order, axis=1)
+
+    crowded = np.flatnonzero(farthest_candidate <= kth + 2.0 * slack)
+    if crowded.size:
+        squared = squared_distances(queries[crowded], gallery[members], sq_norms[members])
+        indices[crowded], found[crowded] = _top_k(squared, members, top_k)
+    return indices, found
+
+
+@dataclass
+class RetrievalIndex:
+    """A gallery (the training set) with per-class and per-cluster members precomputed."""
+
+    gallery: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    centroid_labels: np.ndarray
+    assignments: np.ndarray
+    metric: str = "euclidean"
+    _sq_norms: np.ndarray = field(init=False, repr=False)
+    _gallery32: np.ndarray = field(init=False, repr=False)
+    _class_members: dict[int, np.ndarray] = field(init=False, repr=False)
+    _cluster_members: list[np.ndarray] = field(init=False, repr=False)
+    _class_centroids: dict[int, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric '{self.metric}' is not one of {', '.join(METRICS)}")
+        self.gallery = self._prepare(self.gallery)
+        self.centroids = self._prepare(self.centroids)
+        self._sq_norms = np.einsum("ij,ij->i", self.gallery, self.gallery)
+        self._gallery32 = self.gallery.astype(np.float32)
+        self._class_members = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
+        self._cluster_members = [np.flatnonzero(self.assignments == c) for c in range(len(self.centroids))]
+        self._class_centroids = centroids_by_class(self.centroid_labels)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return l2_normalise(x) if self.metric == "cosine" else x
+
+    def _finish(self, squared: np.ndarray) -> np.ndarray:
+        """Report Euclidean distance, or cosine distance (1 - cos) on unit vectors."""
+        return squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
+
+    def nearest_centroids(self, queries: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """For each query, the index of the nearest centroid of its predicted class."""
+        return nearest_class_centroids(self._prepare(queries), predicted, self.centroids, self._class_centroids)
+
+    def centroid_distances(self, queries: np.ndarray) -> np.ndarray:
+        """Distance of each query to every centroid (queries x centroids), in the units :meth:`search` reports."""
+        queries = self._prepare(queries)
+        return self._finish(
+            squared_distances(queries, self.centroids, np.einsum("ij,ij->i", self.centroids, self.centroids))
+        )
+
+    def _members(self, mode: str, group: int) -> np.ndarray:
+        """Gallery positions searched by one group of queries (ascending)."""
+        empty = np.empty(0, dtype=np.int64)
+        if mode == "clustered":
+            return self._cluster_members[group] if group >= 0 else empty
+        if mode == "class":
+            return self._class_members.get(group, empty)
+        return np.arange(len(self.gallery))
+
+    def search(
+        self,
+        queries: np.ndarray,
+        mode: str,
+        top_k: int,
+        predicted: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery indices and distances for each query row.
+
+        Queries are grouped by the subset they search (a cluster, a class or the whole
+        gallery) so that each group is one matrix product.
+        """
+        if mode not in MODES:
+            raise ValueError(f"retrieval mode '{mode}' is not one of {', '.join(MODES)}")
+        if mode != "global" and predicted is None:
+            raise ValueError(f"retrieval mode '{mode}' needs the predicted class of each query")
+        if mode == "clustered":
+            groups = self.nearest_centroids(queries, np.asarray(predicted))
+        elif mode == "class":
+            groups = np.asarray(predicted)
+        else:
+            groups = np.zeros(len(queries), dtype=np.int64)
+        queries = self._prepare(queries)
+        indices = np.full((len(queries), top_k), -1, dtype=np.int64)
+        distances = np.full((len(queries), top_k), np.inf)
+        for group in np.unique(groups):
+            rows = np.flatnonzero(groups == group)
+            members = self._members(mode, int(group))
+            if len(members) == 0:
+                continue
+            indices[rows], found = self._search_members(queries[rows], members, top_k)
+            distances[rows] = self._finish(found)
+        return indices, distances
+
+    def _search_members(self, queries: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k squared distances among ``members``; large groups are screened in float32."""
+        if len(members) < FLOAT32_SCREEN_MIN_MEMBERS or top_k >= len(members):
+            squared = squared_distances(queries, self.gallery[members], self._sq_norms[members])
+            return _top_k(squared, members, top_k)
+        # a block of queries at a time, so that memory stays bounded for many queries on a large gallery
+        rows = max(1, SCREEN_BLOCK_ELEMENTS // len(members))
+        found = [
+            _screened_top_k(b, b.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k)
+            for b in (queries[i : i + rows] for i in range(0, len(queries), rows))
+        ]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+def ivf_lists(nlist: int | str, n_gallery: int) -> int:
+    """IVF lists: the configured number, or for ``auto`` 4·√N, faiss's guideline for N up to about 10⁶ (the
+    cost of a query then grows with √N instead of N)."""
+    if nlist == "auto":
+        return max(1, round(4 * np.sqrt(n_gallery)))
+    return int(nlist)
+
+
+class FaissSearch:
+    """The standard alternative to the paper's clustering: a faiss index over the whole gallery.
+
+    ``kind`` is ``flat`` (exact) or ``ivf`` (inverted lists: ``nlist`` k-means cells, of which
+    ``nprobe`` are visited per query). Distances are reported as by :class:`RetrievalIndex`.
+    """
+
+    def __init__(self, gallery: np.ndarray, kind: str, metric: str = "euclidean", nlist: int | str = 16,
+                 nprobe: int = 4, seed: int = 0) -> None:  # fmt: skip
+        import faiss
+
+        if kind not in ("flat", "ivf"):
+            raise ValueError(f"faiss index kind '{kind}' is not one of flat, ivf")
+        self.metric = metric
+        vectors = self._prepare(gallery)
+        dim = vectors.shape[1]
+        if kind == "flat":
+            self.index = faiss.IndexFlatL2(dim)
+            self.nlist = 0
+        else:
+            # faiss wants >= 39 training points per list; fewer lists on small galleries
+            self.nlist = max(1, min(ivf_lists(nlist, len(vectors)), len(vectors) // 39))
+            quantizer = faiss.IndexFlatL2(dim)
+            self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist)
+            self.index.cp.seed = seed
+            self.index.train(vectors)
+            self.index.nprobe = min(nprobe, self.nlist)
+        self.index.add(vectors)
+        self.kind = kind
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return l2_normalise(x).astype(np.float32) if self.metric == "cosine" else x
+
+    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        squared, indices = self.index.search(self._prepare(queries), top_k)
+        squared = np.where(indices < 0, np.inf, np.maximum(squared, 0.0))
+        distances = squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
+        return indices.astype(np.int64), distances

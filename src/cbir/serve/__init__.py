@@ -1,0 +1,1 @@
+"""`cbir serve`: the web app over a fitted cell or an indexed collection."""
