@@ -89,7 +89,8 @@ def peak_rss_mb() -> float:
 
 def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None, pooling: str | None = None) -> None:
     """``--arch`` (choices: the backbone registry) and, where given a default, ``--weights`` and ``--pooling``."""
-    from cbir.extraction.registry import BACKBONES, POOLINGS
+    from cbir.extraction.pooling import POOLINGS
+    from cbir.extraction.registry import BACKBONES
 
     parser.add_argument("--arch", default=arch, choices=list(BACKBONES))
     if weights is not None:

@@ -83,8 +83,8 @@ def baseline_loop(args: argparse.Namespace) -> Extract:
     from PIL import Image
     from torchvision import transforms
 
+    from cbir.extraction.build import build_backbone
     from cbir.extraction.network import resolve_device
-    from cbir.extraction.registry import build_backbone
 
     device = resolve_device(args.device)
     network = build_backbone(spec_from(args)).to(device)
@@ -145,8 +145,8 @@ def run_engine(paths: list[str], args: argparse.Namespace, precision: str, decod
     import h5py
     import torch
 
+    from cbir.extraction.build import build_backbone
     from cbir.extraction.network import resolve_device
-    from cbir.extraction.registry import build_backbone
 
     device = resolve_device(args.device)
     warm = build_backbone(spec_from(args)).to(device)
@@ -288,10 +288,11 @@ def run_decode(paths: list[str], args: argparse.Namespace, decode: str = "pillow
     the device (``decode: device``, nvJPEG on CUDA)."""
     from torch.utils.data import DataLoader
 
+    from cbir.extraction.build import build_backbone
     from cbir.extraction.decode import device_decoded_batches
     from cbir.extraction.features import ImageFiles
     from cbir.extraction.network import resolve_device
-    from cbir.extraction.registry import build_backbone, preprocessing, preprocessing_description
+    from cbir.extraction.preprocess import preprocessing, preprocessing_description
 
     spec = spec_from(args)
     network = build_backbone(spec)

@@ -23,8 +23,10 @@ def child(method: str, paths: list[str], args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from cbir.extraction.build import build_backbone
     from cbir.extraction.features import extract_to_hdf5
-    from cbir.extraction.registry import BackboneSpec, build_backbone, preprocessing
+    from cbir.extraction.preprocess import preprocessing
+    from cbir.extraction.registry import BackboneSpec
 
     torch.set_num_threads(2)
     spec = BackboneSpec(args.arch, "random", "none", args.image_size)

@@ -10,19 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from cbir.extraction.build import build_backbone, feature_dim
 from cbir.extraction.layers import FeatureNetwork, GeM
+from cbir.extraction.pooling import POOLINGS
 from cbir.extraction.registry import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    POOLINGS,
     BackboneSpec,
-    WeightsError,
     backbones_markdown,
-    build_backbone,
-    feature_dim,
     weights_problem,
 )
+from cbir.extraction.weights import WeightsError
 from cbir.pipeline.config import ConfigError, load_schema, validate_config
 
 from conftest import REPO, tiny_config

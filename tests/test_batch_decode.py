@@ -18,7 +18,8 @@ from cbir.extraction.decode import EncodedFiles, decode_batch, device_decoded_ba
 from cbir.extraction.feature_cache import fingerprint_id, network_fingerprint
 from cbir.extraction.features import extract_to_hdf5
 from cbir.extraction.network import prepare_from_record
-from cbir.extraction.registry import DECODE, DEVICE_DECODE, BackboneSpec, transform_from_description
+from cbir.extraction.preprocess import DECODE, DEVICE_DECODE, transform_from_description
+from cbir.extraction.registry import BackboneSpec
 from cbir.io import read_attrs
 from cbir.pipeline.config import ConfigError, load_schema, validate_config
 

@@ -268,7 +268,8 @@ def test_the_static_feature_dimension_is_the_networks():
     import torch
     from torchvision.models.vgg import cfgs, make_layers
 
-    from cbir.extraction.registry import BackboneSpec, build_backbone, feature_dim
+    from cbir.extraction.build import build_backbone, feature_dim
+    from cbir.extraction.registry import BackboneSpec
     from cbir.pipeline.config import static_feature_dim
 
     vgg16_block5 = make_layers(cfgs["D"])  # torchvision's VGG16 `features`, without its large classifier

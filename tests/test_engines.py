@@ -204,7 +204,7 @@ def test_the_workflow_extracts_and_times_with_the_prepared_engine(tmp_path: Path
 def test_large_jpegs_are_draft_decoded_close_to_full_decoding(tmp_path):
     from PIL import Image
 
-    from cbir.extraction.registry import preprocessing
+    from cbir.extraction.preprocess import preprocessing
 
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 255, (30, 40, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 1200 x 1600

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from cbir.extraction.build import build_backbone, feature_dim
 from cbir.extraction.features import extract_to_hdf5
 from cbir.extraction.network import resolve_device
-from cbir.extraction.registry import BackboneSpec, WeightsError, build_backbone, feature_dim
+from cbir.extraction.registry import BackboneSpec
+from cbir.extraction.weights import WeightsError
 from cbir.io import load_features, read_attrs
 
 

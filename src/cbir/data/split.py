@@ -66,8 +66,6 @@ def split_ids(split_csv: str | Path, subset: str) -> list[str]:
 
 
 OFFICIAL = "official"  # the dataset's own train/test split (CIFAR-10, VOC 2012), beside the ratio splits
-
-
 ALL = "all"  # every image in the gallery: collections without labels (labels: none)
 
 

@@ -212,8 +212,9 @@ def prepare_engine(
     import torch
 
     from cbir.data.images import load_rgb_image
+    from cbir.extraction.build import build_backbone
     from cbir.extraction.precision import autocast
-    from cbir.extraction.registry import build_backbone, preprocessing
+    from cbir.extraction.preprocess import preprocessing
     from cbir.hardware import cpu_may_have_fast_bf16
 
     out_dir = Path(out_dir)

