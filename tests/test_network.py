@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbir import precision as precision_module
+from cbir.extraction import precision as precision_module
 from cbir.extraction.features import extract_to_hdf5
 from cbir.extraction.network import RecordError, prepare_from_record, prepare_network
 from cbir.extraction.precision import PrecisionChoice, choose_precision, decide, follow_recorded, resolve_precision

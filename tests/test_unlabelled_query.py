@@ -182,10 +182,11 @@ def test_the_page_shows_the_nearest_clusters_and_no_class_or_marks(browser, coll
 
 
 def test_the_montage_titles_the_clustered_row_as_the_nearest_cluster(collection: Path, tmp_path: Path, monkeypatch):
-    from cbir import cli, report
+    from cbir import cli
+    from cbir.report import montage
 
     drawn: list[dict[str, str]] = []
-    monkeypatch.setattr(report, "draw_montage", lambda answers, path, titles: drawn.append(titles))
+    monkeypatch.setattr(montage, "draw_montage", lambda answers, path, titles: drawn.append(titles))
     monkeypatch.chdir(collection)
     assert cli.main(["query", QUERY, "--model", ALL, "--montage", str(tmp_path / "m.png")]) == 0
     assert drawn[0]["clustered"] == "nearest cluster" and drawn[0]["global"] == "all images"
