@@ -24,9 +24,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/features.smk"
-include: "workflow/rules/models.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/extraction.smk"
+include: "workflow/rules/fitting.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -101,9 +101,9 @@ def add_backbone_arguments(parser: Any, arch: str, *, weights: str | None = None
 
 def default_model() -> Path:
     """The first trained 80-20 cell under results/, for the serve benchmarks."""
-    from cbir.search.cell import CELL_FOLDER, GALLERY
+    from cbir.layout import CELL, GALLERY
 
-    pattern = CELL_FOLDER.format(dataset="*", backbone="*", split="80-20", pca="*")
+    pattern = CELL.format(dataset="*", backbone="*", split="80-20", pca="*")
     cells = sorted(REPO.glob(f"{pattern}/{GALLERY}"))
     if not cells:
         sys.exit("no trained cell under results/*/*/80-20/: run the workflow first, or pass --model")

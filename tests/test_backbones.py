@@ -238,7 +238,7 @@ def test_gem_p_is_a_backbone_key_for_gem_pooling(tmp_path):
     checked = validate_config(config, load_schema(SCHEMA))
     assert BackboneSpec.from_config(checked["backbones"]["lite"]).gem_p == 2.0
     # the rules' params hold the whole backbone entry: a new gem_p re-extracts and re-prepares the engine
-    rules = (REPO / "workflow" / "rules" / "features.smk").read_text()
+    rules = (REPO / "workflow" / "rules" / "extraction.smk").read_text()
     assert rules.count('backbone=lambda wildcards: config["backbones"][wildcards.backbone]') == 3
     config["backbones"]["lite"]["pooling"] = "avg"
     with pytest.raises(ConfigError, match=r"'backbones\.lite\.gem_p': GeM's power is used with pooling: gem only"):

@@ -10,19 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cbir.search.cell import (
-    CLASSIFIER,
-    GALLERY,
-    PROJECTION,
-    CellIdentity,
-    ModelFolderError,
-    available_k,
-    cell_folder,
-    clusters_name,
-    load_cell,
-    metrics_name,
-    model_files,
-)
+from cbir.layout import CLASSIFIER, GALLERY, PROJECTION, cell_folder, clusters_name, metrics_name, model_files
+from cbir.search.cell import CellIdentity, ModelFolderError, available_k, load_cell
 from cbir.search.index import MODES
 
 CELL = "results/tiny/lite/80-20/8"

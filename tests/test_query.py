@@ -131,7 +131,8 @@ def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finishe
 
     from cbir.data.split import split_ids
     from cbir.io import load_features
-    from cbir.search.cell import load_cell, metrics_name
+    from cbir.layout import metrics_name
+    from cbir.search.cell import load_cell
     from cbir.search.query import format_table, search_features
 
     root, _ = finished_run

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cbir.search.cell import best_space, metrics_name
+from cbir.layout import metrics_name
+from cbir.search.cell import best_space
 
 from conftest import REPO
 

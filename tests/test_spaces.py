@@ -20,7 +20,8 @@ from cbir.fitting.spaces import (
     save_embedding,
     spaces_markdown,
 )
-from cbir.search.cell import BEST, best_space, embedding_name, load_cell, metrics_name
+from cbir.layout import embedding_name, metrics_name
+from cbir.search.cell import BEST, best_space, load_cell
 
 OPTIONS = {"whiten": {"power": 0.5}, "lda": {"shrinkage": "auto"}}
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cbir.data.manifest import UNLABELLED, read_manifest
+from cbir.layout import CLASSIFIER
 from cbir.pipeline.config import ConfigError, cluster_counts, load_schema, validate_config
-from cbir.search.cell import CLASSIFIER, load_cell
+from cbir.search.cell import load_cell
 
 from conftest import REPO, collection_config, make_image_folder, tiny_config
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cbir.io import load_arrays, read_attrs
-from cbir.search.cell import clusters_name, embedding_name
+from cbir.layout import clusters_name, embedding_name
 
 from conftest import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
 from dataset_fixtures import paper_datasets

@@ -23,11 +23,27 @@ from cbir.pipeline.config import (  # noqa: E402
     validate_config,
 )
 from cbir.data.split import OFFICIAL  # noqa: E402
-from cbir.search.cell import (  # noqa: E402
-    CELL_FOLDER,
+from cbir.layout import (  # noqa: E402
+    BENCHMARKS,
+    CELL,
     CLASSIFIER,
+    DOWNLOAD_RECORD,
+    DUPLICATES,
+    EXCLUDED,
+    FEATURE_TIMING,
+    FEATURES,
+    FILE_RECORDS,
     GALLERY,
+    LOGS,
+    MANIFEST,
+    MONTAGE,
+    PCA_BASIS,
+    PREPARED_IMAGES,
     PROJECTION,
+    SCAN_RECORDS,
+    SPLIT,
+    SUMMARY,
+    SUMMARY_HTML,
     cell_folder,
     clusters_name,
     embedding_name,
@@ -61,14 +77,6 @@ wildcard_constraints:
 CONDA_ENV = "../../envs/cbir.yaml"
 SEED = config["seed"]
 
-CELL = CELL_FOLDER  # results/{dataset}/{backbone}/{split}/{pca}
-MANIFEST = "results/{dataset}/manifest.csv"
-SPLIT = "results/{dataset}/splits/{split}.csv"
-SCAN_RECORDS = "results/{dataset}/scan/{shard}-of-{n}.csv"
-FEATURES = "results/{dataset}/features/{backbone}.h5"
-PCA_BASIS = "results/{dataset}/{backbone}/{split}/pca_basis.h5"
-LOGS = "results/logs"
-BENCHMARKS = "results/benchmarks"
 
 
 def dataset_source(dataset):
@@ -113,7 +121,7 @@ def scan_records(wildcards):
 def download_input(wildcards):
     """A dataset with a url depends on its download record; one without is read where it is."""
     if dataset_entry(wildcards.dataset).get("url"):
-        return f"results/{wildcards.dataset}/download.json"
+        return DOWNLOAD_RECORD.format(dataset=wildcards.dataset)
     return []
 
 
@@ -209,16 +217,15 @@ def summary_page_outputs():
         name = page + (f"_{split}" if split else "")
         if ext == "html":
             output = f"page_{page}"
-            path = report(f"results/summary/html/{name}.html", caption=f"../report/{page}.rst", category=PAGES[page].category)
+            path = report(f"{SUMMARY_HTML}/{name}.html", caption=f"../report/{page}.rst", category=PAGES[page].category)
         else:
-            output, path = f"page_{page}_md", f"results/summary/{name}.md"
+            output, path = f"page_{page}_md", f"{SUMMARY}/{name}.md"
         outputs.setdefault(output, []).append(path)
         files.setdefault(output, []).append((page, split, ext))
     return outputs, files
 
 
 SUMMARY_PAGES, SUMMARY_PAGE_FILES = summary_page_outputs()
-MONTAGE = "results/summary/montages/{dataset}/{backbone}.png"
 
 
 def montage_split_and_pca():

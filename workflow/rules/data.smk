@@ -24,7 +24,7 @@ rule prepare_digits:
 rule download_dataset:
     """Download a dataset's archive from its url, check size and SHA-256, unpack it safely (once)."""
     output:
-        record="results/{dataset}/download.json",
+        record=DOWNLOAD_RECORD,
     params:
         name=lambda wildcards: wildcards.dataset,
         entry=adapter_options,
@@ -50,7 +50,7 @@ rule cifar10_images:
     input:
         download_input,
     output:
-        folder=directory("results/{dataset}/images"),
+        folder=directory(PREPARED_IMAGES),
     wildcard_constraints:
         # rules writing results/<dataset>/images match only the datasets of their own source
         dataset=prepared_datasets_pattern(config["datasets"], "cifar10_images"),
@@ -83,7 +83,7 @@ rule fashion_mnist_images:
             )
         ],
     output:
-        folder=directory("results/{dataset}/images"),
+        folder=directory(PREPARED_IMAGES),
     wildcard_constraints:
         dataset=prepared_datasets_pattern(config["datasets"], "fashion_mnist_images"),
     params:
@@ -121,7 +121,7 @@ rule scan_files:
         n=r"\d+",
     params:
         folder=lambda wildcards: str(dataset_user_folder(wildcards.dataset)),
-        file_records=lambda wildcards: f"results/{wildcards.dataset}/cache/file_records.csv",
+        file_records=lambda wildcards: FILE_RECORDS.format(dataset=wildcards.dataset),
         files=dataset_files_state,
     log:
         f"{LOGS}/scan_files/{{dataset}}_{{shard}}-of-{{n}}.log",
@@ -154,15 +154,15 @@ rule manifest:
         scans=scan_records,
     output:
         manifest=MANIFEST,
-        excluded="results/{dataset}/excluded.csv",
+        excluded=EXCLUDED,
     params:
         source=lambda wildcards: dataset_source(wildcards.dataset),
         entry=adapter_options,
         root=lambda wildcards: str(dataset_root(config, wildcards.dataset)),
-        images=lambda wildcards: f"results/{wildcards.dataset}/images",
+        images=lambda wildcards: PREPARED_IMAGES.format(dataset=wildcards.dataset),
         # where the excluded files are listed when there are too many: the job's outputs are removed
         rejected=lambda wildcards: f"{LOGS}/manifest/{wildcards.dataset}.excluded.csv",
-        file_records=lambda wildcards: f"results/{wildcards.dataset}/cache/file_records.csv",
+        file_records=lambda wildcards: FILE_RECORDS.format(dataset=wildcards.dataset),
         # names, sizes and mtimes of the dataset's files (folder datasets): a change rebuilds the manifest
         files=dataset_files_state,
     log:
@@ -184,7 +184,7 @@ rule duplicates:
     input:
         manifest=MANIFEST,
     output:
-        duplicates="results/{dataset}/duplicates.csv",
+        duplicates=DUPLICATES,
     log:
         f"{LOGS}/duplicates/{{dataset}}.log",
     benchmark:

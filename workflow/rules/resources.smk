@@ -13,14 +13,12 @@ from cbir.pipeline.resources import (  # noqa: E402
 )
 from cbir.extraction.feature_cache import feature_settings  # noqa: E402
 from cbir.extraction.shards import read_shard_plan  # noqa: E402
+from cbir.layout import ENGINE, SHARD, SHARD_PLAN  # noqa: E402
 
-SHARD_PLAN = "results/{dataset}/shards/{backbone}/plan.json"
-SHARD = "results/{dataset}/shards/{backbone}/{shard}.json"  # a receipt: the pack of the cache holding the shard
 # The extraction settings that change the features (part of the network's fingerprint): changing
 # one plans the extraction again under another fingerprint. Speed settings (batch size, workers,
 # threads) and the shard layout's sizing are read from the config by the scripts and rerun nothing.
 EXTRACTION_OPTIONS = feature_settings(config["extraction"])
-ENGINE = "results/{dataset}/engine/{backbone}"
 
 
 def engine_input(wildcards):

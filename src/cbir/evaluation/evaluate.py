@@ -468,7 +468,7 @@ def cell_metrics(
         gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
         result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
     if cell.space != "raw":
-        from cbir.search.cell import embedding_name
+        from cbir.layout import embedding_name
 
         _, fitted = load_arrays(cell.folder / embedding_name(cell.space))
         result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))

@@ -32,9 +32,10 @@ import numpy as np
 from cbir.distances import l2_normalise, squared_distances
 from cbir.fitting.mlp import MlpModel
 from cbir.io import load_arrays, save_arrays
+from cbir.layout import RAW
 
 STEP_KINDS = ("l2", "scale", "affine", "relu")
-RAW = "raw"
+
 # above this many input dimensions LDA uses the SVD solver (no d x d covariance, no shrinkage)
 LDA_EIGEN_MAX_DIM = 4096
 # whitening keeps the axes whose variance is above this share of the largest one

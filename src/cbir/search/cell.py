@@ -24,44 +24,20 @@ from cbir.fitting.pca import Projection, load_projection
 from cbir.fitting.refit import WHEN_DUE, place_new_images
 from cbir.fitting.spaces import RAW, Embedding, identity_embedding, load_embedding
 from cbir.io import load_arrays
+from cbir.layout import (
+    CLASSIFIER,
+    GALLERY,
+    MODEL_FILES,
+    PROJECTION,
+    cell_place,
+    clusters_name,
+    embedding_name,
+    metrics_name,
+)
 from cbir.search.index import MODES, FaissSearch, RetrievalIndex
-
-CELL_FOLDER = "results/{dataset}/{backbone}/{split}/{pca}"
-PROJECTION = "projection.h5"
-GALLERY = "gallery.h5"
-CLASSIFIER = "classifier.h5"
-MODEL_FILES = (PROJECTION, GALLERY, CLASSIFIER)  # with one clusters_k<k>.h5, what a query needs
 
 T = TypeVar("T")
 Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
-
-def cell_folder(dataset: str, backbone: str, split: str, pca: str) -> str:
-    return CELL_FOLDER.format(dataset=dataset, backbone=backbone, split=split, pca=pca)
-
-
-def _in_space(space: str) -> str:
-    return "" if space == RAW else f"{space}_"
-
-
-def clusters_name(k: int | str, space: str = RAW) -> str:
-    """``clusters_k<k>.h5`` (the paper's space), ``clusters_<space>_k<k>.h5``; ``"{k}"`` gives the rules' pattern."""
-    return f"clusters_{_in_space(space)}k{k}.h5"
-
-
-def metrics_name(k: int | str, space: str = RAW) -> str:
-    return f"metrics_{_in_space(space)}k{k}.json"
-
-
-def embedding_name(space: str) -> str:
-    """The fitted embedding space of a cell (none for ``raw``: the gallery is already in it)."""
-    return f"embedding_{space}.h5"
-
-
-def model_files(k: int | str, space: str = RAW) -> tuple[str, ...]:
-    """Every artifact a model with ``k`` clusters per class, searching in ``space``, is loaded from."""
-    extra = () if space == RAW else (embedding_name(space),)
-    return (*MODEL_FILES, *extra, clusters_name(k, space))
 
 
 def available_k(folder: str | Path, space: str = RAW) -> list[int]:
@@ -173,8 +149,8 @@ class Cell:
     @property
     def root(self) -> Path:
         """The folder the workflow ran in (``<root>/results/<dataset>/...``), against which recorded paths resolve."""
-        folder = self.folder.resolve()
-        return folder.parents[4] if len(folder.parents) >= 5 and folder.parents[3].name == "results" else Path.cwd()
+        place = cell_place(self.folder)
+        return place.dataset.root if place else Path.cwd()
 
     @property
     def feature_dim(self) -> int:

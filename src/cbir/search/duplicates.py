@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+
+from cbir.data.manifest import DatasetError, class_names, read_manifest, write_csv_table
+from cbir.io import load_features, read_attrs
+from cbir.io import write_json as write_json_file
+from cbir.layout import GALLERY, MANIFEST, cell_place, features_place
+from cbir.search.cell import read_identity
 
 # Cosine distance below which two images are near-duplicates. Calibrated with
 #   nice -n 19 .venv/bin/python benchmarks/duplicates.py
@@ -38,8 +45,6 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.09
 DEFAULT_BLOCK_SIZE = 4096  # queries per range search: bounds the memory of one search's results
 FULL_STATS_LIMIT = 4000  # groups up to this size get distances over all their pairs, larger ones over linked pairs
-FEATURE_FILE = "features/{backbone}.h5"  # relative to results/<dataset>/ (the workflow's FEATURES)
-MANIFEST_FILE = "manifest.csv"  # relative to results/<dataset>/
 EXACT, NEAR = "exact", "near"
 CSV_COLUMNS = ["group", "kind", "size", "max_distance", "mean_distance", "mixed_classes", "id", "path", "class",
                "sha256"]  # fmt: skip
@@ -97,37 +102,31 @@ class Group:
 def locate_index(index: str | Path) -> tuple[Path, Path]:
     """The feature file and the manifest of ``index``: a feature file ``results/<dataset>/features/<backbone>.h5``
     or a grid cell ``results/<dataset>/<backbone>/<split>/<pca>/`` (then its dataset's feature file)."""
-    from cbir.search.cell import GALLERY, read_identity
-
     index = Path(index)
     if index.is_dir():
-        folder = index.resolve()
-        if len(folder.parents) < 3:
+        place = cell_place(index)
+        if place is None:
             raise DuplicatesError(f"'{index}' is not a grid cell folder results/<dataset>/<backbone>/<split>/<pca>/")
         attrs: dict[str, Any] = {}
-        if (folder / GALLERY).is_file():
-            import h5py
-
-            from cbir.io import read_attrs
-
+        if (index / GALLERY).is_file():
             try:
-                with h5py.File(folder / GALLERY, "r") as f:
+                with h5py.File(index / GALLERY, "r") as f:
                     attrs = read_attrs(f)
             except OSError as error:
-                raise DuplicatesError(f"'{folder / GALLERY}' cannot be read ({error})") from error
-        dataset_folder = folder.parents[2]  # as cbir.serve.app.index_images
-        features = dataset_folder / FEATURE_FILE.format(backbone=read_identity(folder, attrs).backbone)
+                raise DuplicatesError(f"'{index / GALLERY}' cannot be read ({error})") from error
+        features = place.dataset.features(read_identity(index, attrs).backbone)
         if not features.is_file():
             raise DuplicatesError(
                 f"'{index}' is a folder, but its dataset has no feature file '{features}': pass a grid cell "
                 "results/<dataset>/<backbone>/<split>/<pca>/ or a feature file results/<dataset>/features/<backbone>.h5"
             )
+        manifest = place.dataset.manifest
     elif index.is_file():
         features = index
-        dataset_folder = index.resolve().parents[1]
+        dataset = features_place(index)
+        manifest = dataset.manifest if dataset else index.resolve().parent.parent / Path(MANIFEST).name
     else:
         raise DuplicatesError(f"index '{index}' does not exist")
-    manifest = dataset_folder / MANIFEST_FILE
     if not manifest.is_file():
         raise DuplicatesError(
             f"no manifest '{manifest}' next to the feature file '{features}': the exact duplicates and the class names "
@@ -138,14 +137,12 @@ def locate_index(index: str | Path) -> tuple[Path, Path]:
 
 def workflow_root(features_path: Path) -> Path:
     """The folder the workflow ran in, ``<root>/results/<dataset>/features/<backbone>.h5`` (else the current one)."""
-    path = features_path.resolve()
-    return path.parents[3] if len(path.parents) >= 4 and path.parents[2].name == "results" else Path.cwd()
+    place = features_place(features_path)
+    return place.root if place else Path.cwd()
 
 
 def load_index(index: str | Path) -> DuplicateIndex:
     """The features, ids, paths, classes and checksums of ``index`` (see :func:`locate_index`)."""
-    from cbir.data.manifest import DatasetError, class_names, read_manifest
-    from cbir.io import load_features
 
     features_path, manifest_path = locate_index(index)
     try:
@@ -356,16 +353,12 @@ def report(index: DuplicateIndex, groups: Sequence[Group], exact: Sequence[Seque
 
 
 def write_json(payload: dict, target: str | Path) -> None:
-    from cbir.io import write_json as write
-
-    write(target, payload)
+    write_json_file(target, payload)
 
 
 def write_csv(records: Sequence[dict[str, Any]], target: str | Path) -> None:
     """One row per image of a group (:data:`CSV_COLUMNS`), groups in order."""
     import pandas as pd
-
-    from cbir.data.manifest import write_csv_table
 
     rows = [
         {**{key: record[key] for key in CSV_COLUMNS[:6]}, **image} for record in records for image in record["images"]

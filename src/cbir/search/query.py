@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cbir.data.images import IMAGE_EXTENSIONS
-from cbir.search.cell import Cell, ModelFolderError, metrics_name
+from cbir.layout import metrics_name
+from cbir.search.cell import Cell, ModelFolderError
 from cbir.search.index import MODES
 
 if TYPE_CHECKING:

@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cbir import __version__
-from cbir.search.cell import MODEL_FILES, Cell, available_k, clusters_name, load_cell, metrics_name
+from cbir.layout import MODEL_FILES, cell_place, clusters_name, metrics_name
+from cbir.search.cell import Cell, available_k, load_cell
 from cbir.search.index import MODE_TITLES, MODES
 from cbir.search.query import (
     NEAREST_CLUSTER_TITLE,
@@ -316,13 +317,13 @@ def index_images(model: Cell) -> tuple[dict[str, ImageEntry], list[str]]:
     """
     import pandas as pd
 
-    folder = model.folder.resolve()
-    if len(folder.parents) < 5:  # not inside <root>/results/<dataset>/: a copied cell
+    place = cell_place(model.folder)
+    if place is None:  # not inside <root>/results/<dataset>/: a copied cell
         return _gallery_images(model, Path.cwd()), []
-    dataset_folder, root = folder.parents[2], folder.parents[4]
+    root = place.dataset.root
 
     images = _gallery_images(model, root)
-    manifest_csv, split_csv = dataset_folder / "manifest.csv", dataset_folder / "splits" / f"{folder.parent.name}.csv"
+    manifest_csv, split_csv = place.dataset.manifest, place.split_file
     if not (manifest_csv.is_file() and split_csv.is_file()):
         return images, []
     manifest = pd.read_csv(manifest_csv, dtype={"id": str, "path": str}).set_index("id")

@@ -1,0 +1,92 @@
+rule time_extraction:
+    """Latency of a query image through the features' own network (decode, preprocess, forward)."""
+    input:
+        manifest=MANIFEST,
+        # the network, seed and precision come from what the feature file recorded
+        features=FEATURES,
+    output:
+        timing=FEATURE_TIMING,
+    params:
+        # only what changes the timing: sharding settings must not rerun it
+        extraction={key: config["extraction"][key] for key in ("device", "batch_size")},
+        n_images=config["retrieval"]["timing_images"],
+    log:
+        f"{LOGS}/time_extraction/{{dataset}}_{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/time_extraction/{{dataset}}_{{backbone}}.tsv"
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/time_extraction.py"
+
+
+rule evaluate:
+    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell (without labels: each
+    search's recall@k against exact search, and timings)."""
+    input:
+        features=FEATURES,
+        timing=FEATURE_TIMING,
+        manifest=MANIFEST,
+        split=SPLIT,
+        projection=f"{CELL}/{PROJECTION}",
+        gallery=f"{CELL}/{GALLERY}",
+        classifier=classifier_input,
+        clusters=f"{CELL}/{clusters_name('{k}')}",
+    output:
+        metrics=[f"{CELL}/{metrics_name('{k}')}"],
+    params:
+        spaces=["raw"],
+        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries"),
+        rerank=config["embeddings"]["rerank"],
+        seed=SEED,
+    log:
+        f"{LOGS}/evaluate/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/evaluate.py"
+
+
+if EXTRA_SPACES:
+
+    rule evaluate_spaces:
+        """The evaluation of the rule above in each of the cell's further embedding spaces."""
+        input:
+            features=FEATURES,
+            timing=FEATURE_TIMING,
+            manifest=MANIFEST,
+            split=SPLIT,
+            projection=f"{CELL}/{PROJECTION}",
+            gallery=f"{CELL}/{GALLERY}",
+            classifier=f"{CELL}/{CLASSIFIER}",
+            embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
+            clusters=[f"{CELL}/{clusters_name('{k}', space)}" for space in EXTRA_SPACES],
+        output:
+            metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in EXTRA_SPACES],
+        params:
+            spaces=EXTRA_SPACES,
+            retrieval=retrieval_settings("top_k", "metric", "faiss"),
+            rerank=config["embeddings"]["rerank"],
+            seed=SEED,
+        log:
+            f"{LOGS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
+        benchmark:
+            f"{BENCHMARKS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/evaluate.py"
