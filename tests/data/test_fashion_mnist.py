@@ -1,0 +1,402 @@
+"""The ``fashion_mnist`` source: the strict IDX reader, the PNG export with the official split, the per-class cap,
+the errors for broken files, the config checks, the data rules, and the real files where Debian installed them."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from cbir.data.manifest import DatasetError, read_manifest
+from cbir.data.sources import (
+    FASHION_MNIST_CLASSES,
+    build_manifest,
+    export_fashion_mnist_png,
+    get_source,
+    official_split_table,
+    prepared_datasets_pattern,
+    read_idx_gz,
+)
+from cbir.data.sources.fashion_mnist import (
+    DEBIAN_FOLDER,
+    FASHION_MNIST_MD5,
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    class_quotas,
+    read_subset,
+    select_per_class,
+)
+from cbir.pipeline.config import ConfigError, load_schema, missing_datasets, validate_config
+
+from dataset_fixtures import cifar_tree
+from helpers import REPO, planned_jobs, run_snakemake, write_config
+
+SCHEMA = load_schema(REPO / "config" / "schema.yaml")
+REAL = Path(DEBIAN_FOLDER)
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+# --- fake files in the real layout ----------------------------------------------------------
+
+
+def idx_payload(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file's bytes: magic number, big-endian dimensions, then the uint8 values."""
+    magic = (0x0800 | array.ndim) if magic is None else magic
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return magic.to_bytes(4, "big") + dims + np.asarray(array, dtype=np.uint8).tobytes()
+
+
+def write_gz(path: Path, payload: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    return path
+
+
+def fake_fashion(folder: Path, per_class: dict[str, int] | None = None, classes=(0, 1, 2), seed: int = 0) -> dict:
+    """The four .gz files with ``per_class`` images of each of ``classes`` per subset, in shuffled order.
+
+    Returns, per subset, the images and labels written.
+    """
+    per_class = per_class or {"train": 4, "test": 2}
+    rng = np.random.default_rng(seed)
+    written = {}
+    for subset, (images_name, labels_name) in FILES.items():
+        labels = rng.permutation(np.repeat(np.asarray(classes, dtype=np.uint8), per_class[subset]))
+        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+        write_gz(folder / images_name, idx_payload(images))
+        write_gz(folder / labels_name, idx_payload(labels))
+        written[subset] = (images, labels)
+    return written
+
+
+def quiet_manifest(root: Path, images_dir: Path, **entry):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = build_manifest("fashion_mnist", {"source": "fashion_mnist", **entry}, root, images_dir)
+    return manifest, [str(w.message) for w in caught]
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+
+def test_reader_returns_the_arrays_and_the_md5_of_the_unpacked_content(tmp_path: Path):
+    written = fake_fashion(tmp_path / "fm")
+    images, labels, md5s = read_subset(tmp_path / "fm", "train")
+    assert images.shape == (12, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(images, written["train"][0]) and np.array_equal(labels, written["train"][1])
+    payload = gzip.decompress((tmp_path / "fm" / FILES["train"][0]).read_bytes())
+    assert md5s[FILES["train"][0]] == hashlib.md5(payload).hexdigest()
+    labels, _ = read_idx_gz(tmp_path / "fm" / FILES["test"][1], IDX_LABELS_MAGIC)
+    assert labels.shape == (6,)
+
+
+def corrupt(folder: Path, case: str) -> tuple[Path, str]:
+    """Break one file of a fake Fashion-MNIST folder; returns it and the expected message."""
+    images_path, labels_path = folder / FILES["train"][0], folder / FILES["train"][1]
+    images = gzip.decompress(images_path.read_bytes())
+    if case == "truncated data":
+        write_gz(images_path, images[:-100])
+        return images_path, r"is truncated: its header declares 12 x 28 x 28 = 9408 bytes of data, the file holds 9308"
+    if case == "truncated gzip":
+        blob = images_path.read_bytes()
+        images_path.write_bytes(blob[: len(blob) // 2])
+        return images_path, "is truncated or corrupt: gzip says"
+    if case == "truncated header":
+        write_gz(images_path, images[:10])
+        return images_path, r"is truncated inside its header \(10 bytes\)"
+    if case == "extra bytes":
+        write_gz(images_path, images + b"\0" * 5)
+        return images_path, r"is longer than its header declares \(12 x 28 x 28 = 9408 bytes of data, then 5 byte"
+    if case == "wrong magic":
+        write_gz(images_path, IDX_LABELS_MAGIC.to_bytes(4, "big") + images[4:])
+        return images_path, r"wrong magic number 0x00000801 \(IDX labels\), expected 0x00000803 \(IDX images\)"
+    if case == "other magic":
+        write_gz(labels_path, (0x00000D01).to_bytes(4, "big") + gzip.decompress(labels_path.read_bytes())[4:])
+        return labels_path, r"wrong magic number 0x00000D01, expected 0x00000801 \(IDX labels\)"
+    if case == "count mismatch":
+        labels = gzip.decompress(labels_path.read_bytes())
+        write_gz(labels_path, (0x801).to_bytes(4, "big") + (11).to_bytes(4, "big") + labels[8:-1])
+        return images_path, r"holds 12 images but '.*train-labels-idx1-ubyte\.gz' holds 11 labels"
+    if case == "not gzip":
+        images_path.write_bytes(images)
+        return images_path, r"is not gzip-compressed \(no gzip signature 1f 8b\)"
+    if case == "label out of range":
+        labels = bytearray(gzip.decompress(labels_path.read_bytes()))
+        labels[8 + 5] = 10
+        write_gz(labels_path, bytes(labels))
+        return labels_path, r"label 10 at position 5 is not a Fashion-MNIST class \(0\.\.9\)"
+    raise AssertionError(case)
+
+
+CASES = [
+    "truncated data",
+    "truncated gzip",
+    "truncated header",
+    "extra bytes",
+    "wrong magic",
+    "other magic",
+    "count mismatch",
+    "not gzip",
+    "label out of range",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_broken_file_is_a_dataset_error_naming_it_and_what_is_wrong(tmp_path: Path, case: str):
+    fake_fashion(tmp_path / "fm")
+    path, expected = corrupt(tmp_path / "fm", case)
+    with pytest.raises(DatasetError, match=expected) as error:
+        export_fashion_mnist_png(tmp_path / "fm", tmp_path / "png")
+    assert f"'{path}'" in str(error.value)
+    assert not (tmp_path / "png").exists()  # nothing half-written
+
+
+def test_a_header_declaring_an_absurd_size_is_refused_before_reading(tmp_path: Path):
+    header = IDX_IMAGES_MAGIC.to_bytes(4, "big") + b"".join((2**32 - 1).to_bytes(4, "big") for _ in range(3))
+    path = write_gz(tmp_path / "big.gz", header + b"\0" * 10)
+    with pytest.raises(DatasetError, match="more than an IDX file cbir reads"):
+        read_idx_gz(path, IDX_IMAGES_MAGIC)
+
+
+# --- the export and the manifest -------------------------------------------------------------
+
+
+def test_export_writes_one_folder_per_class_and_keeps_the_official_split(tmp_path: Path):
+    written = fake_fashion(tmp_path / "fm")
+    report = export_fashion_mnist_png(tmp_path / "fm", tmp_path / "png")
+    assert report["images"] == {"train": 12, "test": 6} == report["in_files"]
+    assert report["per_class"] == {"t-shirt_top": 6, "trouser": 6, "pullover": 6}
+    assert report["official_content"] is False  # fake files
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["export.json", "pullover", "t-shirt_top", "trouser"]
+
+    manifest, warned = quiet_manifest(tmp_path / "fm", tmp_path / "png")
+    assert warned == []
+    images = manifest.images
+    assert manifest.classes == list(FASHION_MNIST_CLASSES)
+    assert len(images) == 18
+    assert images.groupby("class_name")["label"].first().to_dict() == {"t-shirt_top": 0, "trouser": 1, "pullover": 2}
+    assert images.groupby(["class_name", "official_subset"]).size().to_dict() == {
+        (name, subset): n
+        for name in ("pullover", "t-shirt_top", "trouser")
+        for subset, n in (("test", 2), ("train", 4))
+    }
+    # pixels and labels survive: the image at position 7 of the training file
+    train_images, train_labels = written["train"]
+    row = images.set_index("id").loc[f"{FASHION_MNIST_CLASSES[train_labels[7]]}/train_00007.png"]
+    assert np.array_equal(np.asarray(Image.open(row["path"])), train_images[7])
+    assert (row["width"], row["height"]) == (28, 28) and row["official_subset"] == "train"
+
+    split = official_split_table(images)
+    assert split["subset"].value_counts().to_dict() == {"train": 12, "test": 6}
+
+
+def test_image_size_upscales_the_exported_images(tmp_path: Path):
+    fake_fashion(tmp_path / "fm")
+    export_fashion_mnist_png(tmp_path / "fm", tmp_path / "png", image_size=64)
+    manifest, _ = quiet_manifest(tmp_path / "fm", tmp_path / "png")
+    assert set(manifest.images["width"]) == {64} and set(manifest.images["height"]) == {64}
+    assert Image.open(manifest.images["path"].iloc[0]).mode == "L"
+
+
+def test_a_missing_png_is_a_warning_naming_the_class(tmp_path: Path):
+    fake_fashion(tmp_path / "fm")
+    export_fashion_mnist_png(tmp_path / "fm", tmp_path / "png")
+    next((tmp_path / "png" / "trouser").iterdir()).unlink()
+    manifest, warned = quiet_manifest(tmp_path / "fm", tmp_path / "png")
+    assert len(manifest.images) == 17
+    assert warned == ["class 'trouser' has 5 images, 6 were exported"]
+
+
+# --- the per-class cap ------------------------------------------------------------------------
+
+
+def test_quotas_share_the_cap_in_proportion_and_keep_a_test_image():
+    assert class_quotas([6000, 1000], 100) == [86, 14]
+    assert class_quotas([6000, 1000], 7) == [6, 1]
+    assert class_quotas([6000, 1000], 3) == [2, 1]  # 2.57 + 0.43 would leave no test image
+    assert class_quotas([6000, 1000], 1) == [1, 0]
+    assert class_quotas([6, 1], 100) == [6, 1]
+    assert class_quotas([6000, 1000], None) == [6000, 1000]
+
+
+def test_the_cap_is_seeded_deterministic_and_class_balanced(tmp_path: Path):
+    fake_fashion(tmp_path / "fm", per_class={"train": 30, "test": 5}, classes=(1, 4, 9))
+    ids = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        report = export_fashion_mnist_png(tmp_path / "fm", tmp_path / name, max_per_class=7, seed=seed)
+        assert report["images"] == {"train": 18, "test": 3}
+        manifest, _ = quiet_manifest(tmp_path / "fm", tmp_path / name)
+        images = manifest.images
+        counts = images.groupby(["class_name", "official_subset"]).size().to_dict()
+        assert counts == {(c, s): n for c in ("ankle_boot", "coat", "trouser") for s, n in (("test", 1), ("train", 6))}
+        assert images.groupby("class_name")["label"].first().to_dict() == {"trouser": 1, "coat": 4, "ankle_boot": 9}
+        ids[name] = sorted(images["id"])
+    assert ids["a"] == ids["b"]  # same files, cap and seed: the same images
+    assert ids["a"] != ids["c"]  # another seed: another sample
+    assert {p.read_bytes() for p in (tmp_path / "a").rglob("*.png")} == {
+        p.read_bytes() for p in (tmp_path / "b").rglob("*.png")
+    }
+
+    # the config check's class sizes are the export's
+    source = get_source("fashion_mnist")
+    entry = {"source": "fashion_mnist", "max_per_class": 7}
+    assert source.class_sizes(entry, tmp_path / "fm", official=True)[0] == [6, 6, 6]
+    assert source.class_sizes(entry, tmp_path / "fm", official=False)[0] == [7, 7, 7]
+    assert source.class_sizes({"source": "fashion_mnist"}, tmp_path / "fm", official=True)[0] == [30, 30, 30]
+    assert source.class_sizes({"source": "fashion_mnist"}, tmp_path / "nowhere", official=True) is None
+
+
+def test_selection_without_a_cap_keeps_every_image_in_file_order():
+    labels = {"train": np.array([2, 0, 1, 0], dtype=np.uint8), "test": np.array([1, 1], dtype=np.uint8)}
+    chosen = select_per_class(labels, None)
+    assert chosen["train"].tolist() == [0, 1, 2, 3] and chosen["test"].tolist() == [0, 1]
+    capped = select_per_class(labels, 2, seed=3)
+    again = select_per_class(labels, 2, seed=3)
+    assert all(np.array_equal(capped[s], again[s]) for s in labels)
+    assert all(np.all(np.diff(capped[s]) > 0) for s in capped)  # file order
+    kept = np.concatenate([labels[s][capped[s]] for s in labels])
+    assert np.bincount(kept).tolist() == [2, 2, 1]  # class 2 has a single image
+
+
+# --- presence and configuration ----------------------------------------------------------------
+
+
+def base_config(tmp_path: Path, datasets: dict, splits: list[str] | None = None) -> dict:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["data_root"] = str(tmp_path)
+    config["datasets"] = datasets
+    config["grid"]["datasets"] = list(datasets)
+    config["grid"]["splits"] = splits or ["80-20"]
+    config["grid"]["pca"] = [4, "original"]
+    return config
+
+
+def test_a_missing_file_is_named_with_how_to_get_it(tmp_path: Path):
+    fake_fashion(tmp_path / "fm")
+    source = get_source("fashion_mnist")
+    assert source.missing_reason({}, tmp_path / "fm") is None
+    (tmp_path / "fm" / FILES["test"][1]).unlink()
+    reason = source.missing_reason({}, tmp_path / "fm")
+    assert f"1 of the four files are missing in '{tmp_path / 'fm'}': t10k-labels-idx1-ubyte.gz" in reason
+    assert "apt install dataset-fashion-mnist" in reason and DEBIAN_FOLDER in reason
+    assert "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/<file>" in reason
+    # an unpacked copy is pointed out
+    (tmp_path / "fm" / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    assert "t10k-labels-idx1-ubyte is there unpacked" in source.missing_reason({}, tmp_path / "fm")
+
+    config = validate_config(base_config(tmp_path, {"fm": {"source": "fashion_mnist"}}), SCHEMA)
+    [message] = missing_datasets(config)
+    assert "dataset 'fm' not found" in message and "t10k-labels-idx1-ubyte.gz" in message
+    assert "set datasets.fm.path to the folder holding the four .gz files" in message
+    assert "datasets.fm.url" not in message  # no download rule for four separate files
+
+
+def test_subdir_points_inside_a_clone_of_the_repository(tmp_path: Path):
+    fake_fashion(tmp_path / "clone" / "data" / "fashion")
+    config = base_config(tmp_path, {"fm": {"source": "fashion_mnist", "path": "clone", "subdir": "data/fashion"}})
+    assert missing_datasets(validate_config(config, SCHEMA)) == []
+
+
+def test_config_accepts_the_official_split_and_the_cap_and_refuses_a_url(tmp_path: Path):
+    fake_fashion(tmp_path / "fm")
+    entry = {"source": "fashion_mnist", "max_per_class": 5, "image_size": 28}
+    config = validate_config(base_config(tmp_path, {"fm": entry}, ["official", "80-20"]), SCHEMA)
+    assert config["datasets"]["fm"]["max_per_class"] == 5
+    with pytest.raises(ConfigError, match=r"'datasets\.fm\.max_per_class'"):
+        validate_config(base_config(tmp_path, {"fm": {**entry, "max_per_class": 0}}), SCHEMA)
+    url = {**entry, "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/x.gz", "sha256": "0" * 64}
+    with pytest.raises(ConfigError, match="sha256, url not used by source 'fashion_mnist'"):
+        validate_config(base_config(tmp_path, {"fm": url}), SCHEMA)
+    # PCA sizes are checked against the capped training set: 4 train + 2 test images of each of 3 classes,
+    # at most 5 per class -> 3 train + 2 test
+    config = base_config(tmp_path, {"fm": entry}, ["official"])
+    config["grid"]["pca"] = [10]
+    with pytest.raises(ConfigError, match=r"at most 9 images \(Fashion-MNIST's label files .*, at most 5 per class\)"):
+        validate_config(config, SCHEMA)
+
+
+def test_the_images_rules_match_only_the_datasets_of_their_source():
+    datasets = {"c": {"source": "cifar10"}, "f": {"source": "fashion_mnist"}, "g": {"source": "fashion_mnist"}}
+    assert prepared_datasets_pattern(datasets, "fashion_mnist_images") == "f|g"
+    assert prepared_datasets_pattern(datasets, "cifar10_images") == "c"
+    assert prepared_datasets_pattern({"f": {"source": "fashion_mnist"}}, "cifar10_images") == "(?!)"
+
+
+# --- the workflow ----------------------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_data_rules_export_and_index_fashion_mnist_beside_cifar10(tmp_path: Path):
+    fake_fashion(tmp_path / "data" / "fm", per_class={"train": 6, "test": 2})
+    cifar_tree(tmp_path / "data" / "cifar")
+    config = base_config(
+        tmp_path / "data",
+        {
+            "fm": {"source": "fashion_mnist", "path": "fm", "max_per_class": 4},
+            "cifar": {"source": "cifar10", "path": "cifar"},
+        },
+        ["official"],
+    )
+    config_path = write_config(tmp_path / "config.yaml", config)
+    targets = [f"results/{name}/splits/official.csv" for name in ("fm", "cifar")]
+    result = run_snakemake(tmp_path, config_path, *targets)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    manifest = read_manifest(tmp_path / "results/fm/manifest.csv")
+    assert len(manifest) == 12 and set(manifest["width"]) == {64}  # the schema's image_size default
+    official = pd.read_csv(tmp_path / "results/fm/splits/official.csv")
+    assert official.groupby(["label", "subset"]).size().to_dict() == {
+        (label, subset): n for label in (0, 1, 2) for subset, n in (("test", 1), ("train", 3))
+    }
+    report = json.loads((tmp_path / "results/fm/images/export.json").read_text())
+    assert report["max_per_class"] == 4 and report["seed"] == 0
+    assert len(read_manifest(tmp_path / "results/cifar/manifest.csv")) == 60
+    assert (tmp_path / "results/logs/fashion_mnist_images/fm.log").is_file()
+
+    again = run_snakemake(tmp_path, config_path, "-n", *targets)
+    assert again.returncode == 0 and planned_jobs(again) == {}
+    # replaced IDX files export the images again
+    fake_fashion(tmp_path / "data" / "fm", per_class={"train": 6, "test": 2}, seed=1)
+    changed = run_snakemake(tmp_path, config_path, "-n", *targets)
+    assert planned_jobs(changed).get("fashion_mnist_images") == 1 and "cifar10_images" not in planned_jobs(changed)
+
+
+# --- real data ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not all((REAL / name).is_file() for pair in FILES.values() for name in pair),
+    reason=f"Fashion-MNIST not found at {REAL} (apt install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_files(tmp_path: Path):
+    counts = {}
+    for subset in FILES:
+        images, labels, md5s = read_subset(REAL, subset)
+        assert images.shape[1:] == (28, 28)
+        counts[subset] = np.bincount(labels, minlength=10).tolist()
+        for name, md5 in md5s.items():  # the unpacked content is the official release's
+            assert md5 == FASHION_MNIST_MD5[name][1], name
+    assert counts == {"train": [6000] * 10, "test": [1000] * 10}
+    source = get_source("fashion_mnist")
+    assert source.missing_reason({}, REAL) is None
+    assert source.class_sizes({}, REAL, official=True)[0] == [6000] * 10
+    assert source.class_sizes({}, REAL, official=False)[0] == [7000] * 10
+
+    report = export_fashion_mnist_png(REAL, tmp_path / "png", max_per_class=14)
+    assert report["official_content"] is True and report["in_files"] == {"train": 60000, "test": 10000}
+    manifest, warned = quiet_manifest(REAL, tmp_path / "png")
+    assert warned == [] and manifest.classes == list(FASHION_MNIST_CLASSES)
+    assert manifest.images.groupby("official_subset").size().to_dict() == {"train": 120, "test": 20}
+    assert manifest.images.groupby("label").size().tolist() == [14] * 10

@@ -1,0 +1,69 @@
+"""The benchmark scripts run (small sizes) and print their tables; timings are not asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO
+
+
+def run(command: list[str], tmp_path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHON": sys.executable, **env}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=environment)
+
+
+def test_gpu_check_falls_back_to_the_cpu(tmp_path):
+    result = run(["bash", "benchmarks/gpu_check.sh"], tmp_path, IMAGES="4", ARCH="efficientnet_lite0",
+                 CUDA_VISIBLE_DEVICES="")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running the CPU fallback" in result.stdout
+    methods = {"baseline", "engine-fp32", "memory-fp32", "decode", "devengine-fp32", "devdecode"}
+    for method in methods:
+        assert method in result.stdout, method
+    line = json.loads((REPO / "benchmarks/results/extract.jsonl").read_text().splitlines()[-1])
+    assert line["machine"]["cores"] >= 1 and "torch" in line["machine"]
+    rows = {row["method"]: row for row in line["rows"]}
+    assert set(rows) == methods
+    assert 0.99 < rows["devengine-fp32"]["cosine_to_pillow"] <= 1.0 + 1e-6  # decoded on the device, nearly Pillow's
+
+
+def test_search_benchmark_compares_every_mode_with_scikit_learn(tmp_path):
+    result = run([sys.executable, "benchmarks/search.py", "--sizes", "400", "--queries", "40", "--single", "10"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for mode in ("sklearn brute (baseline)", "clustered", "class", "global", "faiss flat", "faiss ivf"):
+        assert mode in result.stdout, mode
+    assert "speedup_vs_sklearn" in result.stdout
+
+
+SCALE_STAGES = ("generate", "pca-incremental", "pca-sample", "project", "kmeans-class", "kmeans-global", "ivf16",
+                "ivf", "ivfpq", "query-flat", "query-ivf16", "query-ivf", "query-ivfpq")  # fmt: skip
+
+
+def test_scale_benchmark_runs_every_stage_and_estimates_ten_million(tmp_path):
+    result = run([sys.executable, "benchmarks/scale.py", "--n", "3000", "--dim", "32", "--queries", "50"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split("estimates for")[0]
+    stages = [line.split()[0] for line in table.splitlines() if line.split() and line.split()[0] in SCALE_STAGES]
+    assert stages == list(SCALE_STAGES)
+    assert "FAILED" not in table and "est_10m_mb" in table and "fits_10m" in table
+    line = json.loads((REPO / "benchmarks/results/scale.jsonl").read_text().splitlines()[-1])
+    rows = {row["stage"]: row for row in line["rows"]}
+    assert set(rows) == set(SCALE_STAGES) and line["settings"]["n"] == 3000
+    assert all(row["wall_s"] >= 0 and row["peak_rss_mb"] > 0 for row in rows.values())
+    assert rows["query-ivf"]["recall_at_10"] > 0.5 and rows["query-flat"]["recall_at_10"] == 1.0
+
+
+def test_incremental_benchmark_reruns_only_the_added_images(tmp_path):
+    command = [sys.executable, "benchmarks/incremental.py", "--images", "60", "--add", "3", "--classes", "3",
+               "--image-size", "32", "--shard-size", "25", "--cores", "1"]  # fmt: skip
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rerun / scratch wall time" in result.stdout
+    line = json.loads((REPO / "benchmarks/results/incremental.jsonl").read_text().splitlines()[-1])
+    scratch, rerun = line["rows"]
+    assert (scratch["extracted"], rerun["extracted"]) == (60, 3)
+    assert scratch["inspected"] == "60 inspected, 0 reused" and rerun["inspected"] == "3 inspected, 60 reused"
