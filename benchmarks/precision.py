@@ -38,7 +38,7 @@ def split_and_reduce(features: np.ndarray, labels: np.ndarray, seed: int = 0):
 
 def quality(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Accuracy of the MLP and mAP of exact global kNN, at 80-20 and PCA 100."""
-    from cbir.evaluation.evaluate import average_precision
+    from cbir.evaluation.metrics import average_precision
     from cbir.fitting.mlp import train_mlp
 
     is_train, train, test = split_and_reduce(features, labels, seed)
@@ -106,7 +106,7 @@ def main() -> None:
 
     import torch
 
-    from cbir.data.manifest import scan_image_folder
+    from cbir.data.scan import scan_image_folder
     from cbir.extraction.registry import BackboneSpec
 
     torch.set_num_threads(args.threads)

@@ -66,7 +66,8 @@ def collection_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(finished_run):
     """The session run's cell 80-20 / PCA 8 loaded once per test module for `cbir serve`, without file watching."""
-    from cbir.serve.app import ServedModel, ServeSettings
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / "results/tiny/lite/80-20/8", reload_interval=0))

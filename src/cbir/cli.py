@@ -8,12 +8,26 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from cbir.pipeline.index_folder import FolderIndexError
+from cbir.pipeline.index_folder import FolderIndexError, describe, plan_index
+from cbir.pipeline.index_folder import run_index as run_workflow
+from cbir.report import montage
+from cbir.search.answer import NEAREST_CLUSTER_TITLE, format_table
 from cbir.search.cell import BEST, ModelFolderError, load_cell
-from cbir.search.duplicates import DEFAULT_THRESHOLD, DuplicatesError
+from cbir.search.duplicates import (
+    DEFAULT_THRESHOLD,
+    DuplicatesError,
+    check_threshold,
+    find_duplicates,
+    load_index,
+    report,
+    summary,
+    write_csv,
+    write_json,
+)
 from cbir.search.index import MODE_TITLES, MODES
-from cbir.search.query import NEAREST_CLUSTER_TITLE, Embedder, QueryError, describe_space, format_table, query_images
+from cbir.search.query import Embedder, QueryError, describe_space, query_images
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,11 +139,6 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cbir.pipeline.index_folder import describe, plan_index
-    from cbir.pipeline.index_folder import run_index as run_workflow
-
     if args.cores < 1:
         raise QueryError("--cores must be at least 1")
     plan = plan_index(args.folder, name=args.name, labels=args.labels, backbone=args.backbone)
@@ -142,17 +151,6 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_duplicates(args: argparse.Namespace) -> int:
-    from cbir.report.montage import draw_groups
-    from cbir.search.duplicates import (
-        check_threshold,
-        find_duplicates,
-        load_index,
-        report,
-        summary,
-        write_csv,
-        write_json,
-    )
-
     threshold = check_threshold(args.threshold)
     if args.montage_groups < 1:
         raise QueryError("--montage-groups must be at least 1")
@@ -167,7 +165,7 @@ def run_duplicates(args: argparse.Namespace) -> int:
         elif args.json:
             write_json(payload, args.json)
         if args.montage:
-            draw_groups(payload["groups"], index.root, args.montage, max_groups=args.montage_groups)
+            montage.draw_groups(payload["groups"], index.root, args.montage, max_groups=args.montage_groups)
     except OSError as error:  # an output folder that is missing or not writable
         raise DuplicatesError(f"cannot write the results: {error}") from error
     print(summary(payload), file=sys.stderr if args.json == "-" else sys.stdout)
@@ -184,25 +182,23 @@ def run_query(args: argparse.Namespace) -> int:
     if embedder.notice:
         print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
     answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
-    print(json.dumps(answers, indent=2) if args.json else format_table(answers))
+    print(json.dumps([answer.to_json() for answer in answers], indent=2) if args.json else format_table(answers))
     if args.montage:
-        from cbir.report.montage import draw_montage
-
-        shown = [a for a in answers if "error" not in a]
+        shown = [answer.to_json() for answer in answers if answer.answer is not None]
         if shown:
             titles = {m: MODE_TITLES[m].short for m in modes}
             if not model.labelled:  # no class: the clustered search probes the nearest of all clusters
                 titles["clustered"] = NEAREST_CLUSTER_TITLE
-            draw_montage(shown, args.montage, titles)
-    return 1 if any("error" in a for a in answers) else 0
+            montage.draw_montage(shown, args.montage, titles)
+    return 1 if any(answer.answer is None for answer in answers) else 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from cbir.serve.app import MAX_TOP_K, ServeSettings, create_app, run_server
+    # only here: the server's imports (fastapi, uvicorn, the web app) are start-up cost the other commands skip
+    from cbir.serve.app import create_app
     from cbir.serve.auth import TOKEN_ENV, token_problem
+    from cbir.serve.run import run_server
+    from cbir.serve.settings import MAX_TOP_K, ServeSettings
 
     token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
     problem = token_problem(args.host, token)

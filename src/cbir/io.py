@@ -21,6 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from cbir import __version__
+
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 PARTIAL_MARK = ".partial-"  # temporary files are named .<name>.partial-<pid>
 
@@ -29,10 +31,8 @@ log = logging.getLogger(__name__)
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers, recorded in every artifact."""
-    import cbir
-
     versions = {
-        "cbir": cbir.__version__,
+        "cbir": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "h5py": h5py.__version__,

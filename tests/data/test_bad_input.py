@@ -30,14 +30,14 @@ from cbir.data.manifest import (
     check_manifest_paths,
     find_duplicates,
     read_manifest,
-    scan_image_folder,
     write_csv_table,
     write_manifest,
 )
+from cbir.data.scan import scan_image_folder
 from cbir.data.split import split_table
 from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clusters
 from cbir.io import atomic_path, partial_paths
-from cbir.report.summary import write_dataset_summary
+from cbir.report.datasets import write_dataset_summary
 
 from helpers import REPO, make_image_folder, run_snakemake, tiny_config, write_config
 

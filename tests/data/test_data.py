@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from cbir.data.images import load_rgb_image
-from cbir.data.manifest import DatasetError, count_class_files, read_manifest, scan_image_folder, write_manifest
+from cbir.data.manifest import DatasetError, read_manifest, write_manifest
+from cbir.data.scan import count_class_files, scan_image_folder
 from cbir.data.sources.digits import write_sklearn_digits
 from cbir.data.split import make_split, split_ids, split_table
 

@@ -39,7 +39,8 @@ from cbir.data.sources import (
     safe_extract,
     voc_labels,
 )
-from cbir.pipeline.config import ConfigError, load_schema, missing_datasets, validate_config
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
+from cbir.pipeline.grid import missing_datasets
 
 from dataset_fixtures import (
     VOC_SAMPLE,
@@ -586,7 +587,7 @@ def test_a_source_without_its_check_or_with_a_taken_name_is_not_registered():
         NoCheck()
     with pytest.raises(TypeError, match="'no_check' does not implement missing_reason"):
         register_source(NotACheck())
-    with pytest.raises(TypeError, match=r"not a cbir\.datasets\.Source"):
+    with pytest.raises(TypeError, match=r"not a cbir\.data\.sources\.Source"):
         register_source(object())
     with pytest.raises(ValueError, match="'corel1k' is already registered"):
         register_source(type(SOURCES["corel1k"])())
@@ -616,7 +617,7 @@ def test_a_registered_source_is_one_the_config_and_the_checks_know(tmp_path: Pat
             return None if (root / "shoebox").is_dir() else "no shoebox"
 
         def manifest(self, entry, root, images_dir=None):
-            from cbir.data.manifest import scan_image_folder
+            from cbir.data.scan import scan_image_folder
 
             return scan_image_folder(root / "shoebox")
 

@@ -34,7 +34,8 @@ from cbir.data.sources.fashion_mnist import (
     read_subset,
     select_per_class,
 )
-from cbir.pipeline.config import ConfigError, load_schema, missing_datasets, validate_config
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
+from cbir.pipeline.grid import missing_datasets
 
 from dataset_fixtures import cifar_tree
 from helpers import REPO, planned_jobs, run_snakemake, write_config

@@ -136,7 +136,7 @@ upload_bytes = st.one_of(
 
 
 def check_decode(data: bytes) -> None:
-    from cbir.serve.app import UploadError, decode_image
+    from cbir.serve.uploads import UploadError, decode_image
 
     try:
         image = decode_image(data, MAX_PIXELS).image
@@ -175,7 +175,7 @@ def test_load_rgb_image_and_the_manifest_check_agree_on_any_file(tmp_path):
 
 
 def test_the_seed_images_decode():
-    from cbir.serve.app import decode_image
+    from cbir.serve.uploads import decode_image
 
     for data in SEEDS:
         assert decode_image(data, MAX_PIXELS).image.mode == "RGB"

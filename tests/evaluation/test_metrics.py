@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cbir.evaluation.evaluate import (
+from cbir.evaluation.metrics import (
     average_precision,
     calibrate_no_match,
     label_sets,
@@ -12,8 +12,8 @@ from cbir.evaluation.evaluate import (
     precision_at,
     ranked_relevance,
     relevance,
-    total_query_times,
 )
+from cbir.evaluation.timing import total_query_times
 from cbir.extraction.latency import latency_summary
 
 
@@ -109,7 +109,7 @@ def test_the_no_match_distance_when_all_or_no_results_are_relevant():
 def test_the_logistic_fit_is_scikit_learns(seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    from cbir.evaluation.evaluate import fit_logistic
+    from cbir.evaluation.metrics import fit_logistic
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=500)

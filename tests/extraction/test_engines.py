@@ -94,17 +94,17 @@ def test_a_query_without_the_openvino_model_runs_torch_fp32_and_says_so(images, 
 
 
 def test_vnni_is_read_from_the_cpu_flags_within_onednns_cap(monkeypatch):
-    from cbir.extraction import precision
+    from cbir import hardware
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     for flags, expected in [({"avx2", "avx512_vnni"}, True), ({"avx2", "avx_vnni"}, True), ({"avx2", "fma"}, False),
                             ({"amx_int8"}, True), (set(), False)]:  # fmt: skip
-        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
-        assert precision.cpu_has_vnni() is expected, flags
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert hardware.cpu_has_vnni() is expected, flags
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
     for cap, expected in [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", True), ("AVX2_VNNI", True)]:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-        assert precision.cpu_has_vnni() is expected, cap
+        assert hardware.cpu_has_vnni() is expected, cap
 
 
 def test_int8_is_quantized_for_the_cpus_dot_products_and_refused_where_they_differ(images, tmp_path, monkeypatch):

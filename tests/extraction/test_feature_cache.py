@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.data.manifest import read_manifest, scan_image_folder, write_manifest
+from cbir.data.manifest import read_manifest, write_manifest
+from cbir.data.scan import scan_image_folder
 from cbir.extraction.feature_cache import FeatureCache, assemble_features, network_fingerprint
 from cbir.extraction.features import extract_shard, extract_to_hdf5
 from cbir.extraction.registry import BackboneSpec

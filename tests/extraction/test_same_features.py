@@ -54,7 +54,9 @@ def median_gallery_distance(cell_folder: Path) -> float:
 def test_cbir_query_and_serve_find_a_gallery_image_first_at_no_distance(cell):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServedModel, ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     root, folder, precision = cell
     tolerance = 1e-3 * median_gallery_distance(folder)
@@ -94,7 +96,9 @@ def test_a_large_jpeg_upload_is_decoded_as_the_gallery_and_cbir_query_decode_it(
     from PIL import Image
 
     from cbir.data.images import load_rgb_image
-    from cbir.serve.app import ServedModel, ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     root = finished_run[0]
     folder = root / "results/tiny/lite/80-20/8"

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from cbir.data.split import parse_split
-from cbir.pipeline.config import ConfigError, grid_cells, load_schema, missing_datasets, validate_config
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
+from cbir.pipeline.grid import grid_cells, missing_datasets
 
 from helpers import REPO, make_image_folder, run_snakemake, tiny_config, write_config
 
@@ -270,7 +271,7 @@ def test_the_static_feature_dimension_is_the_networks():
 
     from cbir.extraction.build import build_backbone, feature_dim
     from cbir.extraction.registry import BackboneSpec
-    from cbir.pipeline.config import static_feature_dim
+    from cbir.pipeline.grid import static_feature_dim
 
     vgg16_block5 = make_layers(cfgs["D"])  # torchvision's VGG16 `features`, without its large classifier
     for size in (64, 100):

@@ -13,9 +13,17 @@ from typing import Any
 
 from torch import nn
 
-from cbir.data.manifest import image_record, make_manifest
-from cbir.data.sources import Source, data_dir, register_source
-from cbir.extraction.registry import IMAGENET_MEAN, IMAGENET_STD, Backbone, register_backbone
+from cbir.extend import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    Source,
+    data_dir,
+    image_record,
+    make_manifest,
+    register_backbone,
+    register_source,
+)
 
 
 def _toy_cnn() -> nn.Module:

@@ -14,7 +14,10 @@ import pytest
 
 from cbir.pipeline.config import ConfigError, load_schema, validate_config
 from cbir.report import paper
-from cbir.report.summary import PLOTS, TABLES, Doc, page_files, write_summary
+from cbir.report.claims import claim_table, semantic_verdict, speed_verdict
+from cbir.report.doc import Doc
+from cbir.report.pages import PLOTS, TABLES, page_files
+from cbir.report.summary import write_summary
 
 from helpers import REPO
 
@@ -221,31 +224,31 @@ def test_a_doc_cuts_a_wide_table_and_writes_both_formats():
 
 
 def test_speed_up_is_the_ratio_of_the_median_search_times():
-    claims = paper.claim_table(frame_of(cell("corel1k", "100")))
+    claims = claim_table(frame_of(cell("corel1k", "100")))
     assert claims.loc[0, "speedup_vs_class"] == pytest.approx(100.0 / 25.0)
     assert claims.loc[0, "speedup_vs_global"] == pytest.approx(400.0 / 25.0)
     assert claims.loc[0, "query_speedup_vs_class"] == pytest.approx(20_200.0 / 20_125.0)
-    verdict, details = paper.speed_verdict(claims)
+    verdict, details = speed_verdict(claims)
     assert verdict.startswith("holds: the clustered search is faster than both")
     assert "×4.00" in details[0] and "×16.00" in details[1]
 
 
 def test_a_slower_clustered_search_is_called_so():
-    claims = paper.claim_table(
+    claims = claim_table(
         frame_of(
             cell("corel1k", "50", time_search_clustered_median_us=150.0),
             cell("corel1k", "100", time_search_clustered_median_us=50.0),
         )
     )
-    verdict, details = paper.speed_verdict(claims)
+    verdict, details = speed_verdict(claims)
     assert verdict.startswith("holds in part: faster than search in the predicted class in 1 of 2 cells")
     # the median over the cells of each cell's ratio: 100/150 and 100/50
     assert f"×{(100 / 150 + 100 / 50) / 2:.2f} (median over 2 cells; ×0.67 to ×2.00)" in details[0]
 
 
 def test_the_semantic_verdict_compares_same_class_precision_of_the_modes():
-    claims = paper.claim_table(frame_of(cell("corel1k", "50"), cell("corel1k", "100")))
-    verdict, details = paper.semantic_verdict(claims)
+    claims = claim_table(frame_of(cell("corel1k", "50"), cell("corel1k", "100")))
+    verdict, details = semantic_verdict(claims)
     assert verdict.startswith("holds against exact search over all images: a higher same-class P@5 in every cell")
     assert "(median 0.900 vs 0.800)" in verdict and "comes from the class prediction, not from the clusters" in verdict
     assert "clustered (paper) 0.900" in details[0] and "all images, exact 0.800" in details[0]

@@ -132,8 +132,9 @@ def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finishe
     from cbir.data.split import split_ids
     from cbir.io import load_features
     from cbir.layout import metrics_name
+    from cbir.search.answer import FileAnswer, format_table
     from cbir.search.cell import load_cell
-    from cbir.search.query import format_table, search_features
+    from cbir.search.query import answer_features, search_features
 
     root, _ = finished_run
     queries = load_features(
@@ -161,10 +162,10 @@ def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finishe
         middle = (distances[1] + distances[2]) / 2
         calibration = {"distance": middle, "precision": 0.9, "recall": 0.8, "intercept": None, "slope": None,
                        "metric": "no_match_distance_global", "source": "a test"}  # fmt: skip
-        [answer] = search_features(model, queries.features[:1], top_k=5, calibration=calibration)
-        marks = [r["good_match"] for r in answer["results"]["global"]]
+        [found] = answer_features(model, queries.features[:1], top_k=5, calibration=calibration)
+        marks = [r["good_match"] for r in found.to_json()["results"]["global"]]
         assert marks == [True, True, False, False, False]
-        table = format_table([{"query": "q.png", **answer}])
+        table = format_table([FileAnswer(Path("q.png"), found)])
         assert table.count("(no good match)") >= 3 and "no good match beyond distance" in table
     # metrics from an older cbir (in a copy of the cell): nothing is marked, and the answer says why
     copy = shutil.copytree(root / CELL, tmp_path / "cell")

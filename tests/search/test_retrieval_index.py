@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cbir.evaluation.evaluate import overlap_at
+from cbir.evaluation.metrics import overlap_at
 from cbir.fitting.kmeans import fit_intra_class_kmeans
 from cbir.search.index import FaissSearch, RetrievalIndex
 

@@ -94,7 +94,9 @@ def test_a_similarity_that_needs_no_calibration_is_kept(collection: Path):
 def client(collection: Path):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServedModel, ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     settings = ServeSettings(model=collection / HELD_OUT, reload_interval=0)
     with TestClient(create_app(settings, served=ServedModel.load(settings))) as test_client:
@@ -127,7 +129,7 @@ def test_serve_answers_with_the_nearest_clusters_and_without_class_or_marks(clie
     assert set(answer["results"]) == {"clustered", "global"}
     assert all(set(tile) == {"rank", "id", "cluster", "distance", "similarity", "thumbnail"} for tile in tiles)
     # the same answer as cbir query's
-    [expected] = query_images(served.model, [query], top_k=3, embedder=served.embedder)
+    [expected] = [found.to_json() for found in query_images(served.model, [query], top_k=3, embedder=served.embedder)]
     for got, want in zip(answer["nearest_clusters"], expected["nearest_clusters"], strict=True):
         assert (got["cluster"], got["size"]) == (want["cluster"], want["size"])
         assert got["distance"] == pytest.approx(want["distance"], rel=1e-4)
@@ -156,7 +158,9 @@ def test_the_schema_documents_both_answers(client):
 
 
 def test_the_page_shows_the_nearest_clusters_and_no_class_or_marks(browser, collection: Path):
-    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import create_app
+    from cbir.serve.run import serve_in_thread
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=collection / HELD_OUT, reload_interval=0))
     with serve_in_thread(app, "127.0.0.1") as url:

@@ -23,7 +23,9 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(browser, finished_run):
-    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import create_app
+    from cbir.serve.run import serve_in_thread
+    from cbir.serve.settings import ServeSettings
 
     root, _ = finished_run
     app = create_app(ServeSettings(model=root / CELL, top_k=TOP_K))

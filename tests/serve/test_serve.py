@@ -28,7 +28,8 @@ TIMED_STEPS = {"decode", "preprocess", "forward", "project_predict", "search_clu
 @pytest.fixture(scope="module")
 def served(finished_run):
     """The tiny model loaded once for every app in this module."""
-    from cbir.serve.app import ServedModel, ServeSettings
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / CELL))
@@ -37,7 +38,8 @@ def served(finished_run):
 def make_client(served, **limits):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     return TestClient(create_app(ServeSettings(model=served.settings.model, **limits), served=served))
 
@@ -111,7 +113,7 @@ def test_an_uploaded_image_is_classified_and_searched_like_cbir_query(client, se
     assert all(tile["correct"] is None for tiles in answer["results"].values() for tile in tiles)
     assert set(answer["timings_ms"]) == TIMED_STEPS and all(v >= 0 for v in answer["timings_ms"].values())
     assert answer["timings_ms"]["total"] >= answer["timings_ms"]["forward"]
-    [expected] = query_images(served.model, [query], top_k=4, embedder=served.embedder)
+    [expected] = [found.to_json() for found in query_images(served.model, [query], top_k=4, embedder=served.embedder)]
     for mode, tiles in answer["results"].items():
         assert [t["id"] for t in tiles] == [r["id"] for r in expected["results"][mode]], mode
         assert [t["distance"] for t in tiles] == pytest.approx([r["distance"] for r in expected["results"][mode]])
@@ -254,7 +256,8 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client, fin
 def test_a_cell_copied_out_of_its_run_serves_its_gallery(finished_run, tmp_path):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     root, _ = finished_run
     copy = tmp_path / "model"

@@ -28,7 +28,8 @@ PAGES = ["/", "/static/app.js", "/static/docs.js", "/docs", "/docs/assets/swagge
 def make_client(served, **settings):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, **settings), served=served)
     return TestClient(app, follow_redirects=False)
@@ -147,7 +148,9 @@ def test_docs_are_served_offline(served):
 def test_login_then_the_page_and_docs_in_a_browser(served, browser):
     """Headless Chromium (the `browser` fixture of conftest.py): the login form, the search page
     after it, and Swagger UI at /docs rendered from local assets under the page's CSP."""
-    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import create_app
+    from cbir.serve.run import serve_in_thread
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, token=TOKEN), served=served)
     with serve_in_thread(app, "127.0.0.1") as url:

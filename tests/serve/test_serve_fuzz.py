@@ -68,7 +68,8 @@ def report(name: str, counts: Counter, failures: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def served(finished_run):
-    from cbir.serve.app import ServedModel, ServeSettings
+    from cbir.serve.model import ServedModel
+    from cbir.serve.settings import ServeSettings
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / CELL, reload_interval=0))
@@ -78,7 +79,8 @@ def served(finished_run):
 def test_generated_requests_get_no_5xx_and_match_the_schema(served, token):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, token=token), served=served)
     with TestClient(app):  # runs the app's lifespan around the generated requests
@@ -91,7 +93,8 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(served, token):
 def test_without_the_token_every_operation_answers_401_as_documented(served):
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, token=TOKEN), served=served)
     with TestClient(app) as client:
@@ -119,7 +122,8 @@ def test_fastapis_own_validation_errors_answer_the_documented_string_detail(serv
     """Found by schemathesis: FastAPI's 422 had a list of objects as `detail`, the schema a string."""
     from fastapi.testclient import TestClient
 
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0), served=served)
     with TestClient(app) as client:

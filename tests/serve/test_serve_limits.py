@@ -28,7 +28,9 @@ TOKEN = "limits-token-0123456789abcdef"
 
 
 def running(served, **settings):
-    from cbir.serve.app import ServeSettings, create_app, serve_in_thread
+    from cbir.serve.app import create_app
+    from cbir.serve.run import serve_in_thread
+    from cbir.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(model=served.settings.model, reload_interval=0, **settings), served=served)
     return serve_in_thread(app, "127.0.0.1")

@@ -46,7 +46,8 @@ def cell(finished_run, tmp_path) -> Path:
 
 
 def app_for(cell: Path, **settings):
-    from cbir.serve.app import ServeSettings, create_app
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
 
     return create_app(ServeSettings(model=cell, **{"reload_interval": 0, **settings}))
 

@@ -10,7 +10,8 @@ import pytest
 
 from cbir.data.manifest import UNLABELLED, read_manifest
 from cbir.layout import CLASSIFIER
-from cbir.pipeline.config import ConfigError, cluster_counts, load_schema, validate_config
+from cbir.pipeline.config import ConfigError, load_schema, validate_config
+from cbir.pipeline.grid import cluster_counts
 from cbir.search.cell import load_cell
 
 from helpers import REPO, collection_config, make_image_folder, tiny_config

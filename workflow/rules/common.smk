@@ -8,19 +8,16 @@ from snakemake.exceptions import WorkflowError
 # makes it importable without installation too (rule scripts do the same in _package.py).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cbir.pipeline.config import (  # noqa: E402
-    ALL,
-    ConfigError,
+from cbir.pipeline.config import ALL, ConfigError, load_schema, validate_config  # noqa: E402
+from cbir.pipeline.grid import (  # noqa: E402
     class_sizes_bound,
     dataset_is_labelled,
     max_train_images,
     dataset_root,
     downloads_dir,
     grid_cells,
-    load_schema,
     missing_datasets,
     pca_sizes,
-    validate_config,
 )
 from cbir.data.split import OFFICIAL  # noqa: E402
 from cbir.layout import (  # noqa: E402
@@ -54,7 +51,7 @@ from cbir.data.sources import get_source  # noqa: E402
 from cbir.data.inspection import folder_state, scan_shard_count  # noqa: E402
 from cbir.fitting.refit import WHEN_DUE, fitted_on, refit_due  # noqa: E402
 from cbir.report.paper import summary_settings  # noqa: E402
-from cbir.report.summary import PAGES, PLOTS, TABLES, page_files  # noqa: E402
+from cbir.report.pages import PAGES, PLOTS, TABLES, page_files  # noqa: E402
 
 try:
     config.update(validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml")))
@@ -207,7 +204,7 @@ SUMMARY_TABLE_FILES = [(t, s, ext) for t in SUMMARY_TABLES for s in config["grid
 
 
 def summary_page_outputs():
-    """The report's pages (cbir.report.summary.PAGES): one named output per page, so that each gets its category and
+    """The report's pages (cbir.report.pages.PAGES): one named output per page, so that each gets its category and
     caption (workflow/report/<page>.rst); HTML under results/summary/html/, Markdown beside the tables.
 
     Returns the outputs and what each of their files is: output name -> [(page, split or "", ext)].

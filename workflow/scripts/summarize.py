@@ -5,7 +5,8 @@ import logging
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.pipeline.steps import run_step
-from cbir.report.summary import write_dataset_summary, write_summary
+from cbir.report.datasets import write_dataset_summary
+from cbir.report.summary import write_summary
 
 
 def main(smk) -> None:

@@ -31,6 +31,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from cbir.data.images import file_sha256, is_utf8_name, open_within_pixel_limit, unreadable_reason
+from cbir.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,6 @@ def _parse_record(row: list[str], line: int) -> tuple[FileKey, Inspection]:
 
 
 def write_records(records: Mapping[FileKey, Inspection], path: str | Path) -> None:
-    from cbir.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(records_stamp() + "\n")
         writer = csv.writer(f, lineterminator="\n")

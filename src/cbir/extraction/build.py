@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from cbir.extraction.layers import FeatureNetwork
 from cbir.extraction.registry import BackboneSpec, get_backbone
 
 
 def build_backbone(spec: BackboneSpec, seed: int = 0) -> FeatureNetwork:
     """The feature network for a backbone spec, in eval mode on the CPU."""
-    import torch
-
-    from cbir.extraction.layers import FeatureNetwork
-
     entry = get_backbone(spec.arch)
     if problem := entry.image_size_problem(spec.image_size):
         raise ValueError(problem)
@@ -22,7 +20,5 @@ def build_backbone(spec: BackboneSpec, seed: int = 0) -> FeatureNetwork:
 
 
 def feature_dim(network: FeatureNetwork, image_size: int) -> int:
-    import torch
-
     with torch.inference_mode():
         return int(network(torch.zeros(1, 3, image_size, image_size)).shape[1])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_jpeg as torchvision_decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from cbir.data.images import JPEG_FORMATS, load_rgb_image, open_within_pixel_limit
@@ -44,13 +47,9 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
     (3, H, W), EXIF orientation applied. Raises RuntimeError or ValueError when one cannot be decoded."""
     if (decode_jpeg := torchcodec_decoder()) is not None:
         return list(decode_jpeg(data, mode="RGB", device=device))  # applies the EXIF orientation
-    import warnings
-
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     with warnings.catch_warnings():  # its deprecation in favour of TorchCodec, said once in the README
         warnings.simplefilter("ignore", DeprecationWarning)
-        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+        return list(torchvision_decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
 
 
 @dataclass(frozen=True)

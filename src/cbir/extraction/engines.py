@@ -32,13 +32,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from cbir.extraction.precision import MARGIN, measure
-from cbir.hardware import cpu_description, cpu_has_vnni
+from cbir.data.images import load_rgb_image
+from cbir.data.split import OFFICIAL, make_split, parse_split
+from cbir.extraction.build import build_backbone
+from cbir.extraction.precision import MARGIN, autocast, measure
+from cbir.extraction.preprocess import preprocessing
+from cbir.hardware import cpu_description, cpu_has_vnni, cpu_may_have_fast_bf16
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
 
     from cbir.extraction.layers import FeatureNetwork
     from cbir.extraction.registry import BackboneSpec
@@ -62,7 +66,7 @@ class EngineError(RuntimeError):
 
 
 def openvino_available() -> bool:
-    try:
+    try:  # a probe: OpenVINO is an optional install
         import openvino  # noqa: F401
     except ImportError:
         return False
@@ -71,8 +75,7 @@ def openvino_available() -> bool:
 
 def export_openvino(network: FeatureNetwork, image_size: int) -> Any:
     """The feature network (trunk and pooling) as an OpenVINO model with a dynamic batch."""
-    import openvino as ov
-    import torch
+    import openvino as ov  # OpenVINO on first use: an optional install, slow to import
 
     example = torch.zeros(1, 3, image_size, image_size)
     # without gradients: a traced ViT then takes one attention path every time (else tracing fails its check)
@@ -88,7 +91,7 @@ def quantize_int8(model: Any, calibration: Sequence[np.ndarray], vnni: bool = Tr
     overflow fix). EfficientNet-Lite0 on Corel-1K (mean cosine to fp32 on 128 held-out photos):
     8-bit weights 0.991 with VNNI but 0.952 with oneDNN capped at AVX2; 7-bit weights 0.989 on both.
     """
-    import nncf
+    import nncf  # NNCF on first use: an optional install, slow to import
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     samples = [batch[i : i + 1] for batch in calibration for i in range(len(batch))]
@@ -103,7 +106,7 @@ class OpenVinoRunner:
     """A compiled OpenVINO model: preprocessed images (N, 3, H, W) in, float32 features out."""
 
     def __init__(self, model: Any, precision: str, threads: int | None = None) -> None:
-        import openvino as ov
+        import openvino as ov  # OpenVINO on first use: an optional install, slow to import
 
         config = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -122,8 +125,6 @@ class OpenVinoRunner:
 
 def calibration_pool(manifest: pd.DataFrame, splits: Sequence[str], seed: int) -> np.ndarray:
     """Rows of the manifest that are training images in every split of the grid."""
-    from cbir.data.split import OFFICIAL, make_split, parse_split
-
     labels = manifest["label"].to_numpy()
     in_all = np.ones(len(manifest), dtype=bool)
     for split in splits:
@@ -173,8 +174,6 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _batches(tensors: Sequence[torch.Tensor], size: int = 16) -> list[np.ndarray]:
-    import torch
-
     return [torch.stack(list(tensors[i : i + size])).numpy() for i in range(0, len(tensors), size)]
 
 
@@ -209,14 +208,6 @@ def prepare_engine(
     so that it can be measured and reported as failing. ``n_images``: the images the engine will
     extract, which decides whether int8 is worth calibrating when it is not asked for (None: tried).
     """
-    import torch
-
-    from cbir.data.images import load_rgb_image
-    from cbir.extraction.build import build_backbone
-    from cbir.extraction.precision import autocast
-    from cbir.extraction.preprocess import preprocessing
-    from cbir.hardware import cpu_may_have_fast_bf16
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine != "torch" and not openvino_available():
@@ -291,7 +282,7 @@ def prepare_engine(
     kind, chosen = best.split("-")
     model_file = None
     if kind == "openvino":
-        import openvino as ov
+        import openvino as ov  # OpenVINO on first use: an optional install, slow to import
 
         ov.save_model(models[best], str(out_dir / OPENVINO_MODEL), compress_to_fp16=False)
         model_file = OPENVINO_MODEL

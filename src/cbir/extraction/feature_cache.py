@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from cbir.data.images import file_sha256
+from cbir.extraction.registry import get_backbone
+from cbir.extraction.weights import PYPI
 from cbir.io import STRING_DTYPE, atomic_path, read_attrs, write_attrs
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,6 @@ def _version(package: str) -> str | None:
 
 def _weights_identity(backbone: Mapping[str, Any]) -> dict[str, Any]:
     """What the weights are: a local file by its content, PyPI weights by the package's version."""
-    from cbir.extraction.registry import get_backbone
-    from cbir.extraction.weights import PYPI
-
     weights = str(backbone.get("weights", "random"))
     if weights == PYPI:
         package = get_backbone(backbone["arch"]).pypi_package

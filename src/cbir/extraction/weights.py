@@ -20,13 +20,13 @@ class WeightsError(ValueError):
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    import torch
+    import torch  # torch on first use: the config checks import the registry, which imports this module
 
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # loads torch: imported on first use, as torch is
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -64,7 +64,7 @@ def fit_intra_class_kmeans(
     ``auto`` runs exact k-means on classes of up to ``exact_max_images`` training images and
     MiniBatchKMeans on larger ones. The method used per class is in ``methods``.
     """
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # sklearn on first use: the Snakefile and the CLI import this
 
     if method not in KMEANS_METHODS:
         raise ValueError(f"unknown k-means method '{method}' (allowed: {', '.join(KMEANS_METHODS)})")

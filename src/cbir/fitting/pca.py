@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from cbir.io import id_rows, load_arrays, save_arrays
@@ -61,8 +62,6 @@ class FeatureRows:
     """
 
     def __init__(self, path: str | Path, ids: Sequence[str] | None = None) -> None:
-        import h5py
-
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
             n_rows, self.dim = f["features"].shape
@@ -79,8 +78,6 @@ class FeatureRows:
         return len(self.rows), self.dim
 
     def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
-        import h5py
-
         rows = self.rows[key]
         if len(rows) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
@@ -136,7 +133,7 @@ def fit_pca_basis(
 
 
 def _fit_exact(train_features: np.ndarray | FeatureRows, n_components: int, seed: int) -> Projection:
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # sklearn on first use: the Snakefile and the CLI import this
 
     if isinstance(train_features, FeatureRows):
         train_features = train_features[:]
@@ -158,7 +155,7 @@ def _read_rows(features: np.ndarray | FeatureRows, rows: np.ndarray, batch_size:
 
 
 def _fit_incremental(train_features: np.ndarray | FeatureRows, n_components: int, batch_size: int) -> Projection:
-    from sklearn.decomposition import IncrementalPCA
+    from sklearn.decomposition import IncrementalPCA  # sklearn on first use: the Snakefile and the CLI import this
 
     n_samples = train_features.shape[0]
     batch_size = max(batch_size, n_components)

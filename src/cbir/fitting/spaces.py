@@ -22,6 +22,7 @@ neighbours, weighted by their cosine similarity to the power α.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,11 @@ from typing import Any
 import numpy as np
 
 from cbir.distances import l2_normalise, squared_distances
-from cbir.fitting.mlp import MlpModel
+from cbir.fitting.kmeans import fit_intra_class_kmeans, save_clusters
+from cbir.fitting.mlp import MlpModel, load_mlp
 from cbir.io import load_arrays, save_arrays
 from cbir.layout import RAW
+from cbir.plugins import current_plugin
 
 STEP_KINDS = ("l2", "scale", "affine", "relu")
 
@@ -114,6 +117,7 @@ def _fit_whiten(reduced: np.ndarray, labels: np.ndarray, mlp: MlpModel, options:
 
 
 def _fit_lda(reduced: np.ndarray, labels: np.ndarray, mlp: MlpModel, options: Mapping[str, Any]) -> list[Step]:
+    # sklearn on first use: the config checks import this module
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     x = l2_normalise(np.asarray(reduced, dtype=np.float64))
@@ -148,8 +152,6 @@ def register_space(spec: SpaceSpec) -> SpaceSpec:
     """Add a space to :data:`SPACES` (from a plugin: README, "Extending")."""
     if spec.name in SPACES and SPACES[spec.name].plugin is None:
         raise ValueError(f"embedding space '{spec.name}' is one of cbir's own; choose another name")
-    from cbir.plugins import current_plugin
-
     if spec.plugin is None and (plugin := current_plugin()):
         spec = SpaceSpec(spec.name, spec.fit, spec.description, spec.uses_labels, plugin)
     SPACES[spec.name] = spec
@@ -270,11 +272,6 @@ def fit_cell_spaces(
     file records its fitting time (``fit_seconds``) and what it was fitted on, with ``refit``,
     the update policy (:mod:`cbir.fitting.refit`).
     """
-    import time
-
-    from cbir.fitting.kmeans import fit_intra_class_kmeans, save_clusters
-    from cbir.fitting.mlp import load_mlp
-
     gallery, attrs = load_arrays(gallery_path)
     mlp = load_mlp(classifier_path)
     # what they are fitted on (cbir.fitting.refit), and whether images added later may join the clusters when loaded

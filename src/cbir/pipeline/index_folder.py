@@ -20,9 +20,12 @@ import pandas as pd
 import yaml
 
 from cbir.data.images import IMAGE_EXTENSIONS
-from cbir.data.manifest import count_class_files, count_image_files, excluded_file_count, read_manifest
+from cbir.data.manifest import excluded_file_count, read_manifest
+from cbir.data.scan import count_class_files, count_image_files
+from cbir.io import atomic_path
+from cbir.layout import FEATURES, INDEX_CONFIG, DatasetPlace, cell_folder
+from cbir.pipeline.workflow_files import WorkflowMissingError, default_config, snakefile
 
-REPO = Path(__file__).resolve().parents[3]
 LABEL_CHOICES = ("auto", "none", "folders")
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
 PCA = 100
@@ -46,11 +49,11 @@ class IndexPlan:
 
     @property
     def cell(self) -> str:
-        return f"results/{self.name}/{self.backbone}/{self.split}/{self.pca}"
+        return cell_folder(self.name, self.backbone, self.split, self.pca)
 
     @property
     def features(self) -> str:
-        return f"results/{self.name}/features/{self.backbone}.h5"
+        return FEATURES.format(dataset=self.name, backbone=self.backbone)
 
 
 def check_folder(folder: str | Path) -> tuple[Path, int]:
@@ -134,10 +137,8 @@ def index_config(
 
 
 def write_index_config(plan: IndexPlan, workdir: Path, extraction: Mapping[str, str] | None = None) -> Path:
-    from cbir.io import atomic_path
-
-    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    path = workdir / "results" / plan.name / "index-config.yaml"
+    base = yaml.safe_load(default_config().read_text())
+    path = workdir / INDEX_CONFIG.format(dataset=plan.name)
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(index_config(plan, base, extraction), sort_keys=False))
     return path
@@ -145,19 +146,21 @@ def write_index_config(plan: IndexPlan, workdir: Path, extraction: Mapping[str, 
 
 def run_index(plan: IndexPlan, workdir: Path, cores: int, extraction: Mapping[str, str] | None = None) -> None:
     """The workflow for the plan's dataset, through Snakemake's API (Snakemake prints its progress)."""
+    # snakemake on first use: the CLI imports this module for every command
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
-    snakefile = REPO / "Snakefile"
-    if not snakefile.is_file():
-        raise FolderIndexError(f"the workflow's Snakefile is not at '{snakefile}': cbir index runs from a checkout")
+    try:
+        workflow_snakefile = snakefile()
+    except WorkflowMissingError as error:
+        raise FolderIndexError(str(error)) from None
     config = write_index_config(plan, workdir, extraction)
     with SnakemakeApi(OutputSettings(quiet={Quietness.RULES, Quietness.HOST})) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(cores=cores),
             config_settings=ConfigSettings(configfiles=[config]),
-            snakefile=snakefile,
+            snakefile=workflow_snakefile,
             workdir=workdir,
         )
         workflow.dag(DAGSettings(targets={"all"})).execute_workflow(executor="local")
@@ -168,17 +171,17 @@ def describe(plan: IndexPlan, workdir: Path) -> str:
     where = workdir.resolve()
     cell, features = where / plan.cell, where / plan.features
     labels = "without labels" if plan.labels == "none" else "labelled by its sub-folders"
-    dataset = where / "results" / plan.name
-    n_indexed = len(read_manifest(dataset / "manifest.csv"))
-    n_excluded = excluded_file_count(pd.read_csv(dataset / "excluded.csv"))
+    dataset = DatasetPlace(where, plan.name)
+    n_indexed = len(read_manifest(dataset.manifest))
+    n_excluded = excluded_file_count(pd.read_csv(dataset.excluded))
     lines = [
-        f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset}",
+        f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset.folder}",
         f"  cbir query PHOTO --model {cell}",
         f"  cbir serve --model {cell}",
         f"  cbir duplicates {features}",
     ]
     if n_excluded:
-        lines.append(f"  {n_excluded} file(s) left out, each with the reason, in {dataset / 'excluded.csv'}")
+        lines.append(f"  {n_excluded} file(s) left out, each with the reason, in {dataset.excluded}")
     if plan.split != "all":
         lines.append(f"  (split {plan.split}: a fifth of each class is held out to measure the classifier)")
     lines.append("Run the same cbir index again after adding photos: only the new ones are extracted.")

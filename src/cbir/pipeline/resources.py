@@ -12,6 +12,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import h5py
+
+from cbir.data.split import OFFICIAL, parse_split
+from cbir.fitting.pca import choose_pca_method
+
 MB = 1 << 20
 # Python with numpy, h5py, pandas and scikit-learn imported, before any data
 BASE_MB = 1000
@@ -30,8 +35,6 @@ def file_mb(paths: Iterable[str | os.PathLike[str]]) -> float:
 
 def feature_file_shape(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(images, dimension) of a feature file, or None while it does not exist."""
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             rows, dim = f["features"].shape
@@ -47,8 +50,6 @@ def has_nvidia_driver() -> bool:
 
 def train_fraction(split: str) -> float:
     """The training share of a split such as '80-20'; 1 for all and for the official split (an upper bound)."""
-    from cbir.data.split import OFFICIAL, parse_split
-
     return 1.0 if split == OFFICIAL else parse_split(split)
 
 
@@ -59,8 +60,6 @@ def fit_pca_mem_mb(n_train: int, dim: int, n_components: int, options: Mapping[s
     (about twice the copy); incremental: a float64 batch and the running basis, a few times
     over; sample: the exact estimate on the sample.
     """
-    from cbir.fitting.pca import choose_pca_method
-
     method = choose_pca_method(n_train, options)
     if method == "incremental":
         rows = max(options["batch_size"], n_components) + n_components

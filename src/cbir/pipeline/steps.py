@@ -9,6 +9,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
+from cbir.io import terminate_cleanly
+from cbir.plugins import load_plugins
+
 
 def configure_logging(log_path: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -31,11 +36,6 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
     SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds the step, so the files it
     was writing under temporary names are removed rather than left behind.
     """
-    from threadpoolctl import threadpool_limits
-
-    from cbir.io import terminate_cleanly
-    from cbir.plugins import load_plugins
-
     configure_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"cbir.{smk.rule}")
     # where the job ran: on a cluster, the scheduler's job id (SLURM sets SLURM_JOB_ID)

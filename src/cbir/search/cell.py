@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import h5py
 import numpy as np
 
 from cbir.fitting.kmeans import IntraClassClusters, load_clusters
@@ -312,8 +313,6 @@ def load_cell(
 
 def _gallery_is_labelled(folder: Path) -> bool:
     """False for a collection without labels (``labelled`` recorded in the gallery; older galleries have labels)."""
-    import h5py
-
     try:
         with h5py.File(folder / GALLERY, "r") as f:
             return bool(f.attrs.get("labelled", True))

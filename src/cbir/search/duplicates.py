@@ -27,6 +27,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from cbir.data.manifest import DatasetError, class_names, read_manifest, write_csv_table
 from cbir.io import load_features, read_attrs
@@ -206,7 +207,7 @@ def find_near(features: np.ndarray, threshold: float, block_size: int = DEFAULT_
     rows at once (``IndexFlatIP.range_search`` with radius ``1 - threshold``), so at most one
     block's matches are held besides the pairs kept. Every pair comes once, as ``first < second``.
     """
-    import faiss
+    import faiss  # faiss on first use: the CLI imports this module for every command
 
     threshold = check_threshold(threshold)
     if block_size < 1:
@@ -248,6 +249,7 @@ def group(
     groups above :data:`FULL_STATS_LIMIT` images); ``mixed_classes`` when its images carry two or more
     classes. ``kind`` is ``exact`` when all its images share one checksum, else ``near``.
     """
+    # scipy on first use: the CLI imports this module for every command
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -358,8 +360,6 @@ def write_json(payload: dict, target: str | Path) -> None:
 
 def write_csv(records: Sequence[dict[str, Any]], target: str | Path) -> None:
     """One row per image of a group (:data:`CSV_COLUMNS`), groups in order."""
-    import pandas as pd
-
     rows = [
         {**{key: record[key] for key in CSV_COLUMNS[:6]}, **image} for record in records for image in record["images"]
     ]

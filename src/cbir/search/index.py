@@ -247,7 +247,7 @@ class FaissSearch:
 
     def __init__(self, gallery: np.ndarray, kind: str, metric: str = "euclidean", nlist: int | str = 16,
                  nprobe: int = 4, seed: int = 0) -> None:  # fmt: skip
-        import faiss
+        import faiss  # faiss on first use: the Snakefile and the CLI import this module
 
         if kind not in ("flat", "ivf"):
             raise ValueError(f"faiss index kind '{kind}' is not one of flat, ivf")

@@ -1,8 +1,10 @@
-"""Query a trained grid cell with your own images: the machinery behind ``cbir query``.
+"""Query a trained grid cell with your own images: the machinery behind ``cbir query`` and ``cbir serve``.
 
 A model folder is one grid cell, ``results/<dataset>/<backbone>/<split>/<pca>/`` (see
 :mod:`cbir.search.cell`). The backbone is rebuilt from the settings recorded in the gallery, so a query
-image goes through exactly what the gallery went through.
+image goes through exactly what the gallery went through. The answers are the models of
+:mod:`cbir.search.answer`: from raw features (:func:`answer_features`), a decoded image
+(:func:`answer_image`) or image files and folders (:func:`query_images`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ import numpy as np
 
 from cbir.data.images import IMAGE_EXTENSIONS
 from cbir.layout import metrics_name
+from cbir.search.answer import (
+    Answer,
+    ClusterInfo,
+    ClusterMatch,
+    CollectionAnswer,
+    FileAnswer,
+    LabelledAnswer,
+    Match,
+    NoMatchInfo,
+)
 from cbir.search.cell import Cell, ModelFolderError
 from cbir.search.index import MODES
 
@@ -59,6 +71,7 @@ class Embedder:
     """
 
     def __init__(self, record: dict[str, Any], device: str = "auto", root: str | Path | None = None) -> None:
+        # here, not at the top: it imports torch, seconds of start-up that not every importer needs
         from cbir.extraction.network import RecordError, prepare_from_record
 
         try:
@@ -105,8 +118,12 @@ class Embedder:
 
 NO_MATCH_METRIC = "no_match_distance_global"
 NEAREST_CLUSTERS = 3  # nearest centroids named per query of a collection without labels
-NEAREST_CLUSTER_TITLE = "nearest cluster"  # the clustered search without classes: an inverted file with one probe
 UNLABELLED_NO_MATCH = "a collection without labels has no 'no good match' distance: it is calibrated on labels"
+
+
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since ``start`` (a :func:`time.perf_counter` reading)."""
+    return (time.perf_counter() - start) * 1e3
 
 
 def _number(value: Any) -> float | None:
@@ -117,7 +134,7 @@ def match_calibration(model: Cell, metrics: dict[str, Any] | None = None) -> dic
     """The cell's "no good match" distance and where it came from, for the answers' ``no_match``.
 
     Read from the cell's metrics (``metrics`` or :meth:`Cell.saved_metrics`): the evaluation fits
-    it on the test queries' global top-k results (:func:`cbir.evaluation.evaluate.calibrate_no_match`).
+    it on the test queries' global top-k results (:func:`cbir.evaluation.metrics.calibrate_no_match`).
     ``distance`` is None, and nothing is marked, when the metrics lack it (no metrics file, or one
     written by an older cbir) or were computed with another distance metric than the search's.
     ``intercept`` and ``slope`` are the logistic fit of relevance on distance (None without one).
@@ -191,27 +208,28 @@ def shown_modes(model: Cell, modes: Sequence[str]) -> tuple[str, ...]:
     return shown
 
 
-def nearest_clusters(model: Cell, reduced: np.ndarray, n: int = NEAREST_CLUSTERS) -> list[list[dict[str, Any]]]:
+def nearest_clusters(model: Cell, reduced: np.ndarray, n: int = NEAREST_CLUSTERS) -> list[list[ClusterInfo]]:
     """For each projected query, its ``n`` nearest centroids (number, distance, gallery images), nearest first."""
     index = model.models.index
     distances = index.centroid_distances(model.models.embedding.transform(reduced))
     sizes = np.bincount(index.assignments, minlength=len(index.centroids))
     nearest = np.argsort(distances, axis=1, kind="stable")[:, :n]
     return [
-        [{"cluster": int(c), "distance": float(distances[row, c]), "size": int(sizes[c])} for c in nearest[row]]
+        [ClusterInfo(cluster=int(c), distance=float(distances[row, c]), size=int(sizes[c])) for c in nearest[row]]
         for row in range(len(reduced))
     ]
 
 
-def search_features(
+def answer_features(
     model: Cell,
     features: np.ndarray,
     top_k: int = 5,
     modes: Sequence[str] = MODES,
     timings: dict[str, float] | None = None,
     calibration: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Predicted class and top-k results per mode for each row of raw backbone features.
+) -> list[Answer]:
+    """The answer (:mod:`cbir.search.answer`) for each row of raw backbone features: predicted class and
+    top-k results per mode.
 
     A collection without labels (``model.labelled`` False) has no predicted class and no class
     search: its answers name the ``nearest_clusters`` instead, and its results their ``cluster``
@@ -237,31 +255,24 @@ def search_features(
     reduced = model.models.projection.transform(features)
     probabilities = model.models.mlp.predict_proba(reduced)
     predicted = model.models.mlp.classes[np.argmax(probabilities, axis=1)]
-    steps["project_predict"] = (time.perf_counter() - start) * 1e3
+    steps["project_predict"] = elapsed_ms(start)
     searchers = model.models.searchers()
     found = {}
     for mode in shown_modes(model, modes):
         start = time.perf_counter()
         found[mode] = searchers[mode](reduced, predicted, top_k)
-        steps[f"search_{mode}"] = (time.perf_counter() - start) * 1e3
+        steps[f"search_{mode}"] = elapsed_ms(start)
     calibration = match_calibration(model) if calibration is None else calibration
     kind = similarity_kind(model, calibration)
     scores = {mode: similarities(d, kind, model.models.index.metric, calibration) for mode, (_, d) in found.items()}
     threshold = calibration["distance"]
-    no_match = {key: calibration[key] for key in ("distance", "precision", "recall", "metric", "source")}
+    no_match = {key: calibration[key] for key in NoMatchInfo.model_fields}
     clusters = None if model.labelled else nearest_clusters(model, reduced)
-    answers = []
+    answers: list[Answer] = []
     for row in range(len(features)):
-        answer: dict[str, Any] = {}
-        if model.labelled:
-            answer["predicted_class"] = model.class_names[int(predicted[row])]
-            answer["probability"] = float(probabilities[row].max())
-        answer.update(space=model.space, similarity=kind, no_match=dict(no_match))
-        if clusters is not None:
-            answer["nearest_clusters"] = clusters[row]
-        answer["results"] = {
+        results = {
             mode: [
-                _result(model, rank + 1, int(index), float(distance), score, threshold)
+                _match(model, rank + 1, int(index), float(distance), score, threshold)
                 for rank, (index, distance, score) in enumerate(
                     zip(indices[row], distances[row], scores[mode][row], strict=True)
                 )
@@ -269,23 +280,38 @@ def search_features(
             ]
             for mode, (indices, distances) in found.items()
         }
-        answers.append(answer)
+        shared = {"space": model.space, "similarity": kind, "no_match": NoMatchInfo(**no_match), "results": results}
+        if clusters is None:
+            predicted_class = model.class_names[int(predicted[row])]
+            probability = float(probabilities[row].max())
+            answers.append(LabelledAnswer[Match](predicted_class=predicted_class, probability=probability, **shared))
+        else:
+            answers.append(CollectionAnswer[ClusterMatch](nearest_clusters=clusters[row], **shared))
     return answers
 
 
-def _result(model: Cell, rank: int, index: int, distance: float, score: float, threshold: float | None) -> dict:
+def search_features(
+    model: Cell,
+    features: np.ndarray,
+    top_k: int = 5,
+    modes: Sequence[str] = MODES,
+    timings: dict[str, float] | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The answers of :func:`answer_features` in their JSON form (plain dicts, as ``cbir query --json`` has them)."""
+    return [answer.to_json() for answer in answer_features(model, features, top_k, modes, timings, calibration)]
+
+
+def _match(
+    model: Cell, rank: int, index: int, distance: float, score: float, threshold: float | None
+) -> Match | ClusterMatch:
     """One ranked gallery image: its class and calibrated mark, or in a collection without labels its cluster."""
-    image = {"rank": rank, "id": str(model.gallery_ids[index]), "path": str(model.gallery_paths[index])}
+    image = {"rank": rank, "id": str(model.gallery_ids[index]), "path": str(model.gallery_paths[index]),
+             "distance": distance, "similarity": _number(score)}  # fmt: skip
     if not model.labelled:
-        cluster = int(model.models.index.assignments[index])
-        return {**image, "cluster": cluster, "distance": distance, "similarity": _number(score)}
-    return {
-        **image,
-        "class": model.class_names[int(model.gallery_labels[index])],
-        "distance": distance,
-        "similarity": _number(score),
-        "good_match": None if threshold is None else bool(distance <= threshold),
-    }
+        return ClusterMatch(cluster=int(model.models.index.assignments[index]), **image)
+    class_name = model.class_names[int(model.gallery_labels[index])]
+    return Match(class_name=class_name, good_match=None if threshold is None else bool(distance <= threshold), **image)
 
 
 def describe_space(model: Cell) -> str:
@@ -295,77 +321,35 @@ def describe_space(model: Cell) -> str:
     return f"searching in the '{model.space}' embedding space{measured} (--space chooses another)"
 
 
+def answer_image(
+    model: Cell,
+    embedder: Embedder,
+    image: Image.Image,
+    top_k: int = 5,
+    modes: Sequence[str] = MODES,
+    timings: dict[str, float] | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> Answer:
+    """The answer for one decoded RGB image (a PIL image); ``timings`` also receives ``preprocess`` and
+    ``forward``, before the steps of :func:`answer_features`."""
+    steps = timings if timings is not None else {}
+    start = time.perf_counter()
+    tensor = embedder.preprocess(image)
+    steps["preprocess"] = elapsed_ms(start)
+    start = time.perf_counter()
+    features = embedder.forward(tensor[None])
+    steps["forward"] = elapsed_ms(start)
+    [answer] = answer_features(model, features, top_k, modes, steps, calibration)
+    return answer
+
+
 def query_images(model: Cell, arguments: Sequence[str | Path], top_k: int = 5, modes: Sequence[str] = MODES,
-                 device: str = "auto", embedder: Embedder | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                 device: str = "auto", embedder: Embedder | None = None) -> list[FileAnswer]:  # fmt: skip
     """Run image files or folders through the model; unreadable images are reported, not fatal."""
     paths = collect_query_paths(arguments)
     features, errors = (embedder or Embedder(model.record, device, model.root)).embed_paths(paths)
     readable = [i for i, error in enumerate(errors) if error is None]
-    answers: list[dict[str, Any]] = [{"query": str(p)} for p in paths]
-    if readable:
-        for i, answer in zip(readable, search_features(model, features[readable], top_k, modes), strict=True):
-            answers[i].update(answer)
-    for i, error in enumerate(errors):
-        if error is not None:
-            answers[i]["error"] = error
-    return answers
-
-
-def format_table(answers: Sequence[dict[str, Any]]) -> str:
-    """Human-readable results: one block per query, one line per result."""
-    lines = []
-    for answer in answers:
-        lines.append(f"query: {answer['query']}")
-        if "error" in answer:
-            lines.append(f"  error: {answer['error']}")
-            continue
-        collection = "nearest_clusters" in answer  # a collection without labels: no class, no marks
-        if collection:
-            lines.append(f"  nearest clusters: {describe_clusters(answer['nearest_clusters'])}")
-        else:
-            lines.append(f"  predicted class: {answer['predicted_class']} (p = {answer['probability']:.3f})")
-        lines.append(f"  search space: {answer['space']}")
-        no_match = answer.get("no_match", {})
-        if no_match.get("distance") is not None:
-            lines.append(f"  no good match beyond distance {no_match['distance']:.4f} ({no_match['source']})")
-        elif no_match:
-            lines.append(f"  no good match: not marked ({no_match['source']})")
-        if collection:
-            lines.extend(_collection_results(answer))
-            continue
-        kind = answer.get("similarity") or "similarity"
-        for mode, results in answer["results"].items():
-            lines.append(f"  {mode}:")
-            lines.append(f"    {'rank':>4}  {'distance':>10}  {kind:>10}  {'class':<16} path")
-            for r in results:
-                score = "-" if r.get("similarity") is None else f"{r['similarity']:.3f}"
-                mark = "  (no good match)" if r.get("good_match") is False else ""
-                lines.append(
-                    f"    {r['rank']:>4}  {r['distance']:>10.4f}  {score:>10}  {r['class']:<16} {r['path']}{mark}"
-                )
-    return "\n".join(lines)
-
-
-def describe_clusters(clusters: Sequence[dict[str, Any]]) -> str:
-    """``4 (d = 1.2345, 17 images), 1 (d = ...)``: the nearest clusters of a query, nearest first."""
-    return ", ".join(f"{c['cluster']} (d = {c['distance']:.4f}, {c['size']} images)" for c in clusters)
-
-
-def collection_mode_heading(mode: str) -> str:
-    """A mode's heading in the table for a collection without labels, saying what it searched."""
-    titles = {"clustered": f"{NEAREST_CLUSTER_TITLE} only", "global": "all images"}
-    return f"{mode} ({titles[mode]})" if mode in titles else mode
-
-
-def _collection_results(answer: dict[str, Any]) -> list[str]:
-    """The result lines of a collection without labels: each result's cluster; a similarity column only if any."""
-    kind = answer.get("similarity")
-    score_header = f"  {kind:>10}" if kind else ""
-    lines = []
-    for mode, results in answer["results"].items():
-        lines.append(f"  {collection_mode_heading(mode)}:")
-        lines.append(f"    {'rank':>4}  {'distance':>10}{score_header}  {'cluster':>7}  path")
-        for r in results:
-            score = "" if not kind else f"  {'-' if r['similarity'] is None else format(r['similarity'], '.3f'):>10}"
-            lines.append(f"    {r['rank']:>4}  {r['distance']:>10.4f}{score}  {r['cluster']:>7}  {r['path']}")
-    return lines
+    answers = (
+        dict(zip(readable, answer_features(model, features[readable], top_k, modes), strict=True)) if readable else {}
+    )
+    return [FileAnswer(path, answers.get(i), errors[i]) for i, path in enumerate(paths)]

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.data.manifest import EXCLUDED_COLUMNS, DatasetError, Manifest, check_class_counts, read_exported_folder
+from cbir.data.manifest import EXCLUDED_COLUMNS, DatasetError, Manifest, check_class_counts
+from cbir.data.scan import read_exported_folder
 from cbir.data.sources.source import FETCH_KEYS, Source, data_dir
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

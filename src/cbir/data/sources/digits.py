@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cbir.data.manifest import Manifest, scan_image_folder
+from cbir.data.manifest import Manifest
+from cbir.data.scan import scan_image_folder
 from cbir.data.sources.source import Source, data_dir
 
 # Images per digit (0..9) in scikit-learn's bundled digits (load_digits), 1797 in all.
@@ -37,7 +38,7 @@ def write_sklearn_digits(out_dir: str | Path, image_size: int) -> int:
 
     Returns the number of images written. The 0..16 intensities become 0..255 grey levels.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # sklearn on first use: the Snakefile imports every source
 
     digits = load_digits()
     out_dir = Path(out_dir)

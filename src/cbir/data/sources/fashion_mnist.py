@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cbir.data.manifest import DatasetError, Manifest, read_exported_folder
+from cbir.data.manifest import DatasetError, Manifest
+from cbir.data.scan import read_exported_folder
 from cbir.data.sources.source import Source, data_dir
 
 # Labels 0..9 in the official order (T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt,

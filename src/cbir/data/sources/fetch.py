@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 from cbir.data.images import file_sha256
 from cbir.data.manifest import DatasetError
+from cbir.data.sources.registry import get_source
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,6 @@ def fetch_dataset(name: str, source: str, entry: Mapping[str, Any], root: Path, 
     otherwise download, verify and unpack. A checksum mismatch stops with a message naming the
     file and both digests.
     """
-    from cbir.data.sources import get_source  # the registry imports this module
-
     spec = archive_spec(entry)
     if spec is None:
         raise DatasetError(f"dataset '{name}' has no url to download from")

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cbir.data.manifest import Manifest, count_class_files, count_image_files, scan_image_folder, scan_unlabelled_folder
+from cbir.data.manifest import Manifest
+from cbir.data.scan import count_class_files, count_image_files, scan_image_folder, scan_unlabelled_folder
 from cbir.data.sources.source import FETCH_KEYS, Source, data_dir
 
 

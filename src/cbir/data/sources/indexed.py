@@ -23,10 +23,9 @@ from cbir.data.manifest import (
     check_class_counts,
     image_records,
     make_manifest,
-    natural_key,
     relabel,
-    scan_image_folder,
 )
+from cbir.data.scan import natural_key, scan_image_folder
 from cbir.data.sources.source import FETCH_KEYS, Source, data_dir
 
 COREL1K_CLASSES = (

@@ -1,0 +1,131 @@
+"""The run's metrics gathered: one row per grid cell (and embedding space), and the Summary made of them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cbir.report import paper
+from cbir.search.index import MODE_TITLES
+
+KEY_COLUMNS = ["dataset", "backbone", "split", "pca", "k"]
+SPACE_COLUMNS = ["dataset", "backbone", "split", "pca", "k", "space"]
+
+
+def pca_key(value: Any) -> float:
+    return float("inf") if str(value) == "original" else float(value)
+
+
+def pca_sort_key(values: pd.Series) -> pd.Series:
+    """Numeric PCA sizes ascending, 'original' last."""
+    return values.map(pca_key)
+
+
+def gather_metrics(paths: Iterable[str | Path]) -> pd.DataFrame:
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    frame = pd.DataFrame(rows)
+    frame["pca"] = frame["pca"].astype(str)
+    leading = [c for c in KEY_COLUMNS if c in frame.columns]
+    frame = frame[leading + [c for c in frame.columns if c not in leading]]
+    return frame.sort_values(leading, key=lambda s: pca_sort_key(s) if s.name == "pca" else s).reset_index(drop=True)
+
+
+def column_label(frame: pd.DataFrame) -> pd.Series:
+    """Column heading per row: the dataset, qualified by backbone and k where the grid varies them."""
+    label = frame["dataset"].astype(str)
+    if frame["backbone"].nunique() > 1:
+        label = label + "/" + frame["backbone"].astype(str)
+    if frame["k"].nunique() > 1:
+        label = label + "/k" + frame["k"].astype(str)
+    return label
+
+
+def paper_table(frame: pd.DataFrame, split: str, value: str) -> pd.DataFrame:
+    """Rows PCA size, columns dataset: the layout of the paper's tables."""
+    subset = frame[frame["split"] == split].assign(column=lambda f: column_label(f))
+    table = subset.pivot_table(index="pca", columns="column", values=value, aggfunc="first")
+    table = table.sort_index(key=pca_sort_key)
+    table.index.name = "PCA"
+    table.columns.name = None
+    return table
+
+
+def by_label(frame: pd.DataFrame, split: str) -> Iterable[tuple[str, pd.DataFrame]]:
+    """Each dataset's (dataset/backbone/k's) cells of one split, indexed by PCA size in order."""
+    subset = frame[frame["split"] == split]
+    labels = column_label(subset)
+    for label in dict.fromkeys(labels):
+        rows = subset[labels == label].set_index("pca")
+        rows = rows.sort_index(key=pca_sort_key)
+        rows.index.name = "PCA"
+        yield label, rows
+
+
+def columns_table(rows: pd.DataFrame, columns: Mapping[str, str], scale: float = 1.0) -> pd.DataFrame:
+    """The metrics columns present in ``rows``, renamed (heading -> metrics column) and scaled."""
+    present = {title: column for title, column in columns.items() if column in rows.columns}
+    return pd.DataFrame({title: rows[column].astype(float) * scale for title, column in present.items()})
+
+
+def gather_spaces(frame: pd.DataFrame, space_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The paper's cells (space raw) and the same cells in every further space, one row each."""
+    raw = frame.assign(space=frame["space"].fillna("raw") if "space" in frame.columns else "raw")
+    paths = list(space_paths)
+    spaces = pd.concat([raw, gather_metrics(paths)], ignore_index=True) if paths else raw
+    order = {name: i for i, name in enumerate(dict.fromkeys(["raw", *spaces["space"]]))}
+    leading = [c for c in SPACE_COLUMNS if c in spaces.columns]
+    spaces = spaces[leading + [c for c in spaces.columns if c not in leading]]
+    return spaces.sort_values(
+        leading, key=lambda s: pca_sort_key(s) if s.name == "pca" else s.map(order) if s.name == "space" else s
+    ).reset_index(drop=True)
+
+
+def split_collections(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cells of labelled datasets, and those of collections without labels (``labelled`` false)."""
+    if "labelled" not in frame.columns:
+        return frame, frame.iloc[:0]
+    labelled = frame["labelled"].map(lambda value: value is not False and str(value) != "False")
+    return frame[labelled].reset_index(drop=True), frame[~labelled].reset_index(drop=True)
+
+
+def top_k_of(frame: pd.DataFrame) -> int:
+    """The results per query of the run's cells (5 where the metrics do not say)."""
+    return int(frame["top_k"].iloc[0]) if "top_k" in frame.columns else 5
+
+
+def modes_in(frame: pd.DataFrame) -> list[str]:
+    return [m for m in MODE_TITLES if f"time_search_{m}_median_us" in frame.columns]
+
+
+@dataclass
+class Summary:
+    """What the summary's tables, plots and pages are made from."""
+
+    frame: pd.DataFrame  # one row per grid cell (metrics.csv)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # cbir.report.paper.summary_settings(config)
+    datasets: pd.DataFrame | None = None  # datasets.csv
+    plots: dict[str, Path] = field(default_factory=dict)  # the plots written so far, for the pages to show
+    spaces: pd.DataFrame | None = None  # every cell in every embedding space, raw included (spaces.csv)
+    # cells of datasets without labels (labels: none): their recall against exact search, not the paper's tables
+    collections: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @functools.cached_property
+    def matched(self) -> dict[str, paper.Match]:
+        return paper.matches(self.settings, self.frame["dataset"])
+
+    @property
+    def top_k(self) -> int:
+        return top_k_of(self.frame)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["split"]))
+
+    def modes(self) -> list[str]:
+        return modes_in(self.frame)

@@ -1,0 +1,81 @@
+"""Uploaded images: their content type and size checked, then decoded as the gallery's images were."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from fastapi import UploadFile
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from cbir.data.images import load_rgb_image
+
+UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+
+
+class UploadError(Exception):
+    """An image that cannot be searched: the HTTP status and a message for the user."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload decoded as the gallery's images were, and its size as displayed (in full, turned by EXIF)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> DecodedUpload:
+    """Decode image bytes to RGB (EXIF orientation applied), refusing non-images and oversized images.
+
+    ``draft_to``: the gallery's draft side (:attr:`cbir.extraction.network.PreparedNetwork.draft_to`): a large
+    JPEG is decoded at the reduced DCT scale its images were.
+    """
+    if not data:
+        raise UploadError(400, "the upload is empty")
+    try:
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError as error:
+        raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
+    except UnidentifiedImageError as error:
+        raise UploadError(
+            422, f"the upload is not an image in a format this server reads ({', '.join(UPLOAD_FORMATS)})"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UploadError(422, f"the image cannot be read: {type(error).__name__}: {error}") from error
+    if width * height > max_pixels:
+        raise UploadError(
+            413, f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} pixels"
+        )
+    try:
+        image = load_rgb_image(io.BytesIO(data), draft_to)
+        with Image.open(io.BytesIO(data)) as probe:
+            turned = probe.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    except Image.DecompressionBombError as error:
+        raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
+    except Exception as error:  # a truncated or corrupt file fails only when decoded
+        raise UploadError(422, f"the image cannot be decoded: {type(error).__name__}: {error}") from error
+    return DecodedUpload(image, *((height, width) if turned else (width, height)))
+
+
+def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """The bytes of an uploaded file that declares an image content type and is within ``max_bytes``."""
+    content_type = (upload.content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+        raise UploadError(415, f"the upload's content type is '{content_type}'; send an image (image/*)")
+    data = upload.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UploadError(413, f"the upload is larger than the limit of {describe_size(max_bytes)}")
+    return data
+
+
+def describe_size(n_bytes: int) -> str:
+    """``512 KB``, ``10 MB``: a byte limit as the messages name it."""
+    return f"{n_bytes / 1024 / 1024:.3g} MB" if n_bytes >= 1024 * 1024 else f"{n_bytes / 1024:.3g} KB"

@@ -1,0 +1,81 @@
+"""The public API (cbir.api) on the session's finished run: the same answers as `cbir query --json`, from a path,
+a PIL image or an array, and clear errors for what it cannot open or read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.api import ModelFolderError, QueryError, open_index
+
+from helpers import run_cbir
+
+CELL = "results/tiny/lite/80-20/8"
+
+
+@pytest.fixture(scope="module")
+def index(finished_run):
+    root, _ = finished_run
+    return open_index(root / CELL)
+
+
+def _without_query(answer: dict) -> dict:
+    return {key: value for key, value in answer.items() if key != "query"}
+
+
+def test_a_path_gets_the_answer_of_cbir_query_json(finished_run, index):
+    root, _ = finished_run
+    photo = root / "data" / "tiny" / "red" / "003.png"
+    cli = run_cbir("query", str(photo), "--model", CELL, "--json", cwd=root)
+    assert cli.returncode == 0, cli.stderr
+    (expected,) = json.loads(cli.stdout)
+    assert json.loads(json.dumps(index.search(photo))) == expected
+    assert expected["results"]["global"] and expected["query"] == str(photo)
+
+
+def test_a_pil_image_and_an_array_get_the_same_answer_as_the_file(finished_run, index):
+    root, _ = finished_run
+    photo = root / "data" / "tiny" / "green" / "005.png"
+    from_file = index.search(photo, top_k=3)
+    with Image.open(photo) as image:
+        from_pil = index.search(image, top_k=3)
+        pixels = np.asarray(image.convert("RGB"))
+    assert from_pil["query"] == "<image>" and _without_query(from_pil) == _without_query(from_file)
+    assert _without_query(index.search(pixels, top_k=3)) == _without_query(from_file)
+    # floats in 0..1 are pixels too
+    as_floats = index.search(pixels.astype(np.float32) / 255.0, top_k=3, name="floats")
+    assert as_floats["query"] == "floats"
+    assert [r["id"] for r in as_floats["results"]["global"]] == [r["id"] for r in from_file["results"]["global"]]
+    many = index.search_many([photo, pixels], top_k=3, modes=("global",))
+    assert [list(a["results"]) for a in many] == [["global"], ["global"]]
+
+
+def test_what_the_index_is(index):
+    assert index.labelled and index.class_names == ["blue", "green", "red"]
+    assert index.size == 24 and index.folder.name == "8"
+
+
+def test_a_folder_with_several_cells_names_them(finished_run):
+    root, _ = finished_run
+    with pytest.raises(ModelFolderError, match="holds 3 grid cells") as error:
+        open_index(root / "results" / "tiny")
+    assert str(root / CELL) in str(error.value)
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        open_index(root / "nowhere")
+
+
+def test_an_unreadable_query_is_a_query_error(index, tmp_path: Path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(QueryError, match=r"notes\.png"):
+        index.search(text)
+    with pytest.raises(QueryError, match="height x width"):
+        index.search(np.zeros(5))
+    with pytest.raises(QueryError, match="top_k"):
+        index.search(text, top_k=0)
+    with pytest.raises(QueryError, match="unknown search mode"):
+        index.search(text, modes=("nearest",))
