@@ -39,7 +39,7 @@ from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clus
 from cbir.io import atomic_path, partial_paths
 from cbir.report.datasets import write_dataset_summary
 
-from helpers import REPO, make_image_folder, run_snakemake, tiny_config, write_config
+from helpers import REPO, make_image_folder
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -121,7 +121,6 @@ EXCLUDED: dict[str, tuple[Callable[[Path], None], str]] = {
     "broken_link.png": (lambda p: p.symlink_to("nowhere.png"), "broken symbolic link (to 'nowhere.png')"),
 }
 NON_UTF8_NAME = b"\xff\xfe-latin1.png"
-HIDDEN = [".DS_Store", ".thumbnails/hidden.png"]
 
 
 @pytest.fixture(scope="module")
@@ -465,20 +464,3 @@ def test_a_write_killed_outright_leaves_nothing_under_the_final_name_and_is_clea
 
 
 # --- the workflow -------------------------------------------------------------------------
-
-
-@pytest.mark.workflow
-def test_too_many_excluded_files_stop_the_run_at_the_manifest(tmp_path: Path):
-    data = make_image_folder(tmp_path / "data" / "tiny", per_class=3)
-    for i in range(4):
-        (data / "blue" / f"scan{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    config = tiny_config(data, pca=[2, "original"])
-    config["data"] = {"max_excluded_fraction": 0.25}
-    result = run_snakemake(tmp_path, write_config(tmp_path / "config.yaml", config), "results/tiny/manifest.csv")
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    listed = "results/logs/manifest/tiny.excluded.csv"
-    assert "4 of 13 files (30.8%) were excluded, more than data.max_excluded_fraction = 0.25 allows" in output
-    assert f"listed in '{listed}'" in output
-    assert len(pd.read_csv(tmp_path / listed)) == 4
-    assert not (tmp_path / "results/tiny/manifest.csv").exists()
