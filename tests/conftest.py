@@ -5,6 +5,7 @@ The end-to-end runs' fixtures are in tests/workflow/conftest.py; the helpers in 
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def precision_trial_cache(tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def downloads(monkeypatch) -> list[str]:
+    """Every URL opened through urllib, in order."""
+    opened: list[str] = []
+    real = urllib.request.urlopen
+
+    def counting(url, *args, **kwargs):
+        opened.append(url)
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", counting)
+    return opened

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pickle
 import tarfile
@@ -9,9 +10,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from cbir.data.sources import CIFAR10_BATCHES, CIFAR10_CLASSES, COREL1K_CLASSES
+
+from helpers import REPO
 
 
 def tiny_jpeg(path: Path, seed: int, size: int = 12) -> Path:
@@ -162,3 +166,52 @@ def paper_datasets(data_root: Path) -> Path:
     cifar_tree(data_root / "cifar10")
     voc_tree(data_root / "voc2012")
     return data_root
+
+
+# --- Fashion-MNIST's four IDX files, fake, in the real layout --------------------------------
+
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def idx_payload(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file's bytes: magic number, big-endian dimensions, then the uint8 values."""
+    magic = (0x0800 | array.ndim) if magic is None else magic
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return magic.to_bytes(4, "big") + dims + np.asarray(array, dtype=np.uint8).tobytes()
+
+
+def write_gz(path: Path, payload: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    return path
+
+
+def fake_fashion(folder: Path, per_class: dict[str, int] | None = None, classes=(0, 1, 2), seed: int = 0) -> dict:
+    """The four .gz files with ``per_class`` images of each of ``classes`` per subset, in shuffled order.
+
+    Returns, per subset, the images and labels written.
+    """
+    per_class = per_class or {"train": 4, "test": 2}
+    rng = np.random.default_rng(seed)
+    written = {}
+    for subset, (images_name, labels_name) in FILES.items():
+        labels = rng.permutation(np.repeat(np.asarray(classes, dtype=np.uint8), per_class[subset]))
+        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+        write_gz(folder / images_name, idx_payload(images))
+        write_gz(folder / labels_name, idx_payload(labels))
+        written[subset] = (images, labels)
+    return written
+
+
+def default_config_with(tmp_path: Path, datasets: dict, splits: list[str] | None = None) -> dict:
+    """The default config with these datasets in the grid, at PCA 4 and original."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["data_root"] = str(tmp_path)
+    config["datasets"] = datasets
+    config["grid"]["datasets"] = list(datasets)
+    config["grid"]["splits"] = splits or ["80-20"]
+    config["grid"]["pca"] = [4, "original"]
+    return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,39 @@ def browser_problem() -> str | None:
     if chromium_path() is None:
         return "no Chromium at /usr/bin/chromium (apt-get install chromium chromium-driver, or set CBIR_CHROMIUM)"
     return None
+
+
+# --- edits of a generated image folder (each returns how many new contents it adds) ---------
+
+
+def new_image(path: Path, seed: int) -> None:
+    pixels = np.random.default_rng(1000 + seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def add(folder: Path) -> int:
+    new_image(folder / "red" / "new_a.png", 1)
+    new_image(folder / "blue" / "new_b.png", 2)
+    return 2
+
+
+def remove(folder: Path) -> int:
+    (folder / "red" / "003.png").unlink()
+    (folder / "green" / "000.png").unlink()
+    return 0
+
+
+def change(folder: Path) -> int:
+    new_image(folder / "green" / "005.png", 3)  # same name, other content
+    return 1
+
+
+def rename(folder: Path) -> int:
+    (folder / "red" / "001.png").rename(folder / "red" / "renamed.png")
+    (folder / "blue" / "002.png").rename(folder / "green" / "moved_from_blue.png")  # and another class
+    shutil.copy(folder / "red" / "004.png", folder / "blue" / "copy_of_red.png")  # a copy: same content
+    return 0
+
+
+def mixed(folder: Path) -> int:
+    return add(folder) + remove(folder) + change(folder) + rename(folder)

@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import tarfile
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
@@ -78,20 +77,6 @@ def corel_archive(tmp_path: Path) -> Path:
     """Wang's archive layout: a tar.gz whose top folder holds 0.jpg … (3 per class here)."""
     corel1k_flat(tmp_path / "src" / "image.orig")
     return tar_folder(tmp_path / "src", tmp_path / "served" / "corel1k.tar.gz")
-
-
-@pytest.fixture
-def downloads(monkeypatch) -> list[str]:
-    """Every URL opened through urllib, in order."""
-    opened: list[str] = []
-    real = urllib.request.urlopen
-
-    def counting(url, *args, **kwargs):
-        opened.append(url)
-        return real(url, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", counting)
-    return opened
 
 
 def corel_entry(archive: Path, **overrides) -> dict:

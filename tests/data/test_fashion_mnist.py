@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from cbir.data.manifest import DatasetError
@@ -35,47 +34,14 @@ from cbir.data.sources.fashion_mnist import (
 from cbir.pipeline.config import ConfigError, load_schema, validate_config
 from cbir.pipeline.grid import missing_datasets
 
+from dataset_fixtures import FILES, default_config_with, fake_fashion, write_gz
 from helpers import REPO
 
 SCHEMA = load_schema(REPO / "config" / "schema.yaml")
 REAL = Path(DEBIAN_FOLDER)
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 
 
 # --- fake files in the real layout ----------------------------------------------------------
-
-
-def idx_payload(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An IDX file's bytes: magic number, big-endian dimensions, then the uint8 values."""
-    magic = (0x0800 | array.ndim) if magic is None else magic
-    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return magic.to_bytes(4, "big") + dims + np.asarray(array, dtype=np.uint8).tobytes()
-
-
-def write_gz(path: Path, payload: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(payload, mtime=0))
-    return path
-
-
-def fake_fashion(folder: Path, per_class: dict[str, int] | None = None, classes=(0, 1, 2), seed: int = 0) -> dict:
-    """The four .gz files with ``per_class`` images of each of ``classes`` per subset, in shuffled order.
-
-    Returns, per subset, the images and labels written.
-    """
-    per_class = per_class or {"train": 4, "test": 2}
-    rng = np.random.default_rng(seed)
-    written = {}
-    for subset, (images_name, labels_name) in FILES.items():
-        labels = rng.permutation(np.repeat(np.asarray(classes, dtype=np.uint8), per_class[subset]))
-        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
-        write_gz(folder / images_name, idx_payload(images))
-        write_gz(folder / labels_name, idx_payload(labels))
-        written[subset] = (images, labels)
-    return written
 
 
 def quiet_manifest(root: Path, images_dir: Path, **entry):
@@ -270,16 +236,6 @@ def test_selection_without_a_cap_keeps_every_image_in_file_order():
 # --- presence and configuration ----------------------------------------------------------------
 
 
-def base_config(tmp_path: Path, datasets: dict, splits: list[str] | None = None) -> dict:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["data_root"] = str(tmp_path)
-    config["datasets"] = datasets
-    config["grid"]["datasets"] = list(datasets)
-    config["grid"]["splits"] = splits or ["80-20"]
-    config["grid"]["pca"] = [4, "original"]
-    return config
-
-
 def test_a_missing_file_is_named_with_how_to_get_it(tmp_path: Path):
     fake_fashion(tmp_path / "fm")
     source = get_source("fashion_mnist")
@@ -293,7 +249,7 @@ def test_a_missing_file_is_named_with_how_to_get_it(tmp_path: Path):
     (tmp_path / "fm" / "t10k-labels-idx1-ubyte").write_bytes(b"")
     assert "t10k-labels-idx1-ubyte is there unpacked" in source.missing_reason({}, tmp_path / "fm")
 
-    config = validate_config(base_config(tmp_path, {"fm": {"source": "fashion_mnist"}}), SCHEMA)
+    config = validate_config(default_config_with(tmp_path, {"fm": {"source": "fashion_mnist"}}), SCHEMA)
     [message] = missing_datasets(config)
     assert "dataset 'fm' not found" in message and "t10k-labels-idx1-ubyte.gz" in message
     assert "set datasets.fm.path to the folder holding the four .gz files" in message
@@ -302,23 +258,25 @@ def test_a_missing_file_is_named_with_how_to_get_it(tmp_path: Path):
 
 def test_subdir_points_inside_a_clone_of_the_repository(tmp_path: Path):
     fake_fashion(tmp_path / "clone" / "data" / "fashion")
-    config = base_config(tmp_path, {"fm": {"source": "fashion_mnist", "path": "clone", "subdir": "data/fashion"}})
+    config = default_config_with(
+        tmp_path, {"fm": {"source": "fashion_mnist", "path": "clone", "subdir": "data/fashion"}}
+    )
     assert missing_datasets(validate_config(config, SCHEMA)) == []
 
 
 def test_config_accepts_the_official_split_and_the_cap_and_refuses_a_url(tmp_path: Path):
     fake_fashion(tmp_path / "fm")
     entry = {"source": "fashion_mnist", "max_per_class": 5, "image_size": 28}
-    config = validate_config(base_config(tmp_path, {"fm": entry}, ["official", "80-20"]), SCHEMA)
+    config = validate_config(default_config_with(tmp_path, {"fm": entry}, ["official", "80-20"]), SCHEMA)
     assert config["datasets"]["fm"]["max_per_class"] == 5
     with pytest.raises(ConfigError, match=r"'datasets\.fm\.max_per_class'"):
-        validate_config(base_config(tmp_path, {"fm": {**entry, "max_per_class": 0}}), SCHEMA)
+        validate_config(default_config_with(tmp_path, {"fm": {**entry, "max_per_class": 0}}), SCHEMA)
     url = {**entry, "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/x.gz", "sha256": "0" * 64}
     with pytest.raises(ConfigError, match="sha256, url not used by source 'fashion_mnist'"):
-        validate_config(base_config(tmp_path, {"fm": url}), SCHEMA)
+        validate_config(default_config_with(tmp_path, {"fm": url}), SCHEMA)
     # PCA sizes are checked against the capped training set: 4 train + 2 test images of each of 3 classes,
     # at most 5 per class -> 3 train + 2 test
-    config = base_config(tmp_path, {"fm": entry}, ["official"])
+    config = default_config_with(tmp_path, {"fm": entry}, ["official"])
     config["grid"]["pca"] = [10]
     with pytest.raises(ConfigError, match=r"at most 9 images \(Fashion-MNIST's label files .*, at most 5 per class\)"):
         validate_config(config, SCHEMA)

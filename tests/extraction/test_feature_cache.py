@@ -3,14 +3,12 @@ contents are extracted, and the feature file equals a from-scratch extraction bi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from cbir.data.manifest import read_manifest, write_manifest
 from cbir.data.scan import scan_image_folder
@@ -19,7 +17,7 @@ from cbir.extraction.features import extract_shard, extract_to_hdf5
 from cbir.extraction.registry import BackboneSpec
 from cbir.extraction.shards import write_shard_plan
 
-from helpers import make_image_folder
+from helpers import add, change, make_image_folder, mixed, remove, rename
 
 SPEC = BackboneSpec("efficientnet_lite0", "random", "avg", 32)
 OPTIONS = {"batch_size": 4, "num_workers": 0, "device": "cpu", "precision": "fp32", "progress": False}
@@ -38,39 +36,6 @@ def index_folder(folder: Path, cache: FeatureCache, work: Path) -> tuple[int, Pa
         extract_shard(work / "manifest.csv", plan, name, SPEC, work / f"{name}.json", **OPTIONS)
     assemble_features(cache, read_manifest(work / "manifest.csv"), work / "features.h5")
     return plan.n_extracted, work / "features.h5"
-
-
-def new_image(path: Path, seed: int) -> None:
-    pixels = np.random.default_rng(1000 + seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def add(folder: Path) -> int:
-    new_image(folder / "red" / "new_a.png", 1)
-    new_image(folder / "blue" / "new_b.png", 2)
-    return 2
-
-
-def remove(folder: Path) -> int:
-    (folder / "red" / "003.png").unlink()
-    (folder / "green" / "000.png").unlink()
-    return 0
-
-
-def change(folder: Path) -> int:
-    new_image(folder / "green" / "005.png", 3)  # same name, other content
-    return 1
-
-
-def rename(folder: Path) -> int:
-    (folder / "red" / "001.png").rename(folder / "red" / "renamed.png")
-    (folder / "blue" / "002.png").rename(folder / "green" / "moved_from_blue.png")  # and another class
-    shutil.copy(folder / "red" / "004.png", folder / "blue" / "copy_of_red.png")  # a copy: same content
-    return 0
-
-
-def mixed(folder: Path) -> int:
-    return add(folder) + remove(folder) + change(folder) + rename(folder)
 
 
 @pytest.mark.parametrize("edit", [add, remove, change, rename, mixed], ids=lambda edit: edit.__name__)

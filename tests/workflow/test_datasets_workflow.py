@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -26,20 +25,6 @@ from dataset_fixtures import (
 from helpers import REPO, planned_jobs, run_snakemake, write_config
 
 # --- download, checksum, unpacking ---------------------------------------------------------
-
-
-@pytest.fixture
-def downloads(monkeypatch) -> list[str]:
-    """Every URL opened through urllib, in order."""
-    opened: list[str] = []
-    real = urllib.request.urlopen
-
-    def counting(url, *args, **kwargs):
-        opened.append(url)
-        return real(url, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", counting)
-    return opened
 
 
 # --- Corel-1K ------------------------------------------------------------------------------

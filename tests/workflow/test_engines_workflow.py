@@ -12,12 +12,6 @@ from helpers import make_image_folder, tiny_config
 pytest.importorskip("openvino", reason="OpenVINO is not installed")
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[str]:
-    folder = make_image_folder(tmp_path_factory.mktemp("engine") / "images", per_class=8)
-    return sorted(str(p) for p in folder.glob("*/*.png"))
-
-
 def test_the_workflow_extracts_and_times_with_the_prepared_engine(tmp_path: Path):
     from helpers import run_snakemake, write_config
 

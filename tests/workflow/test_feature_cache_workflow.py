@@ -3,56 +3,21 @@ contents are extracted, and the feature file equals a from-scratch extraction bi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from cbir.data.manifest import read_manifest
 from cbir.extraction.features import extract_to_hdf5
 from cbir.extraction.registry import BackboneSpec
 from cbir.extraction.shards import read_shard_plan
 
-from helpers import make_image_folder
+from helpers import make_image_folder, mixed
 
 OPTIONS = {"batch_size": 4, "num_workers": 0, "device": "cpu", "precision": "fp32", "progress": False}
 SHARD_SIZE = 7  # shards that do not line up with the batches
-
-
-def new_image(path: Path, seed: int) -> None:
-    pixels = np.random.default_rng(1000 + seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
-def add(folder: Path) -> int:
-    new_image(folder / "red" / "new_a.png", 1)
-    new_image(folder / "blue" / "new_b.png", 2)
-    return 2
-
-
-def remove(folder: Path) -> int:
-    (folder / "red" / "003.png").unlink()
-    (folder / "green" / "000.png").unlink()
-    return 0
-
-
-def change(folder: Path) -> int:
-    new_image(folder / "green" / "005.png", 3)  # same name, other content
-    return 1
-
-
-def rename(folder: Path) -> int:
-    (folder / "red" / "001.png").rename(folder / "red" / "renamed.png")
-    (folder / "blue" / "002.png").rename(folder / "green" / "moved_from_blue.png")  # and another class
-    shutil.copy(folder / "red" / "004.png", folder / "blue" / "copy_of_red.png")  # a copy: same content
-    return 0
-
-
-def mixed(folder: Path) -> int:
-    return add(folder) + remove(folder) + change(folder) + rename(folder)
 
 
 @pytest.mark.workflow

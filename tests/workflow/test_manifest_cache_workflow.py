@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.data import inspection
 from cbir.data.manifest import read_manifest
 from cbir.data.sources import build_manifest
 
 from helpers import make_image_folder, run_snakemake, tiny_config, write_config
 
 FOLDER = {"source": "folder"}
-
-
-@pytest.fixture
-def inspected(monkeypatch) -> list[str]:
-    """The names of the files inspected (not taken from the cache), in order."""
-    names: list[str] = []
-    real = inspection.inspect_file
-
-    def spy(path: Path):
-        names.append(path.name)
-        return real(path)
-
-    monkeypatch.setattr(inspection, "inspect_file", spy)
-    return names
 
 
 def write_png(path: Path, size: int, seed: int = 1) -> Path:

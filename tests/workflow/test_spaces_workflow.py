@@ -7,24 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cbir.fitting.mlp import train_mlp
 from cbir.layout import embedding_name, metrics_name
 from cbir.search.cell import BEST, best_space, load_cell
-
-
-@pytest.fixture(scope="module")
-def blobs() -> tuple[np.ndarray, np.ndarray]:
-    """Four classes in 12 dimensions, separable along a few axes and noisy along the rest."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(scale=3.0, size=(4, 12))
-    labels = np.repeat(np.arange(4), 30)
-    return (centres[labels] + rng.normal(size=(120, 12))).astype(np.float32), labels
-
-
-@pytest.fixture(scope="module")
-def mlp(blobs):
-    features, labels = blobs
-    return train_mlp(features, labels, hidden_layers=[16], max_iter=300, seed=0)
 
 
 def test_the_finished_run_searches_in_every_space_and_best_picks_the_highest_map(finished_run):

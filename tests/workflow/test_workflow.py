@@ -188,9 +188,6 @@ def test_wrong_config_value_stops_before_any_job(tmp_path: Path):
     assert not (tmp_path / "results").exists()
 
 
-PAPER_DATASETS = ["corel1k", "corel10k", "ghim10k", "cifar10", "voc2012"]
-
-
 def test_paper_config_plans_the_full_grid_when_the_datasets_are_there(tmp_path: Path):
     paper_datasets(tmp_path / "data")  # each dataset in its real layout
     result = run_snakemake(tmp_path, REPO / "config" / "paper.yaml", "-n", "--config", f"data_root={tmp_path / 'data'}")
