@@ -1,17 +1,25 @@
 """The ``cbir`` command line: index a folder of photos, query a trained grid cell with your own images, serve it as
-a web page, or list the duplicate and near-duplicate images of an indexed dataset."""
+a web page, or list the duplicate and near-duplicate images of an indexed dataset.
+
+Whatever stops a command is one line, ``cbir <command>: error: ...``, and exit status 2; ``--verbose``
+adds the traceback (and shows ``cbir index``'s full log as it runs).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from cbir.pipeline.index_folder import FolderIndexError, describe, plan_index
+from cbir.pipeline.index_folder import FolderIndexError, IndexRunError, describe, plan_index
 from cbir.pipeline.index_folder import run_index as run_workflow
+from cbir.pipeline.progress import shown
 from cbir.report import montage
 from cbir.search.answer import NEAREST_CLUSTER_TITLE, format_table
 from cbir.search.cell import BEST, ModelFolderError, load_cell
@@ -47,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_duplicates_parser(commands)
     add_index_parser(commands)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true", help="on an error, show its traceback too (cbir index: its full log)"
+        )
     return parser
 
 
@@ -119,9 +131,9 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
     index = commands.add_parser(
         "index",
         help="index a folder of photos (with or without labels) for query, serve and duplicates",
-        description="Write a config for FOLDER, run the workflow on it (Snakemake, with its progress) and print the "
-        "folders to pass to cbir query, serve and duplicates. Run it again after adding photos: only the new ones "
-        "are extracted.",
+        description="Write a config for FOLDER, run the workflow on it (Snakemake: one line per stage here, its "
+        "full log in results/<name>/index.log) and print the folders to pass to cbir query, serve and duplicates. "
+        "Run it again after adding photos: only the new ones are extracted.",
     )
     index.add_argument("folder", metavar="FOLDER", help="the photos: any layout, or one sub-folder per class")
     index.add_argument("--name", help="the dataset's name under results/ (default: the folder's name)")
@@ -136,16 +148,24 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
                        help="extraction engine (default: config/config.yaml's, auto)")  # fmt: skip
     index.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default=None,
                        help="extraction precision (default: config/config.yaml's, auto)")  # fmt: skip
+    index.add_argument("--max-excluded-fraction", type=float, default=None, metavar="SHARE",
+                       help="largest share of the files that may be unusable (not images, unreadable, too small) "
+                       "before the run stops (default: data.max_excluded_fraction of config/config.yaml)")  # fmt: skip
 
 
 def run_index(args: argparse.Namespace) -> int:
     if args.cores < 1:
         raise QueryError("--cores must be at least 1")
+    if args.max_excluded_fraction is not None and not 0 <= args.max_excluded_fraction <= 1:
+        raise QueryError("--max-excluded-fraction must be between 0 and 1")
     plan = plan_index(args.folder, name=args.name, labels=args.labels, backbone=args.backbone)
     workdir = Path(args.workdir).resolve()
-    print(f"cbir index: {plan.n_images} image file(s) in '{plan.folder}', labels: {plan.labels}", file=sys.stderr)
+    labels = plan.labels_reason or f"labels: {plan.labels}"  # why these labels (cbir.pipeline.labels)
+    print(f"cbir index: {plan.n_images} image file(s) in '{plan.folder}', {labels}", file=sys.stderr)
     extraction = {key: value for key, value in (("engine", args.engine), ("precision", args.precision)) if value}
-    run_workflow(plan, workdir, args.cores, extraction)
+    done = run_workflow(plan, workdir, args.cores, extraction, max_excluded_fraction=args.max_excluded_fraction,
+                        verbose=args.verbose)  # fmt: skip
+    print(f"cbir index: {done}; the full log: {shown(workdir / plan.log)}", file=sys.stderr)
     print(describe(plan, workdir))
     return 0
 
@@ -210,6 +230,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise QueryError("--max-upload-mb, --max-pixels and --threads must be positive")
     if args.max_concurrent < 1 or args.workers < 1 or args.upload_timeout <= 0 or args.reload_interval < 0:
         raise QueryError("--max-concurrent, --workers and --upload-timeout must be positive, --reload-interval >= 0")
+    problem = listen_problem(args.host, args.port)  # before the model is loaded: that takes a while
+    if problem:
+        raise QueryError(problem)
     settings = ServeSettings(
         model=Path(args.model),
         k=args.k,
@@ -238,13 +261,56 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why ``cbir serve`` could not listen on host:port (a port in use, an address not of this machine), or None."""
+    if not 0 <= port <= 65535:
+        return f"--port must be between 0 and 65535, not {port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        return f"--host '{host}' is not an address this machine can listen on ({error})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use (another cbir serve?): choose another with --port"
+            return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return None
+
+
+KNOWN_ERRORS = (ModelFolderError, QueryError, DuplicatesError, FolderIndexError)
+
+
+def error_line(error: BaseException) -> str:
+    """An error as one message: cbir's own errors are worded for the user; a file error names the file."""
+    if isinstance(error, KNOWN_ERRORS):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: '{error.filename}'" if error.filename else error.strerror
+    return f"{type(error).__name__}: {error} (unexpected: --verbose shows where it happened)"
+
+
+def report_error(command: str, error: BaseException, verbose: bool) -> None:
+    """``cbir <command>: error: ...`` (with ``verbose``, the traceback before it); for a failed ``cbir index``
+    run, the logs to read."""
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"cbir {command}: error: {error_line(error)}", file=sys.stderr)
+    if isinstance(error, IndexRunError):
+        step = f"the failed step's log: {shown(error.job_log)}; " if error.job_log else ""
+        hint = "" if verbose else " (--verbose shows it as it runs)"
+        print(f"cbir {command}: {step}the full log: {shown(error.log)}{hint}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"query": run_query, "serve": run_serve, "duplicates": run_duplicates, "index": run_index}
     try:
         return commands[args.command](args)
-    except (ModelFolderError, QueryError, DuplicatesError, FolderIndexError) as error:
-        print(f"cbir {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:  # every error is one line (the traceback with --verbose)
+        report_error(args.command, error, args.verbose)
         return 2
 
 

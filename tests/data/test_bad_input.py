@@ -115,7 +115,6 @@ EXCLUDED: dict[str, tuple[Callable[[Path], None], str]] = {
     "bomb.png": (lambda p: _png_header_only(p, 100_000, 100_000), "too many pixels: Image size (10000000000 pixels)"),
     # between Pillow's limit and twice it, Pillow only warns; refused all the same
     "bomb_below_twice.png": (lambda p: _png_header_only(p, 10_000, 10_000), "too many pixels: image of 10000x10000"),
-    "notes.txt": (lambda p: p.write_text("not an image"), "not an image file extension (.txt)"),
     "self_loop.jpg": (lambda p: p.symlink_to(p.name), "symbolic link loop"),
     "up": (lambda p: p.symlink_to(".."), "symbolic link loop (back to"),
     "broken_link.png": (lambda p: p.symlink_to("nowhere.png"), "broken symbolic link (to 'nowhere.png')"),
@@ -136,6 +135,7 @@ def odd_dataset(tmp_path_factory) -> tuple[Path, Manifest]:
         write(folder / name)
     for name, (write, _) in EXCLUDED.items():
         write(folder / name)
+    (folder / "notes.txt").write_text("not an image")  # no image extension: ignored, not excluded
     (folder / ".thumbnails").mkdir()
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     _noise((8, 8)).save(folder / ".thumbnails" / "hidden.png")
@@ -198,7 +198,9 @@ def test_a_file_name_that_is_not_utf8_is_excluded_and_written_readably(odd_datas
 def test_hidden_files_are_ignored_and_the_rest_is_used(odd_dataset):
     _, manifest = odd_dataset
     listed = set(manifest.images["id"]) | set(manifest.excluded["path"])
-    assert not any(".DS_Store" in p or ".thumbnails" in p for p in listed)
+    assert not any(".DS_Store" in p or ".thumbnails" in p or "notes.txt" in p for p in listed)
+    ignored = manifest.ignored.set_index("kind")["example"].to_dict()
+    assert ignored == {"os_file": ".DS_Store", "system_folder": ".thumbnails/", "other": "notes.txt"}
     assert len(manifest.images) == 6 + len(READABLE)
     assert len(manifest.excluded) == len(EXCLUDED) + 1  # + the non-UTF-8 name
     assert manifest.classes == ["a", "b"]

@@ -31,9 +31,10 @@ def test_manifest_lists_every_image_with_label_size_and_checksum(image_folder: P
     assert first["bytes"] == Path(first["path"]).stat().st_size
 
     excluded = manifest.excluded.set_index("path")["reason"]
-    assert len(excluded) == 2  # the hidden file is ignored, not excluded
-    assert "not an image file extension" in excluded[str(image_folder / "red" / "notes.txt")]
+    assert len(excluded) == 1  # the hidden file and the text file are no photos: ignored, not excluded
     assert "cannot decode" in excluded[str(image_folder / "green" / "broken.jpg")]
+    ignored = manifest.ignored.set_index(["folder", "kind"])["example"].to_dict()
+    assert ignored == {("blue", "os_file"): ".DS_Store", ("red", "other"): "notes.txt"}
 
 
 def test_manifest_round_trips_through_csv(image_folder: Path, tmp_path: Path):

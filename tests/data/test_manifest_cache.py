@@ -25,7 +25,8 @@ FOLDER = {"source": "folder"}
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """Three classes of four PNGs, plus a text file and a corrupt JPEG (two excluded rows)."""
+    """Three classes of four PNGs, plus a text file (ignored, never inspected) and a corrupt JPEG (excluded):
+    13 files inspected."""
     root = make_image_folder(tmp_path / "data" / "photos", per_class=4)
     (root / "red" / "notes.txt").write_text("not an image")
     (root / "green" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -79,12 +80,12 @@ def cached_paths(cache: Path) -> set[str]:
 def test_an_unchanged_folder_is_not_inspected_again(photos: Path, tmp_path: Path, inspected: list[str]):
     cache = tmp_path / "cache" / "file_records.csv"
     first, records = cached_build(photos, cache)
-    assert (records.inspected, records.reused) == (14, 0)
+    assert (records.inspected, records.reused) == (13, 0)
     assert cache.read_text().splitlines()[0] == records_stamp()
     inspected.clear()
     again, records = cached_build(photos, cache)
-    assert inspected == [] and (records.inspected, records.reused) == (0, 14)
-    assert records.summary(cache) == f"0 inspected, 14 reused from {cache}"
+    assert inspected == [] and (records.inspected, records.reused) == (0, 13)
+    assert records.summary(cache) == f"0 inspected, 13 reused from {cache}"
     assert_same_manifest(again, first)
     assert_as_from_scratch(again, photos)
 
@@ -96,7 +97,7 @@ def test_added_files_alone_are_inspected(photos: Path, tmp_path: Path, inspected
     write_png(photos / "amber" / "first.png", 24)  # a new class: the labels after it move
     inspected.clear()
     manifest, records = cached_build(photos, cache)
-    assert sorted(inspected) == ["first.png", "new.png"] and records.reused == 14
+    assert sorted(inspected) == ["first.png", "new.png"] and records.reused == 13
     assert_as_from_scratch(manifest, photos)
 
 
@@ -108,9 +109,9 @@ def test_removed_files_drop_out_of_the_cache(photos: Path, tmp_path: Path, inspe
         path.unlink()
     inspected.clear()
     manifest, records = cached_build(photos, cache)
-    assert inspected == [] and records.reused == 12
+    assert inspected == [] and records.reused == 11
     assert not {str(path.absolute()) for path in gone} & cached_paths(cache)
-    assert len(cached_paths(cache)) == 12
+    assert len(cached_paths(cache)) == 11
     assert_as_from_scratch(manifest, photos)
 
 
@@ -123,7 +124,7 @@ def test_a_file_with_a_new_size_or_mtime_is_inspected_again(photos: Path, tmp_pa
     os.utime(touched, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))  # same bytes, new mtime
     inspected.clear()
     manifest, records = cached_build(photos, cache)
-    assert sorted(inspected) == ["001.png", "002.png"] and records.reused == 12
+    assert sorted(inspected) == ["001.png", "002.png"] and records.reused == 11
     assert manifest.images.set_index("id").loc["red/001.png", "width"] == 40
     assert_as_from_scratch(manifest, photos)
 
@@ -134,7 +135,7 @@ def test_a_renamed_file_is_inspected_under_its_new_name(photos: Path, tmp_path: 
     (photos / "green" / "003.png").rename(photos / "green" / "renamed.png")
     inspected.clear()
     manifest, records = cached_build(photos, cache)
-    assert inspected == ["renamed.png"] and records.reused == 13
+    assert inspected == ["renamed.png"] and records.reused == 12
     assert str((photos / "green" / "003.png").absolute()) not in cached_paths(cache)
     assert_as_from_scratch(manifest, photos)
 
@@ -201,14 +202,14 @@ def test_a_corrupt_cache_is_ignored_with_a_warning(photos: Path, tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="cbir.data.inspection"):
         manifest, records = cached_build(photos, cache)
     assert f"file record cache '{cache}' ignored" in caplog.text
-    assert (records.inspected, records.reused) == (14, 0)
+    assert (records.inspected, records.reused) == (13, 0)
     assert_as_from_scratch(manifest, photos)
     assert cache.read_text().splitlines()[0] == records_stamp()  # written anew
 
 
 def test_a_missing_cache_means_a_full_inspection(photos: Path, tmp_path: Path):
     manifest, records = cached_build(photos, tmp_path / "nowhere" / "file_records.csv")
-    assert (records.inspected, records.reused) == (14, 0)
+    assert (records.inspected, records.reused) == (13, 0)
     assert_as_from_scratch(manifest, photos)
 
 
@@ -251,7 +252,7 @@ def test_flat_numbered_files_are_taken_from_the_cache(tmp_path: Path, inspected:
 
 def test_scan_shards_cover_the_listing_once(photos: Path):
     paths = [path for path, _ in inspection.listed_files(photos)]
-    assert len(paths) == 14
+    assert len(paths) == 13  # notes.txt is ignored, never listed for inspection
     for n_shards in (1, 2, 3, 5, 14, 20):
         shards = [inspection.shard_of(paths, i, n_shards) for i in range(n_shards)]
         assert [path for shard in shards for path in shard] == paths
@@ -270,14 +271,14 @@ def test_a_manifest_from_scan_shards_inspects_nothing_itself(photos: Path, tmp_p
     inspected.clear()
     records = FileRecords.load(cache, shards=shards)
     manifest = build_manifest("folder", FOLDER, photos, records=records)
-    assert inspected == [] and records.reused == 14
+    assert inspected == [] and records.reused == 13
     assert_as_from_scratch(manifest, photos)
     # a rescan after adding a file inspects that file alone, taking the others from the cache
     records.save(cache)
     inspected.clear()
     write_png(photos / "blue" / "extra.png", 20)
     rescans = [inspection.scan_shard(photos, i, 3, cache, shard) for i, shard in enumerate(shards)]
-    assert inspected == ["extra.png"] and sum(r.reused for r in rescans) == 14
+    assert inspected == ["extra.png"] and sum(r.reused for r in rescans) == 13
 
 
 def test_unreadable_scan_records_stop_the_manifest_naming_them(tmp_path: Path):

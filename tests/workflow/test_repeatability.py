@@ -23,7 +23,8 @@ pytestmark = pytest.mark.workflow
 
 CELL = Path("results/tiny/lite/80-20")
 PCAS = ("4", "8", "original")
-UNUSABLE = {"red/notes.txt": b"not an image", "green/broken.jpg": b"\xff\xd8\xff\xe0 cut short", "blue/empty.png": b""}
+UNUSABLE = {"red/notes.jpg": b"not an image", "green/broken.jpg": b"\xff\xd8\xff\xe0 cut short", "blue/empty.png": b""}
+IGNORED = {"red/notes.txt": b"a note beside the photos", "blue/.DS_Store": b"\0"}  # not photos: listed, not counted
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def second_run(finished_run, tmp_path_factory) -> tuple[Path, Path]:
     first, config = finished_run
     root = tmp_path_factory.mktemp("again")
     data = make_image_folder(root / "data" / "tiny", per_class=10)
-    for name, content in UNUSABLE.items():
+    for name, content in {**UNUSABLE, **IGNORED}.items():
         (data / name).write_bytes(content)
     again = session_config(data)
     # the same settings; only the folder differs
@@ -88,7 +89,9 @@ def test_unusable_files_are_excluded_counted_in_the_summary_and_change_nothing(s
     excluded = pd.read_csv(second / "results/tiny/excluded.csv")
     assert sorted(Path(p).relative_to(second / "data/tiny").as_posix() for p in excluded["path"]) == sorted(UNUSABLE)
     reasons = dict(zip(excluded["path"].map(lambda p: Path(p).name), excluded["reason"], strict=True))
-    assert reasons["notes.txt"] == "not an image file extension (.txt)"
+    assert reasons["notes.jpg"].startswith("cannot decode: not an image Pillow can read")
+    ignored = pd.read_csv(second / "results/tiny/ignored.csv")
+    assert sorted(ignored["kind"]) == ["os_file", "other"] and ignored["files"].sum() == len(IGNORED)
     assert reasons["broken.jpg"].startswith("cannot decode") and reasons["empty.png"] == "empty file (0 bytes)"
     summary = {root: pd.read_csv(root / "results/summary/datasets.csv").iloc[0] for root in (first, second)}
     assert summary[first][["images", "classes", "excluded", "duplicates"]].tolist() == [30, 3, 0, 0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cbir.data.manifest import UNLABELLED, read_manifest
@@ -24,8 +25,9 @@ def test_every_image_of_any_layout_is_one_collection(collection_run: Path):
     manifest = read_manifest(collection_run / "results/photos/manifest.csv")
     assert len(manifest) == 36 and set(manifest["label"]) == {0} and set(manifest["class_name"]) == {UNLABELLED}
     assert {"top_000.png", "green/000.png", "green/nested/000.png"} <= set(manifest["id"])
-    excluded = (collection_run / "results/photos/excluded.csv").read_text()
-    assert "notes.txt" in excluded and "not an image file extension" in excluded
+    assert "notes.txt" not in (collection_run / "results/photos/excluded.csv").read_text()  # not a photo
+    ignored = pd.read_csv(collection_run / "results/photos/ignored.csv")
+    assert ignored[["kind", "files"]].values.tolist() == [["other", 1]] and ignored["example"][0].endswith("notes.txt")
 
 
 @pytest.mark.workflow

@@ -1,4 +1,5 @@
 from cbir.data.sources import data_dir, fashion_mnist_paths, prepared_datasets_pattern  # noqa: E402
+from cbir.layout import IGNORED  # noqa: E402
 
 
 rule prepare_digits:
@@ -123,6 +124,8 @@ rule scan_files:
         folder=lambda wildcards: str(dataset_user_folder(wildcards.dataset)),
         file_records=lambda wildcards: FILE_RECORDS.format(dataset=wildcards.dataset),
         files=dataset_files_state,
+        # what is no photo is not inspected (cbir.data.ignore); the same patterns as the manifest's
+        ignore=config["data"]["ignore"],
     log:
         f"{LOGS}/scan_files/{{dataset}}_{{shard}}-of-{{n}}.log",
     benchmark:
@@ -140,8 +143,11 @@ rule scan_files:
 rule manifest:
     """Index the dataset through its adapter: id, path, label, class, size and checksum of every image.
 
-    Unusable files go to excluded.csv with the reason; above data.max_excluded_fraction of them,
-    or with fewer than two classes, or with a path outside the dataset folder, the job stops.
+    Files that claim to be images (an image extension) and cannot be used go to excluded.csv with
+    the reason; above data.max_excluded_fraction of them, or with fewer than two classes, or with a
+    path outside the dataset folder, the job stops. What is no photo (videos, sidecars, OS files,
+    hidden and thumbnail folders, other files, data.ignore's patterns: cbir.data.ignore) is
+    ignored, counted per folder and kind in ignored.csv, and never stops the run.
     The files are inspected (decoded, measured, hashed) by data.scan_threads processes (or before,
     by the scan_files jobs of a large folder dataset), except those unchanged since the last run:
     same path, size and mtime in the file record cache results/<dataset>/cache/file_records.csv
@@ -155,6 +161,7 @@ rule manifest:
     output:
         manifest=MANIFEST,
         excluded=EXCLUDED,
+        ignored=IGNORED,
     params:
         source=lambda wildcards: dataset_source(wildcards.dataset),
         entry=adapter_options,
@@ -165,6 +172,8 @@ rule manifest:
         file_records=lambda wildcards: FILE_RECORDS.format(dataset=wildcards.dataset),
         # names, sizes and mtimes of the dataset's files (folder datasets): a change rebuilds the manifest
         files=dataset_files_state,
+        # data.ignore: the patterns of files and folders to leave out, besides the built-in kinds
+        ignore=config["data"]["ignore"],
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     benchmark:

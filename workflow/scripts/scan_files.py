@@ -11,7 +11,13 @@ from cbir.pipeline.steps import run_step
 def main(smk) -> None:
     shard, n_shards = int(smk.wildcards.shard), int(smk.wildcards.n)
     records = scan_shard(
-        smk.params.folder, shard, n_shards, smk.params.file_records, smk.output.records, workers=smk.threads
+        smk.params.folder,
+        shard,
+        n_shards,
+        smk.params.file_records,
+        smk.output.records,
+        workers=smk.threads,
+        ignore=smk.params.ignore,
     )
     where = smk.params.file_records
     logging.getLogger("cbir.scan").info("shard %d of %d: %s", shard + 1, n_shards, records.summary(where))

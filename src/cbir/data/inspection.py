@@ -9,7 +9,8 @@ cache and the pool size for the whole build with :func:`scanning`.
 
 A large folder of the user's own files is inspected before the manifest job, by scan jobs of
 :func:`scan_shard` each taking a slice of :func:`listed_files`: the manifest job then finds every
-file in their records, so a million files are not one job lasting hours.
+file in their records, so a million files are not one job lasting hours. What is no photo
+(:mod:`cbir.data.ignore`: videos, sidecars, OS files, hidden folders ...) is never listed there.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import PIL
-from PIL import Image, ImageOps
+from PIL import Image
 
-from cbir.data.images import file_sha256, is_utf8_name, open_within_pixel_limit, unreadable_reason
+from cbir.data.ignore import current_rules
+from cbir.data.images import (
+    decoders_stamp,
+    displayed_size,
+    file_sha256,
+    is_utf8_name,
+    open_within_pixel_limit,
+    unreadable_reason,
+)
 from cbir.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -59,7 +68,7 @@ def inspect_file(path: Path) -> Inspection:
     if reason:
         return reason
     with open_within_pixel_limit(path) as image:
-        width, height = ImageOps.exif_transpose(image).size
+        width, height = displayed_size(image)
     return ImageFacts(width, height, path.stat().st_size, file_sha256(path))
 
 
@@ -81,9 +90,13 @@ def file_key(path: Path) -> FileKey | None:
 def records_stamp() -> str:
     """First line of a cache file: what decides an inspection's outcome besides the file itself.
 
-    A cache written under another Pillow (which may decode more formats) or pixel limit is not used.
+    A cache written under another Pillow, pillow-heif or rawpy (which decide which formats are read) or pixel
+    limit is not used.
     """
-    return f"# cbir file records v1; Pillow {PIL.__version__}; MAX_IMAGE_PIXELS {Image.MAX_IMAGE_PIXELS}"
+    return (
+        f"# cbir file records v1; Pillow {PIL.__version__}; {decoders_stamp()}; "
+        f"MAX_IMAGE_PIXELS {Image.MAX_IMAGE_PIXELS}"
+    )
 
 
 class FileRecords:
@@ -241,9 +254,12 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context()
 
 
-def listed_files(folder: str | Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every non-hidden file below ``folder``, sorted by folder then name (links to folders followed
-    once), with its status (a broken link's own). It reads no file, so a million files take seconds."""
+def listed_files(folder: str | Path, ignore: Sequence[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """Every file below ``folder`` to inspect, sorted by folder then name (links to folders followed once), with
+    its status (a broken link's own). What :mod:`cbir.data.ignore` ignores (with the ``ignore`` patterns;
+    default those of its ``ignoring`` block) is left out: ignored folders are not entered. It reads no
+    file, so a million files take seconds."""
+    rules = current_rules(ignore)
     seen: set[str] = set()
     for current, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
@@ -251,8 +267,9 @@ def listed_files(folder: str | Path) -> Iterator[tuple[str, os.stat_result]]:
             folders.clear()
             continue
         seen.add(real)
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        for name in sorted(name for name in files if not name.startswith(".")):
+        inside = Path(os.path.relpath(current, folder))
+        folders[:] = sorted(name for name in folders if rules.folder_kind((inside / name).as_posix()) is None)
+        for name in sorted(name for name in files if rules.file_kind((inside / name).as_posix()) is None):
             path = os.path.join(current, name)
             try:
                 yield path, os.stat(path)
@@ -269,10 +286,11 @@ class FolderState:
     n_files: int
 
 
-def folder_state(folder: str | Path) -> FolderState:
+def folder_state(folder: str | Path, ignore: Sequence[str] | None = None) -> FolderState:
+    """The state of the files to inspect (:func:`listed_files`): a change to an ignored file alone changes nothing."""
     digest = hashlib.sha256()
     n_files = 0
-    for path, info in listed_files(folder):
+    for path, info in listed_files(folder, ignore):
         digest.update(os.fsencode(f"{os.path.relpath(path, folder)}\0{info.st_size}\0{info.st_mtime_ns}\n"))
         n_files += 1
     return FolderState(digest.hexdigest(), n_files)
@@ -292,12 +310,19 @@ def shard_of(paths: Sequence[str], shard: int, n_shards: int) -> Sequence[str]:
 
 
 def scan_shard(
-    folder: str | Path, shard: int, n_shards: int, cache: str | Path, out: str | Path, workers: int = 1
+    folder: str | Path,
+    shard: int,
+    n_shards: int,
+    cache: str | Path,
+    out: str | Path,
+    workers: int = 1,
+    ignore: Sequence[str] | None = None,
 ) -> FileRecords:
-    """Inspect one shard of the files below ``folder`` (listed as :func:`listed_files` lists them) into
-    the records file ``out``, which the manifest job then takes its inspections from. Unchanged
-    files are taken from the ``cache`` the last manifest job wrote, so a rescan mostly stats."""
-    paths = shard_of([path for path, _ in listed_files(folder)], shard, n_shards)
+    """Inspect one shard of the files below ``folder`` (listed as :func:`listed_files` lists them, ``ignore``:
+    the ``data.ignore`` patterns) into the records file ``out``, which the manifest job then takes its
+    inspections from. Unchanged files are taken from the ``cache`` the last manifest job wrote, so a
+    rescan mostly stats."""
+    paths = shard_of([path for path, _ in listed_files(folder, ignore)], shard, n_shards)
     records = FileRecords.load(cache)
     inspect_images([Path(path) for path in paths], records=records, workers=workers)
     records.save(out)

@@ -1,16 +1,17 @@
-"""Manifests: the table of a dataset's images and of its excluded files, made, checked, written and read back."""
+"""Manifests: the tables of a dataset's images, excluded and ignored files, made, checked, written and read back."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
+from cbir.data.ignore import IGNORED_COLUMNS
 from cbir.data.images import display_path
 from cbir.data.inspection import ImageFacts, inspect_file, inspect_images
 from cbir.io import atomic_path
@@ -28,12 +29,21 @@ class DatasetError(ValueError):
     """The dataset cannot be used; the message says what is wrong and where."""
 
 
+def no_ignored_files() -> pd.DataFrame:
+    return pd.DataFrame(columns=IGNORED_COLUMNS)
+
+
 @dataclass
 class Manifest:
+    """A dataset's images; its ``excluded`` files (claiming to be images, unusable: counted against
+    ``data.max_excluded_fraction``) and its ``ignored`` ones (no photos, per folder and kind:
+    :mod:`cbir.data.ignore`)."""
+
     images: pd.DataFrame
     excluded: pd.DataFrame
     classes: list[str]
     labelled: bool = True  # False: a collection without labels (every image in the one class UNLABELLED)
+    ignored: pd.DataFrame = field(default_factory=no_ignored_files)
 
 
 def image_row(
@@ -98,7 +108,7 @@ def relabel(manifest: Manifest, mapping: Mapping[str, int], classes: Sequence[st
     excluded["class_name"] = [
         classes[mapping[name]] if name in mapping else name for name in excluded["class_name"]
     ]  # fmt: skip
-    return Manifest(images=images, excluded=excluded, classes=list(classes))
+    return Manifest(images=images, excluded=excluded, classes=list(classes), ignored=manifest.ignored)
 
 
 def check_class_counts(
@@ -120,12 +130,14 @@ def check_class_counts(
 
 
 def excluded_file_count(excluded: pd.DataFrame) -> int:
-    """Excluded files (rows of left-out class folders do not count)."""
+    """Excluded files (rows of left-out class folders do not count). Ignored files are in no excluded table:
+    what counts is what claims to be an image and cannot be used."""
     return int((excluded["reason"] != EMPTY_CLASS_REASON).sum()) if len(excluded) else 0
 
 
 def check_excluded_fraction(n_images: int, excluded: pd.DataFrame, limit: float, excluded_csv: str | Path) -> float:
-    """The excluded share of the files; above ``limit`` a :class:`DatasetError` naming where the list is."""
+    """The excluded share of the files that claim to be images (``n_images`` used, and the excluded); above
+    ``limit`` a :class:`DatasetError` naming where the list is."""
     n_excluded = excluded_file_count(excluded)
     total = n_images + n_excluded
     fraction = n_excluded / total if total else 0.0
@@ -137,7 +149,7 @@ def check_excluded_fraction(n_images: int, excluded: pd.DataFrame, limit: float,
             f"{n_excluded} of {total} files ({fraction:.1%}) were excluded, more than "
             f"data.max_excluded_fraction = {limit:g} allows; most common reasons: {summary}. "
             f"The files and reasons are listed in '{excluded_csv}'. Fix or remove them, "
-            "or raise data.max_excluded_fraction"
+            "leave them out with a data.ignore pattern, or raise data.max_excluded_fraction"
         )
     return fraction
 
@@ -220,8 +232,14 @@ def write_csv_table(frame: pd.DataFrame, target: str | Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def write_manifest(manifest: Manifest, images_csv: str | Path, excluded_csv: str | Path) -> None:
-    for frame, target in ((manifest.images, images_csv), (manifest.excluded, excluded_csv)):
+def write_manifest(
+    manifest: Manifest, images_csv: str | Path, excluded_csv: str | Path, ignored_csv: str | Path | None = None
+) -> None:
+    """The manifest's tables as CSV files (the ignored one where ``ignored_csv`` is given)."""
+    tables = [(manifest.images, images_csv), (manifest.excluded, excluded_csv)]
+    if ignored_csv is not None:
+        tables.append((manifest.ignored, ignored_csv))
+    for frame, target in tables:
         write_csv_table(frame, target)
 
 

@@ -1,4 +1,4 @@
-"""Image folders scanned into manifests: class folders listed, each file inspected or excluded with its reason.
+"""Image folders scanned into manifests: class folders listed, each file inspected, excluded or ignored by kind.
 
 Also what the configuration checks count before any job runs (the image files per class folder,
 without opening them), and an image folder that a source's preparing rule exported, read back.
@@ -9,13 +9,23 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cbir.data.images import IMAGE_EXTENSIONS, display_path, is_utf8_name, link_problem
+from cbir.data.ignore import (
+    OUTSIDE_CLASSES,
+    Ignored,
+    IgnoreRules,
+    count_files,
+    current_rules,
+    ignored_table,
+    list_folder,
+)
+from cbir.data.images import display_path, is_utf8_name, link_problem
 from cbir.data.inspection import inspect_images
 from cbir.data.manifest import (
     EMPTY_CLASS_REASON,
@@ -29,13 +39,16 @@ from cbir.data.manifest import (
 )
 
 
-def scan_image_folder(root: str | Path) -> Manifest:
-    """Index ``root/<class>/<image>``: one row per readable image, one per excluded file.
+def scan_image_folder(root: str | Path, ignore: Sequence[str] | None = None) -> Manifest:
+    """Index ``root/<class>/<image>``: one row per readable image, one per excluded file, one per ignored kind.
 
     Labels are class indices in sorted class-name order, counting only classes with at least one
     readable image: a class folder without any is left out (a warning, and a row in
-    ``excluded``). Hidden files and folders are ignored; files that are not images, cannot be
-    decoded, have a name that is not UTF-8, or are broken or looping symbolic links are listed
+    ``excluded``). What is no photo is ignored by kind (:mod:`cbir.data.ignore`: videos, sidecars,
+    OS files, hidden and thumbnail folders, other files without an image extension, the
+    ``ignore`` patterns; default those of the :func:`cbir.data.ignore.ignoring` block; files
+    beside the class folders), listed in ``ignored``; files with an image extension that cannot
+    be decoded, have a name that is not UTF-8, or are broken or looping symbolic links are listed
     in ``excluded`` with the reason. Symbolic links to folders are followed, except back into
     a folder being scanned. Every class folder is listed first; the files are then inspected
     together (:func:`cbir.data.inspection.inspect_images`: in parallel, unchanged ones from its cache).
@@ -43,10 +56,11 @@ def scan_image_folder(root: str | Path) -> Manifest:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rules = current_rules(ignore)
+    class_dirs, ignored = _top_level(root, rules)
     if not class_dirs:
         raise DatasetError(f"dataset folder '{root}' has no class sub-folders")
-    listings = [_list_class(root, class_dir) for class_dir in class_dirs]
+    listings = [_list_class(root, class_dir, rules) for class_dir in class_dirs]
     candidates = [path for listing in listings for path, row_id in listing.files if is_utf8_name(row_id)]
     inspections = iter(inspect_images(candidates))
     rows: list[dict[str, Any]] = []
@@ -55,6 +69,7 @@ def scan_image_folder(root: str | Path) -> Manifest:
     for listing in listings:
         class_name = listing.class_name
         excluded.extend(listing.problems)
+        ignored.extend(listing.ignored)
         found = []
         for path, row_id in listing.files:
             outcome = next(inspections) if is_utf8_name(row_id) else "file or folder name is not valid UTF-8: rename it"
@@ -74,18 +89,20 @@ def scan_image_folder(root: str | Path) -> Manifest:
         images=pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
         excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
         classes=classes,
+        ignored=ignored_table(ignored, root),
     )
 
 
-def scan_unlabelled_folder(root: str | Path) -> Manifest:
+def scan_unlabelled_folder(root: str | Path, ignore: Sequence[str] | None = None) -> Manifest:
     """Index every image below ``root``, in any sub-folder, as one collection without labels: label 0,
-    class :data:`UNLABELLED`. Hidden files and folders are ignored and unusable files excluded with
+    class :data:`UNLABELLED`. What is no photo is ignored by kind and unusable files excluded with
     their reason, as :func:`scan_image_folder` does."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder '{root}' does not exist or is not a folder")
-    excluded: list[dict[str, Any]] = []
-    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(root, excluded, UNLABELLED)]
+    listing = list_folder(root, root, current_rules(ignore))
+    excluded = [_problem_row(path, reason, UNLABELLED) for path, reason in listing.problems]
+    files = [(path, path.relative_to(root).as_posix()) for path in listing.files]
     inspections = iter(inspect_images([path for path, row_id in files if is_utf8_name(row_id)]))
     rows: list[dict[str, Any]] = []
     for path, row_id in files:
@@ -99,69 +116,65 @@ def scan_unlabelled_folder(root: str | Path) -> Manifest:
         excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
         classes=[UNLABELLED] if rows else [],
         labelled=False,
+        ignored=ignored_table(listing.ignored, root),
     )
+
+
+def _top_level(root: Path, rules: IgnoreRules) -> tuple[list[Path], list[Ignored]]:
+    """The class folders of a labelled dataset (sorted), and what at its top is ignored: ignored folders, and
+    every file (an image there is in no class)."""
+    class_dirs: list[Path] = []
+    ignored: list[Ignored] = []
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if link_problem(path) is None and path.is_dir():
+            kind = rules.folder_kind(name)
+            if kind:
+                ignored.append(Ignored(path, kind, count_files(path), folder=True))
+            else:
+                class_dirs.append(path)
+        else:
+            ignored.append(Ignored(path, rules.file_kind(name) or OUTSIDE_CLASSES))
+    return class_dirs, ignored
 
 
 @dataclass
 class _ClassListing:
-    """One class folder's files (path, manifest id), and the excluded rows of what could not be listed."""
+    """One class folder's files (path, manifest id), what is ignored, and the excluded rows of what could not be
+    listed or followed."""
 
     folder: Path
     class_name: str
     files: list[tuple[Path, str]]
     problems: list[dict[str, Any]]
+    ignored: list[Ignored]
 
 
-def _list_class(root: Path, class_dir: Path) -> _ClassListing:
+def _list_class(root: Path, class_dir: Path, rules: IgnoreRules) -> _ClassListing:
     class_name = display_path(class_dir.name)
-    problems: list[dict[str, Any]] = []
-    files = [(path, path.relative_to(root).as_posix()) for path in _class_files(class_dir, problems, class_name)]
-    return _ClassListing(class_dir, class_name, files, problems)
+    listing = list_folder(class_dir, root, rules)
+    files = [(path, path.relative_to(root).as_posix()) for path in listing.files]
+    problems = [_problem_row(path, reason, class_name) for path, reason in listing.problems]
+    return _ClassListing(class_dir, class_name, files, problems, listing.ignored)
 
 
-def _class_files(class_dir: Path, excluded: list[dict[str, Any]], class_name: str) -> list[Path]:
-    """Every non-hidden file below ``class_dir`` (sorted), following links to folders without looping."""
-    files: list[Path] = []
-    pending = [(class_dir, frozenset({class_dir.resolve()}))]
-    while pending:
-        folder, chain = pending.pop()
-        try:
-            entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-        except OSError as error:
-            excluded.append({"path": display_path(folder), "class_name": class_name, "reason": f"cannot list: {error}"})
-            continue
-        for path in entries:
-            problem = link_problem(path)
-            if problem is None and path.is_dir():
-                real = path.resolve()
-                if any(folder == real or folder.is_relative_to(real) for folder in chain):
-                    problem = f"symbolic link loop (back to '{display_path(real)}')"
-                else:
-                    pending.append((path, chain | {real}))
-                    continue
-            if problem:
-                excluded.append({"path": display_path(path), "class_name": class_name, "reason": problem})
-            else:
-                files.append(path)
-    return sorted(files)
+def _problem_row(path: Path, reason: str, class_name: str) -> dict[str, Any]:
+    return {"path": display_path(path), "class_name": class_name, "reason": reason}
 
 
-def count_class_files(root: str | Path) -> list[int]:
-    """Files with an image extension per class folder of ``root``, without opening them.
+def count_class_files(root: str | Path, ignore: Sequence[str] | None = None) -> list[int]:
+    """Files to inspect (an image extension, not ignored) per class folder of ``root``, without opening them.
 
     An upper bound of the images per class the manifest will hold (some may not decode), cheap
     enough to check the configuration with before any job runs.
     """
-    counts = []
-    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = _class_files(class_dir, [], class_dir.name)
-        counts.append(sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in files))
-    return counts
+    root, rules = Path(root), current_rules(ignore)
+    return [len(list_folder(class_dir, root, rules).files) for class_dir in _top_level(root, rules)[0]]
 
 
-def count_image_files(root: str | Path) -> int:
-    """Files with an image extension anywhere below ``root``, without opening them (a collection without labels)."""
-    return sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in _class_files(Path(root), [], ""))
+def count_image_files(root: str | Path, ignore: Sequence[str] | None = None) -> int:
+    """Files to inspect anywhere below ``root``, without opening them (a collection without labels)."""
+    return len(list_folder(root, root, current_rules(ignore)).files)
 
 
 def natural_key(name: str) -> list[Any]:

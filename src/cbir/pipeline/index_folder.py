@@ -1,30 +1,59 @@
 """``cbir index FOLDER``: a folder of photos indexed by the workflow, for someone who does not use Snakemake.
 
 It checks the folder, writes a config for it (``results/<name>/index-config.yaml``), runs the
-workflow through Snakemake's API with its progress display, and says which folder to pass to
-``cbir query``, ``cbir serve`` and ``cbir duplicates``. Running it again after adding, changing
-or removing photos updates the index: only the new contents are extracted (the feature cache),
-and the model stages are refitted.
+workflow through Snakemake's API with one line per stage on the screen (Snakemake's log and the
+jobs' output go to ``results/<name>/index.log``; a failed job is reported by its own error,
+:mod:`cbir.pipeline.progress`), and says which folder to pass to ``cbir query``, ``cbir serve``
+and ``cbir duplicates``. Running it again after adding, changing or removing photos updates the
+index: only the new contents are extracted (the feature cache), and the model stages are refitted
+when due.
+
+Every photo is searchable: a labelled folder's quality is measured on the cell of split 80-20 (a
+fifth of each class held out), and the cell that ``cbir query`` and ``cbir serve`` load is split
+``all``, fitted on every photo (built as extra targets beside the grid: it is not evaluated, as
+nothing is held out of it). A folder without labels has one cell, split ``all``, for both.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pandas as pd
 import yaml
 
 from cbir.data.images import IMAGE_EXTENSIONS
 from cbir.data.manifest import excluded_file_count, read_manifest
 from cbir.data.scan import count_class_files, count_image_files
+from cbir.data.split import ALL
 from cbir.io import atomic_path
-from cbir.layout import FEATURES, INDEX_CONFIG, DatasetPlace, cell_folder
+from cbir.layout import (
+    CLASSIFIER,
+    FEATURES,
+    GALLERY,
+    INDEX_CONFIG,
+    INDEX_LOG,
+    PROJECTION,
+    RAW,
+    SHARD_PLAN,
+    DatasetPlace,
+    cell_folder,
+    clusters_name,
+    embedding_name,
+    metrics_name,
+)
+from cbir.pipeline.labels import detect_labels
+from cbir.pipeline.progress import Job, Progress, captured_output, failure, quietly, shown
 from cbir.pipeline.workflow_files import WorkflowMissingError, default_config, snakefile
+from cbir.search.cell import available_k, best_space
 
 LABEL_CHOICES = ("auto", "none", "folders")
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
@@ -35,9 +64,20 @@ class FolderIndexError(ValueError):
     """The folder cannot be indexed; the message says why."""
 
 
+class IndexRunError(FolderIndexError):
+    """The workflow stopped: the message is the failed step's own error; ``log`` is the run's full log,
+    ``job_log`` the failed job's."""
+
+    def __init__(self, message: str, log: Path, job_log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+        self.job_log = job_log
+
+
 @dataclass(frozen=True)
 class IndexPlan:
-    """What ``cbir index`` runs: the dataset's name, its labels, and the grid cell a query loads."""
+    """What ``cbir index`` runs: the dataset's name, its labels, the split its quality is measured on, and the
+    grid cell a query loads (:attr:`cell`, split ``all``: every photo)."""
 
     name: str
     folder: Path
@@ -46,10 +86,21 @@ class IndexPlan:
     split: str
     pca: str
     n_images: int
+    labels_reason: str = ""  # one line: why these labels (cbir.pipeline.labels), and how to ask for the other
 
     @property
     def cell(self) -> str:
+        """The cell ``cbir query`` and ``cbir serve`` load: fitted on every photo."""
+        return cell_folder(self.name, self.backbone, ALL, self.pca)
+
+    @property
+    def measured_cell(self) -> str:
+        """The evaluated cell: split 80-20 for a labelled folder (the same as :attr:`cell` without labels)."""
         return cell_folder(self.name, self.backbone, self.split, self.pca)
+
+    @property
+    def log(self) -> str:
+        return INDEX_LOG.format(dataset=self.name)
 
     @property
     def features(self) -> str:
@@ -84,13 +135,6 @@ def class_folders(folder: Path) -> int:
     return sum(n > 0 for n in count_class_files(folder))
 
 
-def detect_labels(folder: Path, n_classes: int) -> str:
-    """``folders`` when the photos are sorted into two or more sub-folders (``n_classes``) and none lies at the top,
-    else ``none``."""
-    at_top = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
-    return "folders" if not at_top and n_classes >= 2 else "none"
-
-
 def dataset_name(folder: Path) -> str:
     """A dataset name from the folder's name (letters, digits, underscores)."""
     name = re.sub(r"[^A-Za-z0-9_]+", "_", folder.name).strip("_")
@@ -101,8 +145,9 @@ def plan_index(folder: str | Path, *, name: str | None, labels: str, backbone: s
     path, n_images = check_folder(folder)
     if labels not in LABEL_CHOICES:
         raise FolderIndexError(f"--labels must be one of {', '.join(LABEL_CHOICES)}, not '{labels}'")
-    n_classes = class_folders(path) if labels != "none" else 0
-    labels = detect_labels(path, n_classes) if labels == "auto" else labels
+    decision = detect_labels(path) if labels == "auto" else None  # the layout's rule: cbir.pipeline.labels
+    labels = decision.labels if decision else labels
+    n_classes = class_folders(path) if labels == "folders" else 0
     if labels == "folders" and n_classes < 2:
         raise FolderIndexError(f"--labels folders needs two or more sub-folders of images in '{path}'")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9_]+", name):
@@ -110,14 +155,18 @@ def plan_index(folder: str | Path, *, name: str | None, labels: str, backbone: s
     split = "all" if labels == "none" else SPLIT_WITH_LABELS
     n_gallery = n_images if split == "all" else int(0.8 * n_images)
     pca = str(PCA) if n_gallery > PCA else "original"
-    return IndexPlan(name or dataset_name(path), path, labels, backbone, split, pca, n_images)
+    reason = decision.message if decision else f"labels: {labels}, as --labels asked"
+    return IndexPlan(name or dataset_name(path), path, labels, backbone, split, pca, n_images, reason)
 
 
 def index_config(
-    plan: IndexPlan, base: Mapping[str, Any], extraction: Mapping[str, str] | None = None
+    plan: IndexPlan,
+    base: Mapping[str, Any],
+    extraction: Mapping[str, str] | None = None,
+    max_excluded_fraction: float | None = None,
 ) -> dict[str, Any]:
     """The run's config, over the default config ``base``: one dataset, one backbone, one split, one PCA size
-    (and ``extraction`` settings such as the engine)."""
+    (and ``extraction`` settings such as the engine, and the share of unusable files that stops the run)."""
     if plan.backbone not in base["backbones"]:
         raise FolderIndexError(
             f"--backbone '{plan.backbone}' is not in the backbone catalogue (config/config.yaml: "
@@ -133,19 +182,51 @@ def index_config(
     # an update that adds a few photos keeps the fitted models until a refit is due (cbir.fitting.refit)
     config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry},
               "update": {"refit": "when_due"}}  # fmt: skip
+    if max_excluded_fraction is not None:
+        config["data"] = {"max_excluded_fraction": max_excluded_fraction}
     return {**config, "extraction": dict(extraction)} if extraction else config
 
 
-def write_index_config(plan: IndexPlan, workdir: Path, extraction: Mapping[str, str] | None = None) -> Path:
+def search_cell_files(plan: IndexPlan, config: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """The files of the cell a query loads, built beside the grid where it is not a grid cell (a labelled
+    folder: split ``all``, never evaluated): projection, gallery, classifier, clusters for every k, and each
+    further embedding space with its clusters (``config`` over ``base``, as Snakemake merges them)."""
+    if plan.split == ALL:
+        return []  # the grid's own cell
+    ks = config["grid"]["k"]
+    spaces = [s for s in config["grid"].get("embeddings", base["grid"].get("embeddings", [RAW])) if s != RAW]
+    files = [PROJECTION, GALLERY, CLASSIFIER, *(clusters_name(k) for k in ks)]
+    files += [name for space in spaces for name in (embedding_name(space), *(clusters_name(k, space) for k in ks))]
+    return [f"{plan.cell}/{name}" for name in files]
+
+
+def write_index_config(
+    plan: IndexPlan,
+    workdir: Path,
+    extraction: Mapping[str, str] | None = None,
+    max_excluded_fraction: float | None = None,
+) -> tuple[Path, list[str]]:
+    """The run's config file, and the files to build beside the grid (:func:`search_cell_files`)."""
     base = yaml.safe_load(default_config().read_text())
     path = workdir / INDEX_CONFIG.format(dataset=plan.name)
+    config = index_config(plan, base, extraction, max_excluded_fraction)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(index_config(plan, base, extraction), sort_keys=False))
-    return path
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, search_cell_files(plan, config, base)
 
 
-def run_index(plan: IndexPlan, workdir: Path, cores: int, extraction: Mapping[str, str] | None = None) -> None:
-    """The workflow for the plan's dataset, through Snakemake's API (Snakemake prints its progress)."""
+def run_index(
+    plan: IndexPlan,
+    workdir: Path,
+    cores: int,
+    extraction: Mapping[str, str] | None = None,
+    *,
+    max_excluded_fraction: float | None = None,
+    verbose: bool = False,
+) -> str:
+    """The workflow for the plan's dataset, through Snakemake's API: one line per stage on stderr (``verbose``:
+    Snakemake's log and the jobs' output instead), all of it in ``results/<name>/index.log``. Returns the run
+    in one line; a run that stops is an :class:`IndexRunError` carrying the failed step's own error."""
     # snakemake on first use: the CLI imports this module for every command
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
@@ -155,34 +236,107 @@ def run_index(plan: IndexPlan, workdir: Path, cores: int, extraction: Mapping[st
         workflow_snakefile = snakefile()
     except WorkflowMissingError as error:
         raise FolderIndexError(str(error)) from None
-    config = write_index_config(plan, workdir, extraction)
-    with SnakemakeApi(OutputSettings(quiet={Quietness.RULES, Quietness.HOST})) as api:
-        workflow = api.workflow(
-            resource_settings=ResourceSettings(cores=cores),
-            config_settings=ConfigSettings(configfiles=[config]),
-            snakefile=workflow_snakefile,
-            workdir=workdir,
-        )
-        workflow.dag(DAGSettings(targets={"all"})).execute_workflow(executor="local")
+    config, search_files = write_index_config(plan, workdir, extraction, max_excluded_fraction)
+    log = workdir / plan.log
+    with captured_output(log, echo=verbose) as output:
+        progress = Progress(io.StringIO() if verbose else output.terminal, stage_details(plan, workdir))
+        try:
+            with SnakemakeApi(OutputSettings(quiet={Quietness.HOST}, show_failed_logs=True)) as api:
+                snakemake_log = logging.getLogger("snakemake.logging")
+                # Snakemake's screen into the log file (its sys.stderr may be a test's capture, not descriptor 2)
+                for handler in snakemake_log.handlers:
+                    if isinstance(handler, logging.StreamHandler):
+                        handler.setStream(output.log)
+                snakemake_log.addHandler(progress)
+                workflow = api.workflow(
+                    resource_settings=ResourceSettings(cores=cores),
+                    config_settings=ConfigSettings(configfiles=[config]),
+                    snakefile=workflow_snakefile,
+                    workdir=workdir,
+                )
+                dag = workflow.dag(DAGSettings(targets={"all", *search_files}))
+                dag.execute_workflow(executor="local")
+            progress.close_line()  # a terminal's live line, were any left open
+        except Exception as error:
+            progress.close_line()
+            message, job_log = failure(error, progress, workdir)
+            if "data.max_excluded_fraction" in message:
+                message += " (cbir index --max-excluded-fraction)"
+            raise IndexRunError(message, log, job_log) from error
+    return progress.summary()
+
+
+def stage_details(plan: IndexPlan, workdir: Path) -> dict[str, Callable[[list[Job]], str]]:
+    """What each stage of the run did, for its progress line: photos usable and left out, photos extracted and
+    taken from the feature cache, cells fitted."""
+    dataset = DatasetPlace(workdir, plan.name)
+
+    def files(jobs: list[Job]) -> str:
+        if not any(job.rule == "manifest" for job in jobs):
+            return ""
+        n_excluded = excluded_file_count(pd.read_csv(dataset.excluded))
+        left_out = f", {n_excluded} left out (each with the reason: {shown(dataset.excluded)})" if n_excluded else ""
+        return f"{len(read_manifest(dataset.manifest))} photo(s) usable{left_out}"
+
+    def features(jobs: list[Job]) -> str:
+        if not any(job.rule == "plan_shards" for job in jobs):
+            return ""
+        shards = json.loads((workdir / SHARD_PLAN.format(dataset=plan.name, backbone=plan.backbone)).read_text())
+        n_images, n_new = int(shards["n_images"]), int(shards["n_extracted"])
+        return f"{n_new} photo(s) extracted, {n_images - n_new} from the feature cache"
+
+    def fitting(jobs: list[Job]) -> str:
+        cells = {(job.wildcards.get("split"), job.wildcards.get("pca")) for job in jobs if "pca" in job.wildcards}
+        return f"{len(cells)} cell(s)" if cells else ""
+
+    return {"files": quietly(files), "features": quietly(features), "fitting": quietly(fitting)}
+
+
+def gallery_size(cell: Path) -> int:
+    with h5py.File(cell / GALLERY, "r") as f:
+        return int(f["ids"].shape[0])
+
+
+def measured_quality(plan: IndexPlan, cell: Path) -> tuple[str, str]:
+    """The space the evaluated cell measured best (``raw`` before any evaluation), and its quality in words."""
+    ks = available_k(cell)
+    if not ks:
+        return RAW, "not measured"
+    space, _ = best_space(cell, ks[0])
+    path = cell / metrics_name(ks[0], space)
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    n_test = metrics.get("n_test", "?")
+    if plan.labels == "none":
+        return space, f"each search against exact search over {n_test} photo(s) of the gallery ({shown(path)})"
+    found = ", ".join(f"{name} {metrics[key]:.3f}" for key, name in (("accuracy", "accuracy"), ("map_global", "mAP"))
+                      if isinstance(metrics.get(key), float))  # fmt: skip
+    return space, f"{found or 'no metrics'} on the {n_test} held-out photo(s) (space {space}, k {ks[0]})"
 
 
 def describe(plan: IndexPlan, workdir: Path) -> str:
-    """What was indexed and the commands that use it."""
+    """What was indexed, how many photos are searchable, the commands that use it, and which cell measured
+    the quality."""
     where = workdir.resolve()
-    cell, features = where / plan.cell, where / plan.features
+    cell, measured, features = where / plan.cell, where / plan.measured_cell, where / plan.features
     labels = "without labels" if plan.labels == "none" else "labelled by its sub-folders"
     dataset = DatasetPlace(where, plan.name)
     n_indexed = len(read_manifest(dataset.manifest))
     n_excluded = excluded_file_count(pd.read_csv(dataset.excluded))
+    space, quality = measured_quality(plan, measured)
+    option = "" if space == RAW else f" --space {space}"  # the query cell is not evaluated: the measured best
     lines = [
         f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset.folder}",
-        f"  cbir query PHOTO --model {cell}",
-        f"  cbir serve --model {cell}",
+        f"  {gallery_size(cell)} photo(s) searchable, every indexed one: {cell}",
+        f"  cbir query PHOTO --model {cell}{option}",
+        f"  cbir serve --model {cell}{option}",
         f"  cbir duplicates {features}",
     ]
     if n_excluded:
         lines.append(f"  {n_excluded} file(s) left out, each with the reason, in {dataset.excluded}")
-    if plan.split != "all":
-        lines.append(f"  (split {plan.split}: a fifth of each class is held out to measure the classifier)")
+    if plan.split != ALL:
+        held_out = f"split {plan.split}: a fifth of each class held out"
+        lines.append(f"  quality measured by {measured} ({held_out}): {quality}")
+    else:
+        lines.append(f"  quality measured by the same cell: {quality}")
     lines.append("Run the same cbir index again after adding photos: only the new ones are extracted.")
     return "\n".join(lines)

@@ -6,11 +6,16 @@ import io
 from dataclasses import dataclass
 
 from fastapi import UploadFile
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from cbir.data.images import load_rgb_image
+from cbir.data.images import MissingDecoderError, displayed_size, load_rgb_image, open_within_pixel_limit
 
-UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+Image.init()  # every Pillow plugin registered: UPLOAD_FORMATS keeps those this installation opens
+# Pillow's formats an upload may be in (HEIF: pillow-heif's, where installed); RAW camera files are told by
+# their content and read by rawpy, as the gallery's are (cbir.data.images)
+UPLOAD_FORMATS = tuple(
+    name for name in ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "AVIF", "HEIF") if name in Image.OPEN
+)
 
 
 class UploadError(Exception):
@@ -35,19 +40,21 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
     """Decode image bytes to RGB (EXIF orientation applied), refusing non-images and oversized images.
 
     ``draft_to``: the gallery's draft side (:attr:`cbir.extraction.network.PreparedNetwork.draft_to`): a large
-    JPEG is decoded at the reduced DCT scale its images were.
+    JPEG is decoded at the reduced DCT scale its images were (a RAW's JPEG preview too).
     """
     if not data:
         raise UploadError(400, "the upload is empty")
     try:
-        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
-            width, height = probe.size
+        with open_within_pixel_limit(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
+            width, height = displayed_size(probe)
     except Image.DecompressionBombError as error:
         raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
     except UnidentifiedImageError as error:
         raise UploadError(
-            422, f"the upload is not an image in a format this server reads ({', '.join(UPLOAD_FORMATS)})"
+            422, f"the upload is not an image in a format this server reads ({', '.join(UPLOAD_FORMATS)}, RAW)"
         ) from error
+    except MissingDecoderError as error:
+        raise UploadError(422, f"the image cannot be read on this server: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UploadError(422, f"the image cannot be read: {type(error).__name__}: {error}") from error
     if width * height > max_pixels:
@@ -56,13 +63,11 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
         )
     try:
         image = load_rgb_image(io.BytesIO(data), draft_to)
-        with Image.open(io.BytesIO(data)) as probe:
-            turned = probe.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
     except Image.DecompressionBombError as error:
         raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
     except Exception as error:  # a truncated or corrupt file fails only when decoded
         raise UploadError(422, f"the image cannot be decoded: {type(error).__name__}: {error}") from error
-    return DecodedUpload(image, *((height, width) if turned else (width, height)))
+    return DecodedUpload(image, width, height)
 
 
 def read_upload(upload: UploadFile, max_bytes: int) -> bytes:

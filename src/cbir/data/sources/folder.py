@@ -12,7 +12,10 @@ from cbir.data.sources.source import FETCH_KEYS, Source, data_dir
 
 
 class FolderSource(Source):
-    """``labels: none``: a collection without labels, every image below the folder (``scan_unlabelled_folder``)."""
+    """``labels: none``: a collection without labels, every image below the folder (``scan_unlabelled_folder``).
+
+    Either way, what is no photo (videos, sidecars, OS files, hidden and thumbnail folders, ``data.ignore``'s
+    patterns) is ignored and listed in ``ignored.csv``, not excluded (:mod:`cbir.data.ignore`)."""
 
     name = "folder"
     keys = frozenset({"path", "subdir", "labels", "clusters"}) | FETCH_KEYS
@@ -28,8 +31,8 @@ class FolderSource(Source):
         return folder if folder.is_dir() else None
 
     def class_sizes(self, entry: Mapping[str, Any], root: Path, official: bool) -> tuple[list[int], str] | None:
-        """Counted: files with an image extension per class folder (some may still be excluded); without
-        labels, the whole collection is one class."""
+        """Counted: files with an image extension per class folder, not ignored (some may still be excluded;
+        :mod:`cbir.data.ignore`); without labels, the whole collection is one class."""
         folder = data_dir(root, entry)
         if not folder.is_dir():
             return None
