@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from cbir.data.images import load_rgb_image
+from cbir.data.split import ALL
 from cbir.layout import PROJECTION, RESULTS
 from cbir.search.cell import BEST, Cell, ModelFolderError, load_cell
 from cbir.search.index import MODES
@@ -33,14 +34,16 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 def find_cell(folder: str | Path) -> Path:
     """The grid cell in ``folder``: the cell itself, or the only cell of a dataset folder ``results/<name>/``
-    or of the folder a workflow ran in."""
+    or of the folder a workflow ran in (or its only cell of split ``all``, which holds every image)."""
     folder = Path(folder)
     if (folder / PROJECTION).is_file():
         return folder
     patterns = ("*/*/*/" + PROJECTION, f"{RESULTS}/*/*/*/*/{PROJECTION}")
     cells = sorted({p.parent for pattern in patterns for p in folder.glob(pattern)})
-    if len(cells) == 1:
-        return cells[0]
+    # `cbir index` on a labelled folder fits a cell on every photo (split all) beside the one that measures quality
+    searchable = [cell for cell in cells if cell.parent.name == ALL]
+    if len(cells) == 1 or len(searchable) == 1:
+        return (searchable or cells)[0]
     if not folder.is_dir():
         raise ModelFolderError(f"'{folder}' does not exist")
     if not cells:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.api import ModelFolderError, QueryError, open_index
+from cbir.api import ModelFolderError, QueryError, find_cell, open_index
+from cbir.layout import PROJECTION
 
 from helpers import run_cbir
 
@@ -79,3 +80,18 @@ def test_an_unreadable_query_is_a_query_error(index, tmp_path: Path):
         index.search(text, top_k=0)
     with pytest.raises(QueryError, match="unknown search mode"):
         index.search(text, modes=("nearest",))
+
+
+def test_a_folder_opens_its_only_cell_or_its_only_cell_of_every_image(tmp_path: Path):
+    def cell(path: str) -> Path:
+        (tmp_path / path).mkdir(parents=True)
+        (tmp_path / path / PROJECTION).touch()
+        return tmp_path / path
+
+    measured = cell("results/trip/lite/80-20/original")
+    assert find_cell(tmp_path) == measured and find_cell(tmp_path / "results" / "trip") == measured
+    searchable = cell("results/trip/lite/all/original")  # cbir index on a labelled folder
+    assert find_cell(tmp_path) == searchable and find_cell(measured) == measured
+    cell("results/trip/lite/all/100")
+    with pytest.raises(ModelFolderError, match="holds 3 grid cells"):
+        find_cell(tmp_path)
