@@ -90,6 +90,18 @@ def test_lda_separates_the_classes_better_than_raw(blobs, mlp):
     assert separation(lda) > 2 * separation(features)
 
 
+def test_lda_with_two_images_per_class_falls_back_to_the_svd_solver(caplog):
+    # the eigen solver's within-class scatter is singular here (a small labelled folder split 80-20)
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 2)
+    centres = rng.normal(size=(3, 1280))
+    features = centres[labels] + 0.1 * rng.normal(size=(6, 1280))
+    embedding = fit_embedding("lda", features, labels, None, {"lda": {"shrinkage": "auto"}})
+    mapped = embedding.transform(features)
+    assert mapped.shape == (6, 2) and np.isfinite(mapped).all()
+    assert "fitting with the SVD solver instead" in caplog.text  # the run goes on; LDA on 6 images means little
+
+
 def test_mlp_space_is_the_classifiers_last_hidden_layer(blobs, mlp):
     features, labels = blobs
     vectors = fit_embedding("mlp", features, labels, mlp, OPTIONS).transform(features)

@@ -22,6 +22,7 @@ neighbours, weighted by their cosine similarity to the power α.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from cbir.fitting.mlp import MlpModel, load_mlp
 from cbir.io import load_arrays, save_arrays
 from cbir.layout import RAW
 from cbir.plugins import current_plugin
+
+log = logging.getLogger(__name__)
 
 STEP_KINDS = ("l2", "scale", "affine", "relu")
 
@@ -122,10 +125,15 @@ def _fit_lda(reduced: np.ndarray, labels: np.ndarray, mlp: MlpModel, options: Ma
 
     x = l2_normalise(np.asarray(reduced, dtype=np.float64))
     shrinkage = options.get("shrinkage", "auto")
+    lda = None
     if x.shape[1] <= LDA_EIGEN_MAX_DIM and shrinkage is not None:
-        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels)
-        offset = np.zeros(x.shape[1])
-    else:
+        try:
+            lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels)
+            offset = np.zeros(x.shape[1])
+        except np.linalg.LinAlgError as error:
+            # too few images per class for the eigen solver's within-class scatter (2 per class, many dimensions)
+            log.warning("LDA's eigen solver failed (%s); fitting with the SVD solver instead", error)
+    if lda is None:
         lda = LinearDiscriminantAnalysis(solver="svd").fit(x, labels)
         offset = lda.xbar_
     weight = lda.scalings_[:, : lda._max_components]
