@@ -1,5 +1,6 @@
 """A phone or NAS photo export as people have it, generated: month folders, a Dups folder, and beside the photos
-videos, sidecars, OS files, a note, a symlink, a truncated and an empty JPEG, a non-ASCII name, hidden folders."""
+videos, sidecars, OS files, a note, a symlink, a truncated and an empty JPEG, a non-ASCII name, hidden folders;
+with ``formats=True`` HEIC, AVIF and DNG photos too, and a camera's RAW+JPEG and RAW+HEIC pairs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image
+
+try:  # writing HEIC (pillow-heif, requirements.txt): registered as cbir's reader registers it
+    import pillow_heif
+except ImportError:  # make_photo_export(formats=True) and save(*.heic) then fail; the tests skip first
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener()
 
 ORIENTATION = ExifTags.Base.Orientation
 
@@ -34,6 +42,21 @@ EXCLUDED = {  # claims to be a photo and cannot be read: (path inside the export
     "2024/07/IMG_0007_empty.jpg": "empty file (0 bytes)",
 }
 N_PHOTOS = 18  # 12 months, 2 more in June, a non-ASCII name, a symlink to a photo, 2 in Dups
+# make_photo_export(formats=True) adds these photos, as (path inside the export, how write_photo writes it) ...
+FORMAT_PHOTOS = {
+    "2024/10/IMG_1010.HEIC": "HEIC",
+    "2024/10/IMG_1011.heic": "HEIC",
+    "2024/11/IMG_1110.avif": "AVIF",
+    "2024/11/IMG_1111.AVIF": "AVIF",
+    "2024/12/DSC_1210.DNG": "DNG",  # the sensor's mosaic alone: LibRaw's half-size demosaic
+    "2024/12/DSC_1211.dng": "DNG with preview",  # a full-size JPEG preview, as most cameras' RAW files hold
+    "2024/12/IMG_1212.JPG": "JPEG",  # a RAW+JPEG pair's JPEG: indexed
+    "2024/12/IMG_1213.HEIC": "HEIC",  # a RAW+HEIC pair's HEIC: indexed
+}
+RAW_TWINS = {  # ... and their RAW files, beside the same shot's JPEG or HEIC: ignored (stems compared in any case)
+    "2024/12/IMG_1212.DNG": "raw_with_jpeg",
+    "2024/12/img_1213.dng": "raw_with_jpeg",
+}
 
 
 def _jpeg(path: Path, seed: int, size: int = 32, fmt: str = "JPEG") -> Path:
@@ -45,9 +68,10 @@ def _jpeg(path: Path, seed: int, size: int = 32, fmt: str = "JPEG") -> Path:
     return path
 
 
-def make_photo_export(root: Path) -> Path:
+def make_photo_export(root: Path, formats: bool = False) -> Path:
     """The export of the issue, at ``root``: :data:`N_PHOTOS` photos, :data:`IGNORED` files,
-    :data:`IGNORED_FOLDERS` and the :data:`EXCLUDED` files."""
+    :data:`IGNORED_FOLDERS` and the :data:`EXCLUDED` files; with ``formats``, the :data:`FORMAT_PHOTOS`
+    (each of its own content) and the :data:`RAW_TWINS` as well."""
     for month in range(1, 13):
         _jpeg(root / "2024" / f"{month:02d}" / f"IMG_{month:04d}.jpg", seed=month)
     _jpeg(root / "2024" / "06" / "IMG_0101.png", seed=101, fmt="PNG")
@@ -69,7 +93,24 @@ def make_photo_export(root: Path) -> Path:
     Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(data, format="JPEG")
     (root / "2024" / "05" / "IMG_0005_truncated.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
     (root / "2024" / "07" / "IMG_0007_empty.jpg").write_bytes(b"")
+    if formats:
+        for seed, (relative, kind) in enumerate(FORMAT_PHOTOS.items(), start=1000):
+            write_photo(root / relative, kind, seed)
+        for relative, pair in zip(RAW_TWINS, ("2024/12/IMG_1212.JPG", "2024/12/IMG_1213.HEIC"), strict=True):
+            write_photo(root / relative, "DNG with preview", 1000 + list(FORMAT_PHOTOS).index(pair))
     return root
+
+
+def write_photo(path: Path, kind: str, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
+    """A :func:`photo` of its own content (``seed``) written at ``path`` as ``kind``: JPEG, PNG, HEIC, AVIF, DNG
+    (the sensor's mosaic alone) or "DNG with preview" (the mosaic and a JPEG preview of the same picture)."""
+    image = photo(size, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind.startswith("DNG"):
+        return write_dng(path, image, preview=jpeg_bytes(image) if kind == "DNG with preview" else None)
+    fmt = {"JPEG": "JPEG", "PNG": "PNG", "HEIC": "HEIF", "AVIF": "AVIF"}[kind]
+    image.save(path, format=fmt, **({"quality": 90} if fmt != "PNG" else {}))
+    return path
 
 
 # --- single photos in each format, a small DNG that LibRaw reads ----------------------------

@@ -16,7 +16,15 @@ from cbir.data.scan import count_class_files, count_image_files, scan_image_fold
 from cbir.data.sources import build_manifest
 
 from helpers import make_image_folder
-from photo_export import EXCLUDED, IGNORED, IGNORED_FOLDERS, N_PHOTOS, make_photo_export
+from photo_export import (
+    EXCLUDED,
+    FORMAT_PHOTOS,
+    IGNORED,
+    IGNORED_FOLDERS,
+    N_PHOTOS,
+    RAW_TWINS,
+    make_photo_export,
+)
 
 
 @pytest.fixture
@@ -164,3 +172,54 @@ def test_the_ignored_table_is_written_beside_the_manifest(export: Path, tmp_path
     empty = scan_unlabelled_folder(make_image_folder(tmp_path / "plain", per_class=1))
     write_manifest(empty, tmp_path / "m.csv", tmp_path / "x.csv", tmp_path / "none.csv")
     assert (tmp_path / "none.csv").read_text().strip() == ",".join(IGNORED_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("names", "raw_with_jpeg"),
+    [
+        (["IMG_0001.CR2", "IMG_0001.JPG"], {"IMG_0001.CR2"}),  # a camera's RAW+JPEG mode
+        (["img_0001.nef", "IMG_0001.jpeg"], {"img_0001.nef"}),  # names and extensions in any case
+        (["IMG_0001.ARW", "IMG_0001.HEIC"], {"IMG_0001.ARW"}),
+        (["DSCF0001.RAF", "DSCF0001.HIF"], {"DSCF0001.RAF"}),  # Fujifilm's RAW+HEIF
+        (["IMG_0001.CR3", "IMG_0001.DNG", "IMG_0001.JPG"], {"IMG_0001.CR3", "IMG_0001.DNG"}),
+        (["IMG_0001.CR2"], set()),  # a RAW alone is indexed
+        (["IMG_0001.CR2", "IMG_0002.JPG", "IMG_0001.png", "IMG_0001.avif", "IMG_0001.CR2.jpg"], set()),
+        (["IMG_0001.CR2", ".IMG_0001.JPG", "IMG_0001.xmp", "IMG_0001.MOV"], set()),  # no twin to inspect
+    ],
+)
+def test_a_raw_is_ignored_only_beside_a_jpeg_or_heic_of_the_same_shot(names: list[str], raw_with_jpeg: set[str]):
+    kinds = IgnoreRules().file_kinds("2024/06", names)
+    assert {name for name, kind in kinds.items() if kind == "raw_with_jpeg"} == raw_with_jpeg
+    assert all(kinds[name] == ignored_kind(f"2024/06/{name}", folder=False) for name in set(names) - raw_with_jpeg)
+    # a JPEG ignored by a data.ignore pattern is no twin: the shot keeps its RAW
+    configured = IgnoreRules(["*.jpg"]).file_kinds(".", ["IMG_0001.CR2", "IMG_0001.JPG"])
+    assert configured == {"IMG_0001.CR2": None, "IMG_0001.JPG": "configured"}
+
+
+def test_each_shot_of_a_raw_plus_jpeg_camera_is_one_photo_the_jpeg(tmp_path: Path):
+    for package in ("pillow_heif", "rawpy"):  # writing the HEIC photos, reading the DNG ones
+        pytest.importorskip(package, reason=f"{package} (requirements.txt) is not installed")
+    export = make_photo_export(tmp_path / "Photos", formats=True)
+    manifest = scan_unlabelled_folder(export)
+    ids = set(manifest.images["id"])
+    assert len(ids) == N_PHOTOS + len(FORMAT_PHOTOS) and set(FORMAT_PHOTOS) <= ids and not ids & set(RAW_TWINS)
+    assert sorted(manifest.excluded["path"]) == sorted(str(export / path) for path in EXCLUDED)
+    rows = {(row.folder, row.kind): (row.files, row.example) for row in manifest.ignored.itertuples()}
+    assert rows[("2024/12", "raw_with_jpeg")] == (2, "IMG_1212.DNG")
+    assert manifest.ignored.groupby("kind")["files"].sum().to_dict() == {**ignored_per_kind(), "raw_with_jpeg": 2}
+    # every listing agrees: the scan jobs', the counts before any job, a path asked about alone
+    listed = {Path(path).relative_to(export).as_posix() for path, _ in listed_files(export)}
+    assert listed == ids | set(EXCLUDED) and count_image_files(export) == len(listed)
+    assert count_class_files(export) == [len(listed) - 2, 2]  # 2024, Dups
+    for relative in RAW_TWINS:
+        assert ignored_kind(export / relative, root=export) == "raw_with_jpeg"
+        assert ignored_kind(relative, folder=False) is None  # by its name alone, no folder to look in
+    assert ignored_kind(export / "2024/12/DSC_1210.DNG", root=export) is None
+    # a change to the ignored RAW alone leaves the folder's state as it was; without its JPEG, the RAW is indexed
+    state = folder_state(export)
+    (export / "2024/12/IMG_1212.DNG").write_bytes((export / "2024/12/DSC_1211.dng").read_bytes())
+    assert folder_state(export) == state
+    (export / "2024/12/IMG_1212.JPG").unlink()
+    again = scan_unlabelled_folder(export)
+    assert "2024/12/IMG_1212.DNG" in set(again.images["id"]) and len(again.images) == len(ids)
+    assert again.ignored.set_index(["folder", "kind"]).loc[("2024/12", "raw_with_jpeg"), "files"] == 1

@@ -20,6 +20,12 @@ case-insensitively):
 - ``video``: :data:`VIDEO_EXTENSIONS` (.mov .mp4 .m4v .avi .mkv .3gp ...);
 - ``sidecar``: :data:`SIDECAR_EXTENSIONS` (.xmp .aae .json .thm ...): an editor's or phone's notes on a photo;
 - ``other``: any other file without an image extension (notes.txt, PDFs, archives, audio);
+- ``raw_with_jpeg``: a RAW camera file (:data:`cbir.data.images.RAW_EXTENSIONS`) beside a JPEG or HEIC of the
+  same shot, as cameras write them in RAW+JPEG mode: same folder, same name before the extension
+  (``IMG_0001.CR2`` and ``IMG_0001.JPG``), that file not ignored itself. The JPEG (the camera's own
+  rendering, fast to decode) is indexed, so each shot is one photo; a RAW without such a twin is indexed.
+  Judged on the names alone (:meth:`IgnoreRules.file_kinds`): a twin that cannot be read is excluded, and
+  its RAW is not taken instead;
 - ``outside_classes``: in a labelled dataset, a file at the top, beside the class folders (in no class).
 
 Everything else (an image extension, no rule matching) is inspected: indexed, or excluded with the reason.
@@ -39,11 +45,11 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cbir.data.images import IMAGE_EXTENSIONS, display_path, link_problem
+from cbir.data.images import HEIF_EXTENSIONS, IMAGE_EXTENSIONS, RAW_EXTENSIONS, display_path, link_problem
 
 CONFIGURED, SYSTEM_FOLDER, HIDDEN_FOLDER = "configured", "system_folder", "hidden_folder"
 OS_FILE, HIDDEN_FILE, VIDEO, SIDECAR, OTHER = "os_file", "hidden_file", "video", "sidecar", "other"
-OUTSIDE_CLASSES = "outside_classes"
+RAW_WITH_JPEG, OUTSIDE_CLASSES = "raw_with_jpeg", "outside_classes"
 KINDS = {
     CONFIGURED: "matches a data.ignore pattern",
     SYSTEM_FOLDER: "a NAS or OS thumbnail, trash or index folder (ignored whole)",
@@ -53,6 +59,7 @@ KINDS = {
     VIDEO: "a video",
     SIDECAR: "a sidecar: an editor's or phone's notes on a photo",
     OTHER: "any other file without an image extension",
+    RAW_WITH_JPEG: "a RAW file beside the same shot's JPEG or HEIC (same folder and name), which is indexed",
     OUTSIDE_CLASSES: "a file beside the class folders of a labelled dataset, in no class",
 }
 # lower-case names; '.thumbnails' and the like are hidden as well, but named here for what they are
@@ -72,6 +79,7 @@ VIDEO_EXTENSIONS = frozenset({
     ".mpeg", ".flv", ".vob", ".ogv", ".lrv", ".insv", ".mod", ".tod", ".dv",
 })  # fmt: skip
 SIDECAR_EXTENSIONS = frozenset({".xmp", ".aae", ".json", ".thm", ".dop", ".pp3", ".on1", ".acr", ".xml"})
+RENDERED_EXTENSIONS = frozenset({".jpg", ".jpeg"}) | HEIF_EXTENSIONS  # what a camera writes beside its RAW
 
 
 @dataclass(frozen=True)
@@ -148,14 +156,34 @@ class IgnoreRules:
             return SIDECAR
         return None if suffix in IMAGE_EXTENSIONS else OTHER
 
+    def file_kinds(self, folder: str, names: Iterable[str]) -> dict[str, str | None]:
+        """The kind of each file of ``names`` in the folder at ``folder`` (inside the dataset; '.' its top):
+        :meth:`file_kind`'s, or :data:`RAW_WITH_JPEG` for a RAW whose shot is there to inspect as a JPEG or
+        HEIC too (:func:`raw_twins`). What lists a folder asks this, so the twin rule holds everywhere."""
+        prefix = "" if folder in ("", ".") else folder.rstrip("/") + "/"
+        kinds = {name: self.file_kind(prefix + name) for name in names}
+        for name in raw_twins(name for name, kind in kinds.items() if kind is None):
+            kinds[name] = RAW_WITH_JPEG
+        return kinds
+
     def kind(self, relative: str, folder: bool) -> str | None:
-        """The kind of a file or folder at ``relative``, its enclosing folders (inside the dataset) checked first."""
+        """The kind of a file or folder at ``relative``, its enclosing folders (inside the dataset) checked first.
+        By the name alone: a RAW's twin is not looked for (:meth:`file_kinds`, :func:`ignored_kind` do)."""
         parts = relative.split("/")
         for depth in range(1, len(parts)):
             kind = self.folder_kind("/".join(parts[:depth]))
             if kind:
                 return kind
         return self.folder_kind(relative) if folder else self.file_kind(relative)
+
+
+def raw_twins(names: Iterable[str]) -> frozenset[str]:
+    """Among ``names`` (files of one folder), the RAW files whose shot is there as a JPEG or HEIC too: the same
+    name before the extension, compared case-insensitively (``IMG_0001.CR2`` beside ``img_0001.jpg`` or
+    ``IMG_0001.HEIC``)."""
+    split = [(name, *os.path.splitext(name.lower())) for name in names]
+    rendered = {stem for _, stem, suffix in split if suffix in RENDERED_EXTENSIONS}
+    return frozenset(name for name, stem, suffix in split if suffix in RAW_EXTENSIONS and stem in rendered)
 
 
 _EXTRA: ContextVar[tuple[str, ...]] = ContextVar("cbir_ignore", default=())
@@ -192,13 +220,21 @@ def ignored_kind(
 
     ``path`` lies inside ``root`` (the dataset folder; its folders inside it are checked too), or is
     a path relative to it, or a bare name. ``folder``: whether it is a folder (None: asked of the file
-    system). ``extra``: ``data.ignore`` patterns (None: those of the :func:`ignoring` block).
+    system). ``extra``: ``data.ignore`` patterns (None: those of the :func:`ignoring` block). A RAW file is
+    :data:`RAW_WITH_JPEG` when its folder, listed, holds its JPEG or HEIC twin.
     """
     path = Path(path)
     relative = path.relative_to(root) if root is not None else path
+    location = Path(root) / relative if root is not None else path
     if folder is None:
-        folder = (Path(root) / relative if root is not None else path).is_dir()
-    return current_rules(extra).kind(relative.as_posix(), folder)
+        folder = location.is_dir()
+    rules = current_rules(extra)
+    kind = rules.kind(relative.as_posix(), folder)
+    if kind is None and not folder and path.suffix.lower() in RAW_EXTENSIONS:
+        with contextlib.suppress(OSError):  # no folder to list (a bare name), or one that cannot be: no twin
+            names = {entry.name for entry in os.scandir(location.parent)} | {path.name}
+            kind = rules.file_kinds(relative.parent.as_posix(), names)[path.name]
+    return kind
 
 
 @dataclass(frozen=True)
@@ -237,6 +273,7 @@ def list_folder(folder: str | Path, root: str | Path | None = None, rules: Ignor
         except OSError as error:
             listing.problems.append((current, f"cannot list: {error}"))
             continue
+        files: list[tuple[Path, str | None]] = []
         for path in entries:
             relative = path.relative_to(root).as_posix()
             problem = link_problem(path)
@@ -250,7 +287,10 @@ def list_folder(folder: str | Path, root: str | Path | None = None, rules: Ignor
                     pending.append((path, chain | {real}))
                     continue
                 problem = f"symbolic link loop (back to '{display_path(real)}')"
-            kind = rules.file_kind(relative)
+            files.append((path, problem))
+        kinds = rules.file_kinds(current.relative_to(root).as_posix(), [path.name for path, _ in files])
+        for path, problem in files:
+            kind = kinds[path.name]
             if kind and not (problem and kind == OTHER):  # a link without a photo's name that fails: as before
                 listing.ignored.append(Ignored(path, kind))
             elif problem:

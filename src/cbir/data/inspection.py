@@ -269,7 +269,8 @@ def listed_files(folder: str | Path, ignore: Sequence[str] | None = None) -> Ite
         seen.add(real)
         inside = Path(os.path.relpath(current, folder))
         folders[:] = sorted(name for name in folders if rules.folder_kind((inside / name).as_posix()) is None)
-        for name in sorted(name for name in files if rules.file_kind((inside / name).as_posix()) is None):
+        kinds = rules.file_kinds(inside.as_posix(), files)  # a RAW beside its JPEG twin is ignored too
+        for name in sorted(name for name in files if kinds[name] is None):
             path = os.path.join(current, name)
             try:
                 yield path, os.stat(path)
