@@ -46,6 +46,8 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
         raise UploadError(400, "the upload is empty")
     try:
         with open_within_pixel_limit(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
+            # the limit first, from the header alone: reading the orientation may load a truncated body
+            check_pixels(*probe.size, max_pixels)
             width, height = displayed_size(probe)
     except Image.DecompressionBombError as error:
         raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
@@ -57,10 +59,6 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
         raise UploadError(422, f"the image cannot be read on this server: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UploadError(422, f"the image cannot be read: {type(error).__name__}: {error}") from error
-    if width * height > max_pixels:
-        raise UploadError(
-            413, f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} pixels"
-        )
     try:
         image = load_rgb_image(io.BytesIO(data), draft_to)
     except Image.DecompressionBombError as error:
@@ -68,6 +66,13 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
     except Exception as error:  # a truncated or corrupt file fails only when decoded
         raise UploadError(422, f"the image cannot be decoded: {type(error).__name__}: {error}") from error
     return DecodedUpload(image, width, height)
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise UploadError(
+            413, f"the image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} pixels"
+        )
 
 
 def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
