@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cbir.data.images import IMAGE_EXTENSIONS
+from cbir.data.ignore import list_folder
 from cbir.layout import metrics_name
 from cbir.search.answer import (
     Answer,
@@ -42,16 +42,13 @@ class QueryError(ValueError):
 
 
 def collect_query_paths(arguments: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus the images inside named folders (recursively, sorted)."""
+    """Image files named directly, plus the photos inside named folders (recursively, sorted), listed as the
+    manifest lists a dataset's folder (:func:`cbir.data.ignore.list_folder`)."""
     paths: list[Path] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-            )
+            found = list_folder(path).files  # what the manifest would index: no sidecar, OS file or RAW twin
             if not found:
                 raise QueryError(f"folder '{path}' holds no image files")
             paths.extend(found)
