@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cbir.pipeline.index_folder import FolderIndexError, IndexRunError, describe, plan_index
 from cbir.pipeline.index_folder import run_index as run_workflow
@@ -141,7 +142,8 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
                        help="a backbone of config/config.yaml's catalogue (default efficientnet_lite0)")  # fmt: skip
     index.add_argument("--labels", choices=["auto", "none", "folders"], default="auto",
                        help="folders: one sub-folder per class; none: no labels; auto (default): folders when "
-                       "the photos are sorted into two or more sub-folders with none at the top")  # fmt: skip
+                       "every photo sits in one of two or more sub-folders and none of them is named like a "
+                       "date, a camera or a library step (2024, DCIM, Export...)")  # fmt: skip
     index.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU cores to use (default: all)")
     index.add_argument("--workdir", default=".", help="where results/ is written (default: here)")
     index.add_argument("--engine", choices=["auto", "torch", "openvino"], default=None,
@@ -151,6 +153,9 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
     index.add_argument("--max-excluded-fraction", type=float, default=None, metavar="SHARE",
                        help="largest share of the files that may be unusable (not images, unreadable, too small) "
                        "before the run stops (default: data.max_excluded_fraction of config/config.yaml)")  # fmt: skip
+    index.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                       help="leave out files or folders matching this glob (data.ignore: a name such as '*.tmp', "
+                       "a path inside the folder with '/', a folder with a trailing '/'); repeatable")  # fmt: skip
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -163,8 +168,10 @@ def run_index(args: argparse.Namespace) -> int:
     labels = plan.labels_reason or f"labels: {plan.labels}"  # why these labels (cbir.pipeline.labels)
     print(f"cbir index: {plan.n_images} image file(s) in '{plan.folder}', {labels}", file=sys.stderr)
     extraction = {key: value for key, value in (("engine", args.engine), ("precision", args.precision)) if value}
-    done = run_workflow(plan, workdir, args.cores, extraction, max_excluded_fraction=args.max_excluded_fraction,
-                        verbose=args.verbose)  # fmt: skip
+    data: dict[str, Any] = {"ignore": args.ignore} if args.ignore else {}
+    if args.max_excluded_fraction is not None:
+        data["max_excluded_fraction"] = args.max_excluded_fraction
+    done = run_workflow(plan, workdir, args.cores, extraction, data=data, verbose=args.verbose)
     print(f"cbir index: {done}; the full log: {shown(workdir / plan.log)}", file=sys.stderr)
     print(describe(plan, workdir))
     return 0

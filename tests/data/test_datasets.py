@@ -300,6 +300,11 @@ def test_a_dataset_without_any_usable_image_is_an_error(tmp_path: Path):
     (flat / "0.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="no usable image"):
         quiet_build("corel1k", {"layout": "flat"}, flat)
+    rejected = tmp_path / "logs" / "wang.excluded.csv"  # the workflow's manifest job names where the list is
+    with pytest.raises(DatasetError, match=r"2 file\(s\) excluded, most common reasons: cannot decode \(1\)") as error:
+        build_manifest("corel1k", {"source": "corel1k", "layout": "flat"}, flat, rejected_csv=rejected)
+    assert f"listed in '{rejected}'" in str(error.value)
+    assert sorted(pd.read_csv(rejected)["path"].map(lambda p: Path(p).name)) == ["0.jpg", "README.txt"]
 
 
 def test_corel1k_folders_may_be_numbered_and_unknown_folders_are_named(tmp_path: Path):

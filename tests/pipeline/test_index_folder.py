@@ -84,8 +84,11 @@ def test_a_labelled_folder_is_measured_on_80_20_and_searched_in_a_cell_of_every_
     labelled = plan_index(folder, name="trips", labels="folders", backbone="efficientnet_lite0")
     assert labelled.measured_cell == "results/trips/efficientnet_lite0/80-20/100"
     assert labelled.cell == "results/trips/efficientnet_lite0/all/100"  # what cbir query and serve load
-    config = index_config(labelled, base, max_excluded_fraction=0.5)
-    assert config["grid"]["splits"] == ["80-20"] and config["data"] == {"max_excluded_fraction": 0.5}
+    config = index_config(labelled, base, data={"max_excluded_fraction": 0.5, "ignore": ["*.tmp"]})
+    assert config["grid"]["splits"] == ["80-20"] and config["data"] == {
+        "max_excluded_fraction": 0.5,
+        "ignore": ["*.tmp"],
+    }
     # the search cell is built beside the grid (never evaluated: nothing is held out of it)
     cell = "results/trips/efficientnet_lite0/all/100/"
     assert index_folder.search_cell_files(labelled, config, base) == [

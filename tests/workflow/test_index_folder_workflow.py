@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -99,7 +100,9 @@ def test_a_failed_index_is_one_line_saying_what_and_where_with_the_log(tmp_path:
     assert not [line for line in SNAKEMAKE_SCREEN if line in result.stderr], result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("cbir index: error: checking the files failed (rule manifest): ")
-    assert "no usable image" in errors[0]
+    assert "no usable image" in errors[0] and "4 file(s) excluded" in errors[0]
+    assert "the files and reasons are listed in 'results/logs/manifest/broken.excluded.csv'" in errors[0]
+    assert len(pd.read_csv(tmp_path / "results/logs/manifest/broken.excluded.csv")) == 4
     assert "the failed step's log: results/logs/manifest/broken.log; the full log: results/broken/index.log" in (
         result.stderr
     )
@@ -119,6 +122,11 @@ def test_too_many_unusable_files_name_the_setting_and_the_list_of_files(tmp_path
     result = run_cbir("index", "photos", *OPTIONS, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert "data.max_excluded_fraction" in error and "(cbir index --max-excluded-fraction)" in error
+    assert "data.max_excluded_fraction" in error and "(cbir index --ignore, --max-excluded-fraction)" in error
     assert "results/logs/manifest/photos.excluded.csv" in error
     assert (tmp_path / "results/logs/manifest/photos.excluded.csv").is_file()
+    # what the message offers: leave them out with a pattern
+    again = run_cbir("index", "photos", *OPTIONS, "--ignore", "broken_*", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    ignored = pd.read_csv(tmp_path / "results/photos/ignored.csv")
+    assert ignored[["kind", "files"]].values.tolist() == [["configured", 5]]

@@ -17,7 +17,9 @@ def main(smk) -> None:
     log = logging.getLogger("cbir.data.manifest")
     records = FileRecords.load(smk.params.file_records, shards=smk.input.scans)
     with ignoring(smk.params.ignore):  # data.ignore's patterns, besides the built-in kinds (cbir.data.ignore)
-        manifest = build_manifest(source, entry, root, images, records=records, workers=smk.threads)
+        manifest = build_manifest(
+            source, entry, root, images, records=records, workers=smk.threads, rejected_csv=smk.params.rejected
+        )
     # saved before the checks below: what the files hold stays true even if the manifest is refused
     records.save(smk.params.file_records)
     where = smk.params.file_records + (f" and {len(smk.input.scans)} scan shards" if smk.input.scans else "")

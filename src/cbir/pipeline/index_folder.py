@@ -56,6 +56,8 @@ from cbir.pipeline.workflow_files import WorkflowMissingError, default_config, s
 from cbir.search.cell import available_k, best_space
 
 LABEL_CHOICES = ("auto", "none", "folders")
+# the settings a failed check may name, as cbir index takes them
+OPTION_OF_SETTING = {"data.ignore": "--ignore", "data.max_excluded_fraction": "--max-excluded-fraction"}
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
 PCA = 100
 
@@ -163,10 +165,11 @@ def index_config(
     plan: IndexPlan,
     base: Mapping[str, Any],
     extraction: Mapping[str, str] | None = None,
-    max_excluded_fraction: float | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's config, over the default config ``base``: one dataset, one backbone, one split, one PCA size
-    (and ``extraction`` settings such as the engine, and the share of unusable files that stops the run)."""
+    (and ``extraction`` settings such as the engine, and ``data`` settings: the share of unusable files that
+    stops the run, extra ``ignore`` patterns)."""
     if plan.backbone not in base["backbones"]:
         raise FolderIndexError(
             f"--backbone '{plan.backbone}' is not in the backbone catalogue (config/config.yaml: "
@@ -182,8 +185,8 @@ def index_config(
     # an update that adds a few photos keeps the fitted models until a refit is due (cbir.fitting.refit)
     config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry},
               "update": {"refit": "when_due"}}  # fmt: skip
-    if max_excluded_fraction is not None:
-        config["data"] = {"max_excluded_fraction": max_excluded_fraction}
+    if data:
+        config["data"] = dict(data)
     return {**config, "extraction": dict(extraction)} if extraction else config
 
 
@@ -204,12 +207,12 @@ def write_index_config(
     plan: IndexPlan,
     workdir: Path,
     extraction: Mapping[str, str] | None = None,
-    max_excluded_fraction: float | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> tuple[Path, list[str]]:
     """The run's config file, and the files to build beside the grid (:func:`search_cell_files`)."""
     base = yaml.safe_load(default_config().read_text())
     path = workdir / INDEX_CONFIG.format(dataset=plan.name)
-    config = index_config(plan, base, extraction, max_excluded_fraction)
+    config = index_config(plan, base, extraction, data)
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, search_cell_files(plan, config, base)
@@ -221,7 +224,7 @@ def run_index(
     cores: int,
     extraction: Mapping[str, str] | None = None,
     *,
-    max_excluded_fraction: float | None = None,
+    data: Mapping[str, Any] | None = None,
     verbose: bool = False,
 ) -> str:
     """The workflow for the plan's dataset, through Snakemake's API: one line per stage on stderr (``verbose``:
@@ -236,7 +239,7 @@ def run_index(
         workflow_snakefile = snakefile()
     except WorkflowMissingError as error:
         raise FolderIndexError(str(error)) from None
-    config, search_files = write_index_config(plan, workdir, extraction, max_excluded_fraction)
+    config, search_files = write_index_config(plan, workdir, extraction, data)
     log = workdir / plan.log
     with captured_output(log, echo=verbose) as output:
         progress = Progress(io.StringIO() if verbose else output.terminal, stage_details(plan, workdir))
@@ -260,8 +263,9 @@ def run_index(
         except Exception as error:
             progress.close_line()
             message, job_log = failure(error, progress, workdir)
-            if "data.max_excluded_fraction" in message:
-                message += " (cbir index --max-excluded-fraction)"
+            options = [option for setting, option in OPTION_OF_SETTING.items() if setting in message]
+            if options:
+                message += f" (cbir index {', '.join(options)})"
             raise IndexRunError(message, log, job_log) from error
     return progress.summary()
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from cbir.data.inspection import FileRecords, scanning
-from cbir.data.manifest import DatasetError, Manifest
+from cbir.data.manifest import DatasetError, Manifest, write_csv_table
 from cbir.data.sources.cifar10 import (
     CIFAR10_BATCHES,
     CIFAR10_CLASSES,
@@ -140,21 +140,31 @@ def build_manifest(
     *,
     records: FileRecords | None = None,
     workers: int = 1,
+    rejected_csv: str | Path | None = None,
 ) -> Manifest:
     """The manifest of any configured dataset; ``images_dir`` is where the workflow exported its images.
 
     The source's files are inspected by ``workers`` processes, except those ``records`` (the
     dataset's file record cache) knows unchanged; ``records`` then also holds what was found.
-    A dataset in which no image could be used is an error, not an empty table.
+    A dataset in which no image could be used is an error, not an empty table; the excluded files
+    are then listed with their reasons in ``rejected_csv``, where given, which the message names.
     """
     root = Path(root)
     with scanning(records, workers):
         manifest = get_source(source).manifest(entry, root, images_dir)
     if manifest.images.empty:
-        reasons = manifest.excluded["reason"].value_counts().head(3).to_dict() if len(manifest.excluded) else {}
+        where = f"'{data_dir(root, entry)}'"
+        if manifest.excluded.empty:
+            raise DatasetError(f"no usable image in the {source} dataset at {where}: it holds no image file")
+        common = manifest.excluded["reason"].str.split(":").str[0].value_counts().head(3)
+        reasons = ", ".join(f"{reason} ({count})" for reason, count in common.items())
+        listed = ""
+        if rejected_csv is not None:
+            write_csv_table(manifest.excluded, rejected_csv)
+            listed = f"; the files and reasons are listed in '{rejected_csv}'"
         raise DatasetError(
-            f"no usable image in the {source} dataset at '{data_dir(root, entry)}' "
-            f"({len(manifest.excluded)} file(s) excluded; most common reasons: {reasons or 'none'})"
+            f"no usable image in the {source} dataset at {where}: {len(manifest.excluded)} file(s) excluded, "
+            f"most common reasons: {reasons}{listed}"
         )
     return manifest
 
