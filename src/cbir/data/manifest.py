@@ -135,6 +135,13 @@ def excluded_file_count(excluded: pd.DataFrame) -> int:
     return int((excluded["reason"] != EMPTY_CLASS_REASON).sum()) if len(excluded) else 0
 
 
+def common_reasons(excluded: pd.DataFrame, n: int = 3) -> str:
+    """The ``n`` commonest reasons of the excluded files, each without its details, with their counts."""
+    reasons = excluded.loc[excluded["reason"] != EMPTY_CLASS_REASON, "reason"]
+    common = reasons.str.split(":").str[0].value_counts().head(n)
+    return ", ".join(f"{reason} ({count})" for reason, count in common.items())
+
+
 def check_excluded_fraction(n_images: int, excluded: pd.DataFrame, limit: float, excluded_csv: str | Path) -> float:
     """The excluded share of the files that claim to be images (``n_images`` used, and the excluded); above
     ``limit`` a :class:`DatasetError` naming where the list is."""
@@ -142,12 +149,9 @@ def check_excluded_fraction(n_images: int, excluded: pd.DataFrame, limit: float,
     total = n_images + n_excluded
     fraction = n_excluded / total if total else 0.0
     if fraction > limit:
-        reasons = excluded.loc[excluded["reason"] != EMPTY_CLASS_REASON, "reason"]
-        common = reasons.str.split(":").str[0].value_counts().head(3)
-        summary = ", ".join(f"{reason} ({count})" for reason, count in common.items())
         raise DatasetError(
             f"{n_excluded} of {total} files ({fraction:.1%}) were excluded, more than "
-            f"data.max_excluded_fraction = {limit:g} allows; most common reasons: {summary}. "
+            f"data.max_excluded_fraction = {limit:g} allows; most common reasons: {common_reasons(excluded)}. "
             f"The files and reasons are listed in '{excluded_csv}'. Fix or remove them, "
             "leave them out with a data.ignore pattern, or raise data.max_excluded_fraction"
         )

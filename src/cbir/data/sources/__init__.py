@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from cbir.data.inspection import FileRecords, scanning
-from cbir.data.manifest import DatasetError, Manifest, write_csv_table
+from cbir.data.manifest import DatasetError, Manifest, common_reasons, excluded_file_count, write_csv_table
 from cbir.data.sources.cifar10 import (
     CIFAR10_BATCHES,
     CIFAR10_CLASSES,
@@ -154,17 +154,16 @@ def build_manifest(
         manifest = get_source(source).manifest(entry, root, images_dir)
     if manifest.images.empty:
         where = f"'{data_dir(root, entry)}'"
-        if manifest.excluded.empty:
+        n_excluded = excluded_file_count(manifest.excluded)
+        if not n_excluded:
             raise DatasetError(f"no usable image in the {source} dataset at {where}: it holds no image file")
-        common = manifest.excluded["reason"].str.split(":").str[0].value_counts().head(3)
-        reasons = ", ".join(f"{reason} ({count})" for reason, count in common.items())
         listed = ""
         if rejected_csv is not None:
             write_csv_table(manifest.excluded, rejected_csv)
             listed = f"; the files and reasons are listed in '{rejected_csv}'"
         raise DatasetError(
-            f"no usable image in the {source} dataset at {where}: {len(manifest.excluded)} file(s) excluded, "
-            f"most common reasons: {reasons}{listed}"
+            f"no usable image in the {source} dataset at {where}: {n_excluded} file(s) excluded, "
+            f"most common reasons: {common_reasons(manifest.excluded)}{listed}"
         )
     return manifest
 
