@@ -87,7 +87,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--top-k", type=int, default=5, help="results per mode unless a request asks (default 5)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
+    serve.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted upload in MB (default 64)")
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads of the CNN forward (default: torch's)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

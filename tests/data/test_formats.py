@@ -195,7 +195,7 @@ def test_inspection_and_device_decoding_see_the_new_formats(tmp_path: Path):
     assert all(encoded[i].data.shape == (3, 320, 240) for i in range(1, len(paths)))
 
 
-def test_uploads_of_each_format_are_decoded_with_their_displayed_size(tmp_path: Path):
+def test_uploads_of_each_format_are_decoded_with_their_displayed_size(tmp_path: Path, monkeypatch):
     from cbir.serve.uploads import UPLOAD_FORMATS, UploadError, decode_image
 
     assert {"HEIF", "AVIF"} <= set(UPLOAD_FORMATS)
@@ -206,8 +206,15 @@ def test_uploads_of_each_format_are_decoded_with_their_displayed_size(tmp_path: 
         "dng preview": write_dng(tmp_path / "a.dng", photo((640, 480)), 6, jpeg_bytes(source)).read_bytes(),
         "dng demosaic": write_dng(tmp_path / "b.dng", photo((640, 480)), 6).read_bytes(),
     }
+    import cbir.data.images as images
+
+    open_raw = images._open_raw
+    opened_raws = []
+    monkeypatch.setattr(images, "_open_raw", lambda source: opened_raws.append(1) or open_raw(source))
     for name, data in uploads.items():
+        opened_raws.clear()
         decoded = decode_image(data, max_pixels=1_000_000, draft_to=60)
+        assert len(opened_raws) == (1 if name.startswith("dng") else 0), name  # LibRaw reads a RAW once
         assert decoded.image.mode == "RGB" and (decoded.width, decoded.height) == (240, 320), name
         assert decoded.image.size == ((120, 160) if name == "dng preview" else (240, 320)), name  # draft: JPEGs
         with pytest.raises(UploadError) as refused:

@@ -38,6 +38,13 @@ def wait_for_results(page) -> None:
     assert page.get_attribute("body", "data-state") == "done", page.inner_text("#error")
 
 
+def query_shown(page) -> str | None:
+    """The kind of URL the query image is shown from, once the browser has decoded it (None: not shown)."""
+    return page.eval_on_selector(
+        "#query-image", "i => i.complete && i.naturalWidth > 0 ? i.src.split(';')[0] : null"
+    )
+
+
 def tiles(page, mode: str) -> list[dict[str, str]]:
     return page.eval_on_selector_all(
         f"#results-{mode} .tile",
@@ -87,6 +94,22 @@ def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_pat
         "decode", "forward", "project_predict", "search_clustered", "search_class", "total"}  # fmt: skip
     page.screenshot(path=str(tmp_path / "cbir-serve.png"), full_page=True)
     assert (tmp_path / "cbir-serve.png").stat().st_size > 10_000
+    assert query_shown(page) == "data:image/jpeg"  # the query as the server read it
+
+    # 1b. a HEIC from the picker, which Chromium cannot display: the page shows the server's JPEG of it
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif (requirements.txt) is not installed")
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "IMG_0003.HEIC"
+    Image.open(query).convert("RGB").save(heic, format="HEIF", quality=95)
+    page.set_input_files("#file-input", str(heic))
+    page.wait_for_function("() => document.querySelector('#query-name').textContent.includes('IMG_0003.HEIC')")
+    wait_for_results(page)
+    assert page.inner_text(".predicted") == "red" and query_shown(page) == "data:image/jpeg"
+    image = {"name": heic.name, "mimeType": "image/heic", "buffer": heic.read_bytes()}
+    expected_heic = page.request.post(url + "/api/query", multipart={"image": image, "top_k": str(TOP_K)}).json()
+    assert [t["id"] for t in tiles(page, "global")] == [r["id"] for r in expected_heic["results"]["global"]]
 
     # 2. drag and drop: a green image
     data = base64.b64encode((root / "data/tiny/green/002.png").read_bytes()).decode()

@@ -3,11 +3,14 @@ photos indexed by ``cbir index``; a RAW beside its JPEG is ignored (``raw_with_j
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cbir.data.manifest import read_manifest
 
@@ -71,3 +74,10 @@ def test_heic_and_raw_photos_are_indexed_and_each_finds_itself_by_query_and_uplo
             assert response.status_code == 200, response.text
             name, distance = best(response.json()["results"]["global"])
             assert (name, distance) == (path.name, pytest.approx(0, abs=1e-3)), response.json()
+            # the page shows the query from the server's JPEG of it: any browser shows a HEIC or RAW query
+            query = response.json()["query"]
+            header, _, encoded = query["preview"].partition(",")
+            assert header == "data:image/jpeg;base64"
+            shown = Image.open(io.BytesIO(base64.b64decode(encoded)))
+            assert shown.format == "JPEG" and max(shown.size) <= 320
+            assert shown.width / shown.height == pytest.approx(query["width"] / query["height"], rel=0.05)

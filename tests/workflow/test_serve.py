@@ -80,7 +80,7 @@ def test_model_info_describes_the_cell_and_its_metrics(client, finished_run):
     assert info["arch"] == "efficientnet_lite0" and info["classes"] == ["blue", "green", "red"]
     assert info["labelled"] is True
     assert info["gallery_size"] == 24 and info["test_images"] == 6 and info["reduced_dim"] == 8
-    assert info["max_upload_bytes"] == 10 * 1024 * 1024 and info["top_k"] == 5
+    assert info["max_upload_bytes"] == 64 * 1024 * 1024 and info["top_k"] == 5
     # it searches in the cell's best space (the session's run fits all of them), and says which
     assert info["space"] == best_space(root / CELL, 2)[0] and info["space"] != "raw"
     assert info["modes"]["global"] == f"all images ({info['space']} space)"
@@ -104,8 +104,10 @@ def test_an_uploaded_image_is_classified_and_searched_like_cbir_query(client, se
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["predicted_class"] == "red" and answer["prediction_correct"] is None
+    preview = answer["query"].pop("preview")
     assert answer["query"] == {"source": "upload", "name": "query.png", "id": None, "true_class": None,
                                "width": 32, "height": 32}  # fmt: skip
+    assert preview.startswith("data:image/jpeg;base64,")
     assert set(answer["results"]) == {"clustered", "class", "global"}
     assert answer["results"]["global"][0]["id"] == "red/000.png"
     assert answer["results"]["global"][0]["distance"] == pytest.approx(0, abs=1e-3)
@@ -143,7 +145,7 @@ def test_a_test_image_has_a_known_class_and_right_or_wrong_results(client):
         answer = response.json()
         truth = test_image["class"]
         assert answer["query"] == {"source": "test", "name": test_image["id"], "id": test_image["id"],
-                                   "true_class": truth, "width": 32, "height": 32}  # fmt: skip
+                                   "true_class": truth, "width": 32, "height": 32, "preview": None}  # fmt: skip
         assert answer["prediction_correct"] == (answer["predicted_class"] == truth)
         for tiles in answer["results"].values():
             assert len(tiles) >= 1 and all(tile["correct"] == (tile["class"] == truth) for tile in tiles)

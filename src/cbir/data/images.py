@@ -124,8 +124,14 @@ def load_rgb_image(path: ImageSource, draft_to: int | None = None) -> Image.Imag
     (libjpeg's DCT scaling, 1/2 to 1/8) that keeps both sides at least twice it, several times
     faster than decoding every pixel of a large photo that is then shrunk anyway.
     """
+    return load_rgb_image_sized(path, draft_to)[0]
+
+
+def load_rgb_image_sized(path: ImageSource, draft_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_rgb_image` and the image's full size as displayed, from one opening (a RAW is read once)."""
     image, encoded, _ = _open_image(path)
     with image:
+        size = displayed_size(image)
         scale = jpeg_draft_scale(image, draft_to)
         decoded = decode_jpeg_fast(encoded, image, scale)
         if decoded is None:
@@ -138,8 +144,8 @@ def load_rgb_image(path: ImageSource, draft_to: int | None = None) -> Image.Imag
             # composite on white rather than letting convert() drop alpha onto black
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+            return Image.alpha_composite(background, rgba).convert("RGB"), size
+        return image.convert("RGB"), size
 
 
 def jpeg_draft_scale(image: Image.Image, draft_to: int | None) -> int:

@@ -50,7 +50,7 @@ from cbir.serve.schemas import (
     thumbnail_url,
 )
 from cbir.serve.settings import MAX_TOP_K, ServeSettings
-from cbir.serve.uploads import UploadError, decode_image, read_upload
+from cbir.serve.uploads import UploadError, decode_image, preview_data_url, read_upload
 
 T = TypeVar("T")
 
@@ -265,8 +265,10 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
             timings = {"decode": elapsed_ms(start)}
             answer = served.answer(decoded.image, results_per_mode, timings)
             timings["total"] = elapsed_ms(started)
+            preview = preview_data_url(decoded.image) if image is not None else None
             asked = QueryInfo(source="upload" if image is not None else "test", name=name, id=image_id,
-                              true_class=true_class, width=decoded.width, height=decoded.height)  # fmt: skip
+                              true_class=true_class, width=decoded.width, height=decoded.height,
+                              preview=preview)  # fmt: skip
             return query_response(answer, asked, results_per_mode, timings)
 
         return await asyncio.wrap_future(queries.submit(work))

@@ -25,6 +25,11 @@ class QueryInfo(BaseModel):
     true_class: str | None = None
     width: int
     height: int
+    preview: str | None = Field(
+        default=None,
+        description="the uploaded image as the server read it, a small JPEG as a data: URL (a HEIC or RAW query "
+        "shows in any browser); null for a test image (GET /api/images/{id})",
+    )
 
 
 class ResultTile(Match):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cbir.serve.auth import TOKEN_ENV
 
-DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_UPLOAD_MB = 64.0  # a camera's RAW file is 20-60 MB
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_TOP_K = 50
 DEFAULT_MAX_CONCURRENT = 32

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass
 
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from cbir.data.images import MissingDecoderError, displayed_size, load_rgb_image, open_within_pixel_limit
+from cbir.data.images import (
+    MissingDecoderError,
+    displayed_size,
+    is_raw,
+    load_rgb_image_sized,
+    open_within_pixel_limit,
+)
 
 Image.init()  # every Pillow plugin registered: UPLOAD_FORMATS keeps those this installation opens
 # Pillow's formats an upload may be in (HEIF: pillow-heif's, where installed); RAW camera files are told by
@@ -16,6 +23,7 @@ Image.init()  # every Pillow plugin registered: UPLOAD_FORMATS keeps those this 
 UPLOAD_FORMATS = tuple(
     name for name in ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "AVIF", "HEIF") if name in Image.OPEN
 )
+QUERY_PREVIEW_PIXELS = 320  # the longer side of the query as the page shows it
 
 
 class UploadError(Exception):
@@ -44,6 +52,10 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
     """
     if not data:
         raise UploadError(400, "the upload is empty")
+    if is_raw(io.BytesIO(data)):  # LibRaw reads the whole file to open it: probe and decode in one pass
+        image, (width, height) = _decode(data, draft_to)
+        check_pixels(width, height, max_pixels)  # the sensor's size was held to Pillow's limit before decoding
+        return DecodedUpload(image, width, height)
     try:
         with open_within_pixel_limit(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
             # the limit first, from the header alone: reading the orientation may load a truncated body
@@ -59,13 +71,28 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
         raise UploadError(422, f"the image cannot be read on this server: {error}") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UploadError(422, f"the image cannot be read: {type(error).__name__}: {error}") from error
+    return DecodedUpload(_decode(data, draft_to)[0], width, height)
+
+
+def _decode(data: bytes, draft_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
     try:
-        image = load_rgb_image(io.BytesIO(data), draft_to)
+        return load_rgb_image_sized(io.BytesIO(data), draft_to)
     except Image.DecompressionBombError as error:
         raise UploadError(413, f"the image has too many pixels (decompression bomb?): {error}") from error
+    except MissingDecoderError as error:
+        raise UploadError(422, f"the image cannot be read on this server: {error}") from error
     except Exception as error:  # a truncated or corrupt file fails only when decoded
         raise UploadError(422, f"the image cannot be decoded: {type(error).__name__}: {error}") from error
-    return DecodedUpload(image, width, height)
+
+
+def preview_data_url(image: Image.Image, side: int = QUERY_PREVIEW_PIXELS) -> str:
+    """A small JPEG of the decoded upload as a ``data:`` URL: the page shows the query as the server read it,
+    so a HEIC or RAW query shows in any browser (and with the orientation the search used)."""
+    preview = image.copy()
+    preview.thumbnail((side, side))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:

@@ -174,7 +174,7 @@ function tile(result, kind) {
 
 function renderAnswer(answer, previewUrl) {
   const query = answer.query;
-  byId("query-image").src = previewUrl;
+  byId("query-image").src = query.preview || previewUrl; // the server's JPEG of an upload: HEIC and RAW show too
   byId("query-name").textContent = `${query.name} · ${query.width}×${query.height}` + (query.true_class ? ` · class ${query.true_class}` : "");
   const prediction = byId("prediction");
   if (answer.nearest_clusters) renderNearestClusters(prediction, answer.nearest_clusters);
