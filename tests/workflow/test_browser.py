@@ -40,9 +40,7 @@ def wait_for_results(page) -> None:
 
 def query_shown(page) -> str | None:
     """The kind of URL the query image is shown from, once the browser has decoded it (None: not shown)."""
-    return page.eval_on_selector(
-        "#query-image", "i => i.complete && i.naturalWidth > 0 ? i.src.split(';')[0] : null"
-    )
+    return page.eval_on_selector("#query-image", "i => i.complete && i.naturalWidth > 0 ? i.src.split(';')[0] : null")
 
 
 def tiles(page, mode: str) -> list[dict[str, str]]:
