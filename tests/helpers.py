@@ -66,6 +66,11 @@ def session_config(data_path: Path) -> dict:
     # every embedding space of cbir's registry, with both re-rankings measured
     config["grid"]["embeddings"] = ["raw", "l2", "whiten", "lda", "mlp"]
     config["embeddings"] = {"rerank": {"query_expansion": {"n": 2, "alpha": 3}, "dba": {"k": 2, "alpha": 3}}}
+    # settings chosen on the validation part of each training split: two candidates for two spaces, and re-ranking
+    config["validation"] = {
+        "candidates": {"lda": {"shrinkage": ["auto", None]}, "whiten": {"power": [0.5, 0.25]}},
+        "rerank": {"k": [2], "alpha": [3]},
+    }
     return config
 
 

@@ -43,6 +43,7 @@ PROJECTION = "projection.h5"
 GALLERY = "gallery.h5"
 CLASSIFIER = "classifier.h5"
 MODEL_FILES = (PROJECTION, GALLERY, CLASSIFIER)  # with one clusters_k<k>.h5, what a query needs
+SELECTION = "selection.json"  # the settings chosen by validation inside the training split, and the figures
 
 
 def cell_folder(dataset: str, backbone: str, split: str, pca: str) -> str:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from cbir.fitting.mlp import train_mlp
+from cbir.fitting.rerank import augment_database, expand_queries
 from cbir.fitting.spaces import (
     SPACES,
     Embedding,
-    augment_database,
-    expand_queries,
     fit_embedding,
     l2_normalise,
     load_embedding,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cbir.io import load_arrays, read_attrs
-from cbir.layout import clusters_name, embedding_name
+from cbir.layout import SELECTION, clusters_name, embedding_name
 
 from dataset_fixtures import paper_datasets
 from helpers import REPO, make_image_folder, planned_jobs, run_snakemake, tiny_config, write_config
@@ -72,8 +72,8 @@ def test_adding_one_pca_size_rebuilds_only_that_branch(finished_run):
     result = run_snakemake(root, write_config(root / "more_pca.yaml", config), "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert planned_jobs(result) == {
-        "project": 1, "cluster": 1, "train_mlp": 1, "evaluate": 1, "fit_spaces": 1, "evaluate_spaces": 1,
-        "summarize": 1, "all": 1,
+        "project": 1, "cluster": 1, "train_mlp": 1, "select_settings": 1, "evaluate": 1, "fit_spaces": 1,
+        "evaluate_spaces": 1, "summarize": 1, "all": 1,
     }  # fmt: skip
     assert "results/tiny/lite/80-20/6/metrics_k2.json" in result.stdout
 
@@ -171,6 +171,13 @@ def test_no_test_image_influences_any_fitted_model(finished_run, tmp_path: Path)
         assert before.keys() == after.keys()
         for key in before:
             assert np.array_equal(before[key], after[key]), (name, key)
+    # every choice made by validation (each space's settings and re-ranking, the space searched), and the
+    # figures behind it, are the same too: the validation part is drawn from the training images only
+    for pca in ("4", "8", "original"):
+        before, after = (json.loads((folder / CELL / pca / SELECTION).read_text()) for folder in (root, copy))
+        assert before["validation"]["n_validation"] > 0
+        before["validation"].pop("seconds"), after["validation"].pop("seconds")
+        assert before == after, pca
     # ...while the evaluation did see the changed test images
     old = json.loads((root / CELL / "original/metrics_k2.json").read_text())
     new = json.loads((copy / CELL / "original/metrics_k2.json").read_text())

@@ -38,6 +38,7 @@ from cbir.layout import (  # noqa: E402
     PREPARED_IMAGES,
     PROJECTION,
     SCAN_RECORDS,
+    SELECTION,
     SPLIT,
     SUMMARY,
     SUMMARY_HTML,

@@ -36,6 +36,7 @@ rule evaluate:
         gallery=f"{CELL}/{GALLERY}",
         classifier=classifier_input,
         clusters=f"{CELL}/{clusters_name('{k}')}",
+        selection=f"{CELL}/{SELECTION}",
     output:
         metrics=[f"{CELL}/{metrics_name('{k}')}"],
     params:
@@ -71,6 +72,7 @@ if EXTRA_SPACES:
             classifier=f"{CELL}/{CLASSIFIER}",
             embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
             clusters=[f"{CELL}/{clusters_name('{k}', space)}" for space in EXTRA_SPACES],
+            selection=f"{CELL}/{SELECTION}",
         output:
             metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in EXTRA_SPACES],
         params:

@@ -99,6 +99,35 @@ rule train_mlp:
         "../scripts/train_mlp.py"
 
 
+rule select_settings:
+    """Each space's settings and re-ranking, and the space searched, chosen on a validation part of the cell's
+    training images (never its test images); a collection without labels keeps the configured settings."""
+    input:
+        gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{SELECTION}"),
+    output:
+        selection=f"{CELL}/{SELECTION}",
+    params:
+        spaces=["raw", *EXTRA_SPACES],
+        options={key: value for key, value in config["embeddings"].items() if key != "rerank"},
+        validation=config["validation"],
+        mlp=config["mlp"],
+        metric=config["retrieval"]["metric"],
+        seed=SEED,
+        labelled=lambda wildcards: dataset_is_labelled(config, wildcards.dataset),
+    log:
+        f"{LOGS}/select_settings/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.log",
+    benchmark:
+        f"{BENCHMARKS}/select_settings/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_from_input(1000, 6),
+        runtime=runtime_from_input(10, 200),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/select_settings.py"
+
+
 if EXTRA_SPACES:
 
     rule fit_spaces:
@@ -107,13 +136,14 @@ if EXTRA_SPACES:
         input:
             gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{embedding_name(EXTRA_SPACES[0])}"),
             classifier=kept_until_due(f"{CELL}/{CLASSIFIER}", f"{CELL}/{embedding_name(EXTRA_SPACES[0])}"),
+            # each space's settings, as validation chose them
+            selection=kept_until_due(f"{CELL}/{SELECTION}", f"{CELL}/{embedding_name(EXTRA_SPACES[0])}"),
         output:
             embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
             clusters=[f"{CELL}/{clusters_name(k, space)}" for space in EXTRA_SPACES for k in config["grid"]["k"]],
         params:
             spaces=EXTRA_SPACES,
             ks=config["grid"]["k"],
-            options={key: value for key, value in config["embeddings"].items() if key != "rerank"},
             kmeans=config["kmeans"],
             seed=SEED,
             refit=config["update"]["refit"],

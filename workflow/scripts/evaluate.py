@@ -24,6 +24,7 @@ def main(smk) -> None:
             seed=smk.params.seed,
             space=space,
             rerank=smk.params.rerank,
+            selection_path=smk.input.selection,
         )
 
 

@@ -2,18 +2,20 @@
 
 import _package  # noqa: F401  (makes cbir importable)
 
+from cbir.fitting.chosen import Selection
 from cbir.fitting.spaces import fit_cell_spaces
 from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
     spaces, ks = smk.params.spaces, smk.params.ks
+    selection = Selection.load(smk.input.selection)
     fit_cell_spaces(
         smk.input.gallery,
         smk.input.classifier,
         spaces,
         ks,
-        smk.params.options,
+        {space: selection.choice(space).settings for space in spaces},
         smk.params.kmeans,
         smk.params.seed,
         # the rule lists its outputs in the order of its params: spaces, then (space, k)

@@ -22,11 +22,12 @@ import numpy as np
 
 from cbir.data.manifest import read_manifest
 from cbir.data.split import split_ids
-from cbir.distances import squared_distances
 from cbir.evaluation.metrics import (
     CALIBRATED_MODE,
+    PRECISION_AT,
     average_precision,
     calibrate_no_match,
+    exact_ranking_quality,
     label_sets,
     no_match_metrics,
     overlap_at,
@@ -35,14 +36,13 @@ from cbir.evaluation.metrics import (
     relevance,
 )
 from cbir.evaluation.timing import time_batched_queries, time_single_queries, total_query_times
-from cbir.fitting.spaces import augment_database, expand_queries
+from cbir.fitting.chosen import VALIDATION_FIGURES, Selection
+from cbir.fitting.rerank import augment_database, expand_queries, nearest_rows, rerank_vectors
 from cbir.hardware import cpu_hardware
 from cbir.io import library_versions, load_arrays, load_features, write_json
 from cbir.layout import embedding_name
 from cbir.search.cell import CellModels, load_cell
-from cbir.search.index import RetrievalIndex
 
-PRECISION_AT = (5, 10, 20)
 # what the feature file recorded of the network that made it, copied into the metrics as features_<key>
 FEATURE_RECORD = ("arch", "weights", "pooling", "gem_p", "image_size", "layer", "engine", "precision")
 EXACT_MODES = ("class", "global")
@@ -106,32 +106,6 @@ def retrieval_quality(
     return out
 
 
-def _global_quality(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, suffix: str) -> dict[str, float]:
-    """mAP of the full exact ranking and P@k, for queries and a gallery already in the search space."""
-    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
-    ap, top = [], []
-    n_relevant = relevant.sum(axis=1)
-    for first in range(0, len(queries), QUERY_CHUNK):
-        rows = slice(first, first + QUERY_CHUNK)
-        order = np.argsort(squared_distances(queries[rows], gallery, sq_norms), axis=1, kind="stable")
-        hits = ranked_relevance(order, relevant[rows])
-        ap.append(average_precision(hits, n_relevant[rows]))
-        top.append(hits[:, : max(PRECISION_AT)])
-    hits = np.concatenate(top) if top else np.zeros((0, max(PRECISION_AT)), dtype=bool)
-    out = {f"precision_at_{k}_{suffix}": precision_at(hits, k) for k in PRECISION_AT}
-    out[f"map_{suffix}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
-    return out
-
-
-def _nearest_rows(queries: np.ndarray, gallery: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` nearest gallery rows of each query, nearest first, a chunk of queries at a time."""
-    empty = np.empty(0, dtype=np.int64)
-    labels = np.zeros(len(gallery), dtype=np.int64)
-    index = RetrievalIndex(gallery, labels, np.empty((0, gallery.shape[1])), empty, empty)
-    rows = [index.search(queries[i : i + QUERY_CHUNK], "global", n)[0] for i in range(0, len(queries), QUERY_CHUNK)]
-    return np.concatenate(rows) if rows else np.empty((0, n), dtype=np.int64)
-
-
 def rerank_quality(
     models: CellModels,
     reduced: np.ndarray,
@@ -149,17 +123,30 @@ def rerank_quality(
     out: dict[str, float] = {}
 
     def expanded(gallery_vectors: np.ndarray) -> np.ndarray:
-        top = _nearest_rows(queries, gallery_vectors, qe["n"])
+        top = nearest_rows(queries, gallery_vectors, qe["n"])
         return expand_queries(queries, gallery_vectors, top, qe["n"], qe["alpha"], normalised).astype(np.float64)
 
     if qe.get("n", 0) > 0:
-        out.update(_global_quality(expanded(gallery), gallery, relevant, "global_qe"))
+        out.update(exact_ranking_quality(expanded(gallery), gallery, relevant, "global_qe"))
     if dba.get("k", 0) > 0:
         augmented = augment_database(gallery, dba["k"], dba["alpha"], normalised).astype(np.float64)
-        out.update(_global_quality(queries, augmented, relevant, "global_dba"))
+        out.update(exact_ranking_quality(queries, augmented, relevant, "global_dba"))
         if qe.get("n", 0) > 0:
-            out.update(_global_quality(expanded(augmented), augmented, relevant, "global_dba_qe"))
+            out.update(exact_ranking_quality(expanded(augmented), augmented, relevant, "global_dba_qe"))
     return out
+
+
+def chosen_figures(selection: Selection, space: str) -> dict[str, Any]:
+    """What validation chose for ``space`` as the metrics record it: whether it is the space searched, its
+    settings and re-ranking, and its validation figures (``validation_map_global``, ...)."""
+    choice = selection.choice(space)
+    return {
+        "chosen": space == selection.chosen,
+        "space_settings": json.dumps(choice.settings, sort_keys=True),
+        "rerank_chosen": choice.rerank,
+        "validation_images": int(selection.validation.get("n_validation", 0)),
+        "figures": {f"validation_{name}": choice.figures.get(name, float("nan")) for name in VALIDATION_FIGURES},
+    }
 
 
 def evaluate_cell(
@@ -244,11 +231,14 @@ def cell_metrics(
     seed: int,
     space: str = "raw",
     rerank: dict[str, Any] | None = None,
+    selection_path: str | None = None,
 ) -> dict[str, Any]:
     """Load one grid cell with k clusters per class, searching in ``space``, evaluate it on its test images and
-    write the metrics JSON. ``rerank`` (query expansion, database-side augmentation) adds their measured quality."""
+    write the metrics JSON. ``rerank`` (query expansion, database-side augmentation with fixed settings) adds
+    their measured quality; ``selection_path``, what validation chose (:mod:`cbir.evaluation.validation`): its
+    figures beside the test's, and the test figures of the global search with the re-ranking chosen."""
     test = load_features(features, split_ids(split, "test"))
-    cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space)
+    cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space, rerank=False)
     models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
     result: dict[str, Any] = {
@@ -292,6 +282,17 @@ def cell_metrics(
         result.update(
             rerank_quality(models, models.projection.transform(test.features), query_sets, gallery_sets, rerank)
         )
+    if selection_path is not None:
+        choice = chosen_figures(Selection.load(selection_path), cell.space)
+        result.update(choice.pop("figures"))
+        if cell.labelled and choice["rerank_chosen"].active:
+            queries = models.embedding.transform(models.projection.transform(test.features))
+            reranked = rerank_vectors(
+                queries, models.index.gallery, choice["rerank_chosen"], models.embedding.normalised
+            )
+            result.update(exact_ranking_quality(*reranked, relevance(query_sets, gallery_sets), "global_reranked"))
+        choice["rerank_chosen"] = choice["rerank_chosen"].describe()
+        result.update(choice)
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})

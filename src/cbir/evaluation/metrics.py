@@ -10,6 +10,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
+from cbir.distances import squared_distances
+
+PRECISION_AT = (5, 10, 20)
+RANKING_BLOCK = 256  # queries ranked at once: a (block, gallery) distance matrix
+
 
 def label_sets(labels: np.ndarray, n_classes: int, extra: list[list[int]] | None = None) -> np.ndarray:
     """Multi-hot label sets (n, n_classes): each image's label, plus any further labels it has."""
@@ -140,4 +145,24 @@ def no_match_metrics(calibration: dict[str, float], mode: str = CALIBRATED_MODE)
     out = {f"no_match_{key}_{mode}": float(calibration[key]) for key in ("distance", "precision", "recall")}
     out.update({f"relevance_{key}_{mode}": float(calibration[key]) for key in ("intercept", "slope")})
     out[f"no_match_results_{mode}"] = int(calibration["n"])
+    return out
+
+
+def exact_ranking_quality(
+    queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, suffix: str
+) -> dict[str, float]:
+    """mAP of the full exact ranking and P@k (``map_<suffix>``, ``precision_at_<k>_<suffix>``), for queries and a
+    gallery already in the search space; ``relevant``: (queries, gallery) True where relevant."""
+    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
+    ap, top = [], []
+    n_relevant = relevant.sum(axis=1)
+    for first in range(0, len(queries), RANKING_BLOCK):
+        rows = slice(first, first + RANKING_BLOCK)
+        order = np.argsort(squared_distances(queries[rows], gallery, sq_norms), axis=1, kind="stable")
+        hits = ranked_relevance(order, relevant[rows])
+        ap.append(average_precision(hits, n_relevant[rows]))
+        top.append(hits[:, : max(PRECISION_AT)])
+    hits = np.concatenate(top) if top else np.zeros((0, max(PRECISION_AT)), dtype=bool)
+    out = {f"precision_at_{k}_{suffix}": precision_at(hits, k) for k in PRECISION_AT}
+    out[f"map_{suffix}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
     return out

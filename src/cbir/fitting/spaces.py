@@ -15,9 +15,7 @@ A fitted space is a short list of steps (``l2``, ``scale``, ``affine``, ``relu``
 arrays in HDF5, so that a query applies it without scikit-learn. A new space is one
 :class:`SpaceSpec` entry in :data:`SPACES` (or :func:`register_space` from a plugin).
 
-Re-ranking (:func:`expand_queries`, :func:`augment_database`) works in any space: α-weighted
-query expansion and database-side augmentation average a vector with its nearest gallery
-neighbours, weighted by their cosine similarity to the power α.
+Re-ranking, which works in any space, is in :mod:`cbir.fitting.rerank`.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.distances import l2_normalise, squared_distances
+from cbir.distances import l2_normalise
 from cbir.fitting.kmeans import fit_intra_class_kmeans, save_clusters
 from cbir.fitting.mlp import MlpModel, load_mlp
 from cbir.io import load_arrays, save_arrays
@@ -205,48 +203,6 @@ def load_embedding(path: str | Path) -> Embedding:
         raise ValueError(f"'{path}' has step(s) {unknown} that this version of cbir does not know")
     steps = [Step(kind, arrays.get(f"step{i}_weight"), arrays.get(f"step{i}_bias")) for i, kind in enumerate(kinds)]
     return Embedding(str(attrs["space"]), steps, dict(attrs.get("settings") or {}))
-
-
-# --- re-ranking ----------------------------------------------------------------------------------
-
-
-def _neighbour_weights(vectors: np.ndarray, neighbours: np.ndarray, gallery: np.ndarray, alpha: float) -> np.ndarray:
-    """cos(vector, neighbour)^alpha, negative similarities weighted 0."""
-    unit = l2_normalise(vectors)[:, None, :]
-    similarity = np.einsum("ijd,ikd->ik", unit, l2_normalise(gallery)[neighbours])
-    return np.maximum(similarity, 0.0) ** alpha
-
-
-def _weighted_average(vectors: np.ndarray, neighbours: np.ndarray, weights: np.ndarray, gallery: np.ndarray,
-                      normalised: bool) -> np.ndarray:  # fmt: skip
-    total = vectors + np.einsum("ik,ikd->id", weights, gallery[neighbours])
-    if normalised:
-        return l2_normalise(total).astype(np.float32)
-    return (total / (1.0 + weights.sum(axis=1, keepdims=True))).astype(np.float32)
-
-
-def expand_queries(queries: np.ndarray, gallery: np.ndarray, top: np.ndarray, n: int, alpha: float,
-                   normalised: bool) -> np.ndarray:  # fmt: skip
-    """α-query expansion: each query averaged with its first ``n`` results (``top``: ranked gallery rows)."""
-    neighbours = np.asarray(top)[:, :n]
-    weights = _neighbour_weights(queries, neighbours, gallery, alpha)
-    return _weighted_average(np.asarray(queries, dtype=np.float64), neighbours, weights, gallery, normalised)
-
-
-def augment_database(gallery: np.ndarray, k: int, alpha: float, normalised: bool) -> np.ndarray:
-    """Database-side augmentation: each gallery vector averaged with its ``k`` nearest other gallery vectors."""
-    gallery = np.asarray(gallery, dtype=np.float64)
-    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
-    k = min(k, len(gallery) - 1)
-    neighbours = np.empty((len(gallery), k), dtype=np.int64)
-    for start in range(0, len(gallery), 1024):
-        block = squared_distances(gallery[start : start + 1024], gallery, sq_norms)
-        block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not itself
-        nearest = np.argpartition(block, k - 1, axis=1)[:, :k] if k < block.shape[1] else np.argsort(block, axis=1)
-        order = np.argsort(np.take_along_axis(block, nearest, axis=1), axis=1, kind="stable")
-        neighbours[start : start + len(block)] = np.take_along_axis(nearest, order, axis=1)[:, :k]
-    weights = _neighbour_weights(gallery, neighbours, gallery, alpha)
-    return _weighted_average(gallery, neighbours, weights, gallery, normalised)
 
 
 def spaces_markdown(names: Sequence[str] | None = None) -> str:

@@ -80,10 +80,28 @@ def gather_spaces(frame: pd.DataFrame, space_paths: Iterable[str | Path]) -> pd.
     spaces = pd.concat([raw, gather_metrics(paths)], ignore_index=True) if paths else raw
     order = {name: i for i, name in enumerate(dict.fromkeys(["raw", *spaces["space"]]))}
     leading = [c for c in SPACE_COLUMNS if c in spaces.columns]
-    spaces = spaces[leading + [c for c in spaces.columns if c not in leading]]
+    spaces = with_chosen_rerank(spaces[leading + [c for c in spaces.columns if c not in leading]])
     return spaces.sort_values(
         leading, key=lambda s: pca_sort_key(s) if s.name == "pca" else s.map(order) if s.name == "space" else s
     ).reset_index(drop=True)
+
+
+def with_chosen_rerank(spaces: pd.DataFrame) -> pd.DataFrame:
+    """The global search's test figures with the re-ranking validation chose for each row's space: where one
+    was chosen, ``map_global`` and ``precision_at_<k>_global`` take the re-ranked figures and the figures
+    without re-ranking move to ``..._plain``; ``chosen`` marks the space each cell searches."""
+    spaces = spaces.copy()
+    for column in [c for c in spaces.columns if c.endswith("_global_reranked")]:
+        plain = column.removesuffix("_reranked")
+        if plain not in spaces.columns:
+            continue
+        spaces[f"{plain}_plain"] = spaces[plain]
+        reranked = spaces[column].notna()
+        spaces.loc[reranked, plain] = spaces.loc[reranked, column]
+        spaces = spaces.drop(columns=column)
+    if "chosen" in spaces.columns:
+        spaces["chosen"] = spaces["chosen"].map(lambda value: value is True or str(value) == "True")
+    return spaces
 
 
 def split_collections(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -97,7 +97,7 @@ def montage_for_cell(
     metric: str = "euclidean",
 ) -> None:
     """The montage of ``n_queries`` fixed test images (spread evenly over the test list)."""
-    model = load_cell(cell_folder, k=k, metric=metric)
+    model = load_cell(cell_folder, k=k, metric=metric, rerank=False)  # the paper's search
     test_ids = split_ids(split_csv, "test")
     picks = np.linspace(0, len(test_ids) - 1, num=min(n_queries, len(test_ids))).round().astype(int)
     queries = load_features(features_h5, [test_ids[i] for i in picks])

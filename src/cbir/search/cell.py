@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
+from cbir.fitting.chosen import VALIDATION_METRIC, Selection, read_selection
 from cbir.fitting.kmeans import IntraClassClusters, load_clusters
 from cbir.fitting.mlp import MlpModel, load_mlp, single_class_model
 from cbir.fitting.pca import Projection, load_projection
 from cbir.fitting.refit import WHEN_DUE, place_new_images
+from cbir.fitting.rerank import NO_RERANK, Rerank
 from cbir.fitting.spaces import RAW, Embedding, identity_embedding, load_embedding
 from cbir.io import load_arrays
 from cbir.layout import (
@@ -36,6 +38,7 @@ from cbir.layout import (
     metrics_name,
 )
 from cbir.search.index import MODES, FaissSearch, RetrievalIndex
+from cbir.search.rerank import RerankedSearch
 
 T = TypeVar("T")
 Searcher = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -65,6 +68,7 @@ class CellModels:
     index: RetrievalIndex  # its gallery and centroids are in the embedding space
     faiss: dict[str, FaissSearch] = field(default_factory=dict)
     embedding: Embedding = field(default_factory=identity_embedding)
+    reranked: RerankedSearch | None = None  # the global search with the re-ranking validation chose
 
     def searchers(self) -> dict[str, Searcher]:
         """Every retrieval mode as f(reduced queries, predicted classes, top_k) -> (indices, distances).
@@ -76,6 +80,8 @@ class CellModels:
         modes: dict[str, Searcher] = {
             mode: (lambda q, p, k, mode=mode: self.index.search(embed(q), mode, k, p)) for mode in MODES
         }
+        if self.reranked is not None:
+            modes["global"] = lambda q, p, k: self.reranked.search(embed(q), k)
         for kind, search in self.faiss.items():
             modes[f"faiss_{kind}"] = lambda q, p, k, search=search: search.search(embed(q), k)
         return modes
@@ -92,6 +98,7 @@ def build_models(
     faiss_options: dict[str, Any] | None = None,
     seed: int = 0,
     embedding: Embedding | None = None,
+    rerank: Rerank = NO_RERANK,
 ) -> CellModels:
     """The cell's searches over ``train_features`` (the projected training images) in ``embedding``'s space;
     ``clusters`` were fitted in that space."""
@@ -111,7 +118,8 @@ def build_models(
             faiss[kind] = FaissSearch(
                 train_features, kind, metric, faiss_options["nlist"], faiss_options["nprobe"], seed
             )
-    return CellModels(projection, mlp, index, faiss, embedding)
+    reranked = RerankedSearch(index, rerank, embedding.normalised) if rerank.active else None
+    return CellModels(projection, mlp, index, faiss, embedding, reranked)
 
 
 # --- a cell loaded from its folder ----------------------------------------------------------
@@ -146,6 +154,18 @@ class Cell:
     space: str = RAW  # the embedding space every search ranks in
     labelled: bool = True  # False: a collection without labels (no classifier; one class, clusters over all)
     placed_since_fit: int = 0  # gallery images that joined kept clusters after their fit (update.refit: when_due)
+    selection: Selection | None = None  # what validation chose (None: a cell from before cbir validated)
+
+    @property
+    def rerank(self) -> Rerank:
+        """The re-ranking the global search applies (validation's choice for the space, unless turned off)."""
+        return self.models.reranked.rerank if self.models.reranked is not None else NO_RERANK
+
+    def describe_setting(self) -> str:
+        """The space searched, its settings and re-ranking, and how they were chosen, in one line."""
+        if self.selection is None:
+            return f"{self.space} (no validation recorded in this cell: rerun the workflow to choose by validation)"
+        return self.selection.describe(self.space, self.rerank)
 
     @property
     def root(self) -> Path:
@@ -177,23 +197,16 @@ def available_spaces(folder: str | Path, k: int) -> list[str]:
 
 
 BEST = "best"
-HEADLINE_METRIC = "map_global"  # how spaces are compared: mAP of the exact ranking over all training images
 
 
 def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
-    """The evaluated space of the cell with the highest mAP of global exact search, and that mAP
-    (``raw`` and None before any evaluation)."""
-    scores = {}
-    for space in available_spaces(folder, k):
-        path = Path(folder) / metrics_name(k, space)
-        if path.is_file():
-            value = json.loads(path.read_text()).get(HEADLINE_METRIC)
-            if isinstance(value, (int, float)) and value == value:
-                scores[space] = float(value)
-    if not scores:
+    """The space validation chose inside the training split (:mod:`cbir.evaluation.validation`) and its
+    validation mAP; ``raw`` and None for a cell without a validated choice, or whose chosen space lacks
+    clusters for ``k``. The test split plays no part: its figures would flatter the space chosen on them."""
+    selection = read_selection(folder)
+    if selection is None or not selection.validated or selection.chosen not in available_spaces(folder, k):
         return RAW, None
-    space = max(scores, key=lambda s: (scores[s], s == RAW))  # ties keep the paper's space
-    return space, scores[space]
+    return selection.chosen, selection.choice(selection.chosen).figures.get(VALIDATION_METRIC)
 
 
 def read_identity(folder: Path, attrs: dict[str, Any]) -> CellIdentity:
@@ -225,11 +238,13 @@ def load_cell(
     faiss_options: dict[str, Any] | None = None,
     seed: int = 0,
     space: str = RAW,
+    rerank: bool = True,
 ) -> Cell:
     """Read a cell's artifacts once and build its models (k: the smallest available by default).
 
     ``space``: the embedding space to search in (``raw``, a fitted space of the cell, or ``best``:
-    the one with the highest evaluated global mAP, see :func:`best_space`).
+    the one validation chose, see :func:`best_space`). ``rerank``: the global search re-ranked as
+    validation chose for that space (the evaluation measures it without, and with, separately).
 
     An incomplete folder is refused with the names of what is missing; a damaged or outdated
     artifact, or clusters fitted on other images than the gallery, with what is wrong.
@@ -258,6 +273,7 @@ def load_cell(
         raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
     if space == BEST:
         space, _ = best_space(folder, k)
+    selection = read_selection(folder)
     gallery, attrs = _read_artifact(folder / GALLERY, load_arrays)
     record = attrs.get("backbone_attrs")
     if "class_names" not in attrs or not isinstance(record, dict):
@@ -292,6 +308,7 @@ def load_cell(
         faiss_options=faiss_options,
         seed=seed,
         embedding=embedding,
+        rerank=selection.choice(space).rerank if selection is not None and rerank else NO_RERANK,
     )
     return Cell(
         folder=folder,
@@ -308,6 +325,7 @@ def load_cell(
         space=space,
         labelled=labelled,
         placed_since_fit=placed,
+        selection=selection,
     )
 
 

@@ -312,10 +312,11 @@ def _match(
 
 
 def describe_space(model: Cell) -> str:
-    """Which embedding space a loaded cell searches in, and why (for the CLI and the server's log)."""
-    mean_ap = model.saved_metrics().get("map_global")
-    measured = f", global exact mAP {mean_ap:.3f} on the test images" if isinstance(mean_ap, float) else ""
-    return f"searching in the '{model.space}' embedding space{measured} (--space chooses another)"
+    """Which embedding space a loaded cell searches in, its settings and re-ranking, and how they were chosen
+    (for the CLI and the server's log)."""
+    mean_ap = model.saved_metrics().get("map_global_reranked" if model.rerank.active else "map_global")
+    measured = f"; test mAP {mean_ap:.3f}" if isinstance(mean_ap, float) else ""
+    return f"searching in {model.describe_setting()}{measured} (--space chooses another)"
 
 
 def answer_image(

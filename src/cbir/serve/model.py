@@ -107,6 +107,8 @@ class ServedModel:
             "feature_dim": self.model.feature_dim,
             "reduced_dim": self.model.reduced_dim,
             "space": self.model.space,
+            "rerank": self.model.rerank.describe(),
+            "setting": self.model.describe_setting(),
             "embedding_dim": int(index.gallery.shape[1]),
             "metric": index.metric,
             "top_k": self.settings.top_k,

@@ -96,6 +96,7 @@ function renderModel(model) {
   if (model.labelled === false) addEntry(info, "labels", "none (a collection: no class is predicted)");
   else addEntry(info, "classes", model.classes.length);
   addEntry(info, "distance", model.metric);
+  addEntry(info, "search setting", model.setting);
   const metrics = byId("model-metrics");
   metrics.replaceChildren();
   for (const key of Object.keys(model.metrics)) {

@@ -1,0 +1,161 @@
+"""Settings chosen by validation inside a cell's training split: the test split is never looked at.
+
+The training images are split once more, seeded and stratified (``validation.fraction`` of each
+class, 20 % by default): a validation part and the rest. Every candidate is fitted on the rest only
+and judged by the validation images' exact global ranking of the rest (mAP over the whole ranking;
+P@10 beside it):
+
+1. each space with each of its settings (``validation.candidates``: the LDA's shrinkage, the
+   whitening's power, ...; the MLP space's MLP is trained on the rest with the config's settings);
+2. for each space's best settings, each re-ranking (none, query expansion, database-side
+   augmentation, both; ``validation.rerank``'s k and α);
+3. the space whose best setting scores highest (ties: the earlier space, ``raw`` first).
+
+The PCA the cell's features are in was fitted on the whole training split without labels; the choice
+is then refitted on the whole training split (rule fit_spaces), and the test split is used once, to
+report (rule evaluate). Relevance is "same class" (a multi-label image counts by its main label here).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cbir.data.split import make_split
+from cbir.distances import l2_normalise
+from cbir.evaluation.metrics import exact_ranking_quality
+from cbir.fitting.chosen import VALIDATION_FIGURES, VALIDATION_METRIC, Selection, SpaceChoice, unvalidated
+from cbir.fitting.mlp import MlpModel, train_mlp
+from cbir.fitting.rerank import NO_RERANK, rerank_candidates, rerank_vectors
+from cbir.fitting.spaces import fit_embedding
+from cbir.layout import RAW
+
+log = logging.getLogger(__name__)
+
+# the validation part is drawn apart from the train/test split's own draw (same seed, another stream)
+VALIDATION_SEED_OFFSET = 7919
+MIN_VALIDATION_IMAGES = 4
+# cbir's own spaces that do not use the MLP: validating them trains none
+WITHOUT_MLP = frozenset({"raw", "l2", "whiten", "lda"})
+
+
+def validation_rows(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows fitted on and the validation rows (stratified, seeded), or None when there is too little to
+    validate on: fewer than two classes with a validation image, or fewer than four validation images."""
+    labels = np.asarray(labels)
+    if fraction <= 0 or len(np.unique(labels)) < 2:
+        return None
+    is_fit = make_split(labels, 1.0 - fraction, seed + VALIDATION_SEED_OFFSET)
+    held = np.flatnonzero(~is_fit)
+    if len(held) < MIN_VALIDATION_IMAGES or len(np.unique(labels[held])) < 2:
+        return None
+    return np.flatnonzero(is_fit), held
+
+
+def setting_grid(space: str, options: Mapping[str, Any], candidates: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The space's configured settings, each candidate value of ``candidates[space]`` put in turn (the
+    configured setting first, so that a tie keeps it)."""
+    base = dict(options.get(space) or {})
+    grid = dict(candidates.get(space) or {})
+    if not grid:
+        return [base]
+    keys = list(grid)
+    settings = [{**base, **dict(zip(keys, values, strict=True))} for values in itertools.product(*grid.values())]
+    settings.sort(key=lambda s: s != base)
+    unique: list[dict[str, Any]] = []
+    for setting in settings:
+        if setting not in unique:
+            unique.append(setting)
+    return unique
+
+
+def ranking_quality(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, metric: str) -> dict[str, float]:
+    """The validation figures (:data:`VALIDATION_FIGURES`) of ``queries`` ranking ``gallery`` (both in the space)."""
+    if metric == "cosine":
+        queries, gallery = l2_normalise(queries), l2_normalise(gallery)
+    figures = exact_ranking_quality(
+        np.asarray(queries, np.float64), np.asarray(gallery, np.float64), relevant, "global"
+    )
+    return {name: figures[name] for name in VALIDATION_FIGURES}
+
+
+def validate_cell(
+    features: np.ndarray,
+    labels: np.ndarray,
+    spaces: Sequence[str],
+    options: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    mlp_settings: Mapping[str, Any],
+    seed: int,
+    metric: str = "euclidean",
+    labelled: bool = True,
+) -> Selection:
+    """Choose each space's settings and re-ranking, and the space, on a validation part of the training
+    images ``features`` (a cell's gallery: its PCA-reduced training features) and ``labels``."""
+    spaces = list(dict.fromkeys([RAW, *spaces]))
+    if not labelled:
+        return unvalidated(spaces, options, "a collection without labels: no class to judge a ranking by")
+    rows = validation_rows(labels, float(validation.get("fraction", 0.2)), seed)
+    if rows is None:
+        return unvalidated(spaces, options, "too few training images to hold a validation part out")
+    fit_rows, held_rows = rows
+    fit_x, fit_y = np.asarray(features)[fit_rows], np.asarray(labels)[fit_rows]
+    val_x, val_y = np.asarray(features)[held_rows], np.asarray(labels)[held_rows]
+    relevant = val_y[:, None] == fit_y[None, :]
+    reranks = rerank_candidates(list(validation.get("rerank", {}).get("k", [])),
+                                list(validation.get("rerank", {}).get("alpha", [3.0])))  # fmt: skip
+    mlp = _lazy_mlp(fit_x, fit_y, mlp_settings, seed)
+    candidates: list[dict[str, Any]] = []
+    choices: dict[str, SpaceChoice] = {}
+    started = time.perf_counter()
+    for space in spaces:
+        scored = []
+        for settings in setting_grid(space, options, validation.get("candidates", {})):
+            embedding = fit_embedding(space, fit_x, fit_y, None if space in WITHOUT_MLP else mlp(), {space: settings})
+            queries, gallery = embedding.transform(val_x), embedding.transform(fit_x)
+            figures = ranking_quality(queries, gallery, relevant, metric)
+            candidates.append({"space": space, "settings": settings, "rerank": NO_RERANK.as_dict(), **figures})
+            scored.append((figures, settings, queries, gallery, embedding.normalised))
+        figures, settings, queries, gallery, normalised = _best(scored)
+        choice = SpaceChoice(settings, NO_RERANK, figures)
+        for rerank in reranks[1:]:
+            reranked = ranking_quality(*rerank_vectors(queries, gallery, rerank, normalised), relevant, metric)
+            candidates.append({"space": space, "settings": settings, "rerank": rerank.as_dict(), **reranked})
+            if reranked[VALIDATION_METRIC] > choice.figures[VALIDATION_METRIC]:
+                choice = SpaceChoice(settings, rerank, reranked)
+        choices[space] = choice
+    chosen = max(spaces, key=lambda s: (choices[s].figures[VALIDATION_METRIC], -spaces.index(s)))
+    log.info("validation: %d candidates in %.1f s; chosen %s", len(candidates), time.perf_counter() - started, chosen)
+    record = {
+        "fraction": float(validation.get("fraction", 0.2)),
+        "seed": seed + VALIDATION_SEED_OFFSET,
+        "n_fit": len(fit_rows),
+        "n_validation": len(held_rows),
+        "metric": VALIDATION_METRIC,
+        "seconds": time.perf_counter() - started,
+    }
+    return Selection(chosen, choices, record, candidates)
+
+
+def _best(scored: list[tuple[dict[str, float], Any, Any, Any, bool]]) -> tuple[dict[str, float], Any, Any, Any, bool]:
+    """The highest validation figure; a tie keeps the earlier (the configured setting first)."""
+    return max(enumerate(scored), key=lambda item: (item[1][0][VALIDATION_METRIC], -item[0]))[1]
+
+
+def _lazy_mlp(
+    features: np.ndarray, labels: np.ndarray, settings: Mapping[str, Any], seed: int
+) -> Callable[[], MlpModel]:
+    """The MLP trained on the rows fitted on, when a space first needs it (only ``mlp`` does, of cbir's own)."""
+    trained: list[MlpModel] = []
+
+    def get() -> MlpModel:
+        if not trained:
+            trained.append(train_mlp(features, labels, **{**dict(settings), "seed": seed}))
+        return trained[0]
+
+    return get
