@@ -43,6 +43,7 @@ from cbir.layout import (
     INDEX_LOG,
     PROJECTION,
     RAW,
+    SELECTION,
     SHARD_PLAN,
     DatasetPlace,
     cell_folder,
@@ -198,7 +199,7 @@ def search_cell_files(plan: IndexPlan, config: Mapping[str, Any], base: Mapping[
         return []  # the grid's own cell
     ks = config["grid"]["k"]
     spaces = [s for s in config["grid"].get("embeddings", base["grid"].get("embeddings", [RAW])) if s != RAW]
-    files = [PROJECTION, GALLERY, CLASSIFIER, *(clusters_name(k) for k in ks)]
+    files = [PROJECTION, GALLERY, CLASSIFIER, SELECTION, *(clusters_name(k) for k in ks)]
     files += [name for space in spaces for name in (embedding_name(space), *(clusters_name(k, space) for k in ks))]
     return [f"{plan.cell}/{name}" for name in files]
 
@@ -312,9 +313,11 @@ def measured_quality(plan: IndexPlan, cell: Path) -> tuple[str, str]:
     n_test = metrics.get("n_test", "?")
     if plan.labels == "none":
         return space, f"each search against exact search over {n_test} photo(s) of the gallery ({shown(path)})"
-    found = ", ".join(f"{name} {metrics[key]:.3f}" for key, name in (("accuracy", "accuracy"), ("map_global", "mAP"))
+    map_key = "map_global_reranked" if "map_global_reranked" in metrics else "map_global"
+    found = ", ".join(f"{name} {metrics[key]:.3f}" for key, name in (("accuracy", "accuracy"), (map_key, "mAP"))
                       if isinstance(metrics.get(key), float))  # fmt: skip
-    return space, f"{found or 'no metrics'} on the {n_test} held-out photo(s) (space {space}, k {ks[0]})"
+    chosen = f"space {space}, re-ranking {metrics.get('rerank_chosen', 'none')}, chosen by validation"
+    return space, f"{found or 'no metrics'} on the {n_test} held-out photo(s) ({chosen}; k {ks[0]})"
 
 
 def describe(plan: IndexPlan, workdir: Path) -> str:
@@ -326,13 +329,13 @@ def describe(plan: IndexPlan, workdir: Path) -> str:
     dataset = DatasetPlace(where, plan.name)
     n_indexed = len(read_manifest(dataset.manifest))
     n_excluded = excluded_file_count(pd.read_csv(dataset.excluded))
-    space, quality = measured_quality(plan, measured)
-    option = "" if space == RAW else f" --space {space}"  # the query cell is not evaluated: the measured best
+    _, quality = measured_quality(plan, measured)
+    # the searched cell chose its own setting by validation inside its photos (split all: every photo)
     lines = [
         f"indexed {n_indexed} image(s) in '{plan.folder}' as '{plan.name}' ({labels}); results in {dataset.folder}",
         f"  {gallery_size(cell)} photo(s) searchable, every indexed one: {cell}",
-        f"  cbir query PHOTO --model {cell}{option}",
-        f"  cbir serve --model {cell}{option}",
+        f"  cbir query PHOTO --model {cell}",
+        f"  cbir serve --model {cell}",
         f"  cbir duplicates {features}",
     ]
     if n_excluded:
