@@ -33,6 +33,11 @@ def make_image_folder(root: Path, per_class: int = 10, size: int = 32, seed: int
     return root
 
 
+# cbir index's photo backbone (Lite2 at 260 px) is measured in benchmarks; its tests run the small one, whose
+# cells are named after it (results/<name>/efficientnet_lite0/...)
+SMALL_BACKBONE = ("--backbone", "efficientnet_lite0")
+
+
 def tiny_config(data_path: Path, **grid: object) -> dict:
     """A complete config for a fast run on a tiny folder dataset."""
     return {

@@ -23,7 +23,7 @@ from PIL import Image
 from cbir.data.images import load_rgb_image
 from cbir.data.split import ALL
 from cbir.layout import PROJECTION, RESULTS
-from cbir.search.cell import BEST, Cell, ModelFolderError, load_cell
+from cbir.search.cell import BEST, Cell, ModelFolderError, chosen_cell, load_cell
 from cbir.search.index import MODES
 from cbir.search.query import Embedder, QueryError, search_features
 
@@ -40,10 +40,11 @@ def find_cell(folder: str | Path) -> Path:
         return folder
     patterns = ("*/*/*/" + PROJECTION, f"{RESULTS}/*/*/*/*/{PROJECTION}")
     cells = sorted({p.parent for pattern in patterns for p in folder.glob(pattern)})
-    # `cbir index` on a labelled folder fits a cell on every photo (split all) beside the one that measures quality
-    searchable = [cell for cell in cells if cell.parent.name == ALL]
-    if len(cells) == 1 or len(searchable) == 1:
-        return (searchable or cells)[0]
+    # `cbir index` on a labelled folder fits cells on every photo (split all), one per PCA size, beside those that
+    # measure quality; validation inside each chose its setting, and the best of those choices is opened
+    searchable = sorted((cell for cell in cells if cell.parent.name == ALL), key=lambda c: pca_order(c.name))
+    if len(cells) == 1 or (searchable and len({cell.parent for cell in searchable}) == 1):
+        return chosen_cell(searchable) if searchable else cells[0]
     if not folder.is_dir():
         raise ModelFolderError(f"'{folder}' does not exist")
     if not cells:
@@ -52,6 +53,11 @@ def find_cell(folder: str | Path) -> Path:
         )
     listed = "\n  ".join(str(c) for c in cells)
     raise ModelFolderError(f"'{folder}' holds {len(cells)} grid cells; open one of them:\n  {listed}")
+
+
+def pca_order(pca: str) -> float:
+    """PCA sizes in ascending order, ``original`` last (a tie in validation keeps the smaller size)."""
+    return float(pca) if pca.isdigit() else float("inf")
 
 
 class Index:

@@ -70,10 +70,17 @@ def test_the_config_is_one_cell_of_the_folder(tmp_path: Path):
     assert config["datasets"] == {"trip": {"source": "folder", "path": str(folder.resolve()), "labels": "none"}}
     assert config["grid"] == {"datasets": ["trip"], "backbones": ["efficientnet_lite0"], "splits": ["all"],
                               "pca": [100], "k": [3], "embeddings": ["raw"]}  # fmt: skip
-    assert config["extraction"] == {"engine": "torch"} and unlabelled.cell.endswith("trip/efficientnet_lite0/all/100")
+    assert config["extraction"] == {"engine": "torch"} and unlabelled.cells == [
+        "results/trip/efficientnet_lite0/all/100"
+    ]
     assert config["update"] == {"refit": "when_due"}
     labelled = plan_index(folder, name="trips", labels="auto", backbone="efficientnet_lite0")
-    assert labelled.labels == "folders" and labelled.split == "80-20" and labelled.pca == "100"
+    # with labels, every PCA size the training images allow (100 of 120; not 256), for validation to choose
+    assert labelled.labels == "folders" and labelled.split == "80-20" and labelled.pcas == ("100", "original")
+    assert index_config(labelled, base)["grid"]["pca"] == [100, "original"]
+    assert index_folder.pca_sizes("folders", 1000) == ("100", "256", "original")
+    assert index_folder.pca_sizes("folders", 100) == ("original",)  # 100 of 100 training images: too close
+    assert index_folder.pca_sizes("none", 1000) == ("100",) and index_folder.pca_sizes("none", 80) == ("original",)
     with pytest.raises(ValueError, match="not in the backbone catalogue"):
         index_config(plan_index(folder, name=None, labels="auto", backbone="resnet9"), base)
 
@@ -82,22 +89,26 @@ def test_a_labelled_folder_is_measured_on_80_20_and_searched_in_a_cell_of_every_
     folder = make_image_folder(tmp_path / "trip", per_class=50)
     base = {"backbones": {"efficientnet_lite0": {}}, "grid": {"k": [3, 5], "embeddings": ["raw", "lda"]}}
     labelled = plan_index(folder, name="trips", labels="folders", backbone="efficientnet_lite0")
-    assert labelled.measured_cell == "results/trips/efficientnet_lite0/80-20/100"
-    assert labelled.cell == "results/trips/efficientnet_lite0/all/100"  # what cbir query and serve load
+    assert labelled.measured_cells == ["results/trips/efficientnet_lite0/80-20/100",
+                                       "results/trips/efficientnet_lite0/80-20/original"]  # fmt: skip
+    # what cbir query and serve may load; validation inside each picks one (cbir.search.cell.chosen_cell)
+    assert labelled.cells == [
+        "results/trips/efficientnet_lite0/all/100",
+        "results/trips/efficientnet_lite0/all/original",
+    ]
     config = index_config(labelled, base, data={"max_excluded_fraction": 0.5, "ignore": ["*.tmp"]})
     assert config["grid"]["splits"] == ["80-20"] and config["data"] == {
         "max_excluded_fraction": 0.5,
         "ignore": ["*.tmp"],
     }
     # the search cell is built beside the grid (never evaluated: nothing is held out of it)
-    cell = "results/trips/efficientnet_lite0/all/100/"
+    files = ("projection.h5", "gallery.h5", "classifier.h5", "selection.json", "clusters_k3.h5", "clusters_k5.h5",
+             "embedding_lda.h5", "clusters_lda_k3.h5", "clusters_lda_k5.h5")  # fmt: skip
     assert index_folder.search_cell_files(labelled, config, base) == [
-        cell + name
-        for name in ("projection.h5", "gallery.h5", "classifier.h5", "clusters_k3.h5", "clusters_k5.h5",
-                     "embedding_lda.h5", "clusters_lda_k3.h5", "clusters_lda_k5.h5")
-    ]  # fmt: skip
+        f"{cell}/{name}" for cell in labelled.cells for name in files
+    ]
     unlabelled = plan_index(folder, name=None, labels="none", backbone="efficientnet_lite0")
-    assert unlabelled.cell == unlabelled.measured_cell and unlabelled.log == "results/trip/index.log"
+    assert unlabelled.cells == unlabelled.measured_cells and unlabelled.log == "results/trip/index.log"
     assert index_folder.search_cell_files(unlabelled, index_config(unlabelled, base), base) == []  # the grid's own cell
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cbir.api import ModelFolderError, QueryError, find_cell, open_index
-from cbir.layout import PROJECTION
+from cbir.fitting.chosen import Selection, SpaceChoice
+from cbir.layout import PROJECTION, SELECTION
 
 from helpers import run_cbir
 
@@ -92,6 +93,14 @@ def test_a_folder_opens_its_only_cell_or_its_only_cell_of_every_image(tmp_path: 
     assert find_cell(tmp_path) == measured and find_cell(tmp_path / "results" / "trip") == measured
     searchable = cell("results/trip/lite/all/original")  # cbir index on a labelled folder
     assert find_cell(tmp_path) == searchable and find_cell(measured) == measured
-    cell("results/trip/lite/all/100")
-    with pytest.raises(ModelFolderError, match="holds 3 grid cells"):
+    # one searchable cell per PCA size: the one whose validated choice scored highest (a tie: the smaller size)
+    smaller = cell("results/trip/lite/all/100")
+    assert find_cell(tmp_path) == smaller
+    for folder, figure in ((smaller, 0.91), (searchable, 0.95)):
+        Selection("lda", {"lda": SpaceChoice(figures={"map_global": figure})}, {"n_validation": 20}).save(
+            folder / SELECTION
+        )
+    assert find_cell(tmp_path) == searchable and find_cell(tmp_path / "results" / "trip") == searchable
+    cell("results/other/lite/all/100")
+    with pytest.raises(ModelFolderError, match="holds 4 grid cells"):
         find_cell(tmp_path)

@@ -10,14 +10,14 @@ import pytest
 
 from cbir.data.manifest import read_manifest
 
-from helpers import run_cbir
+from helpers import SMALL_BACKBONE, run_cbir
 from photo_export import EXCLUDED, IGNORED, IGNORED_FOLDERS, N_PHOTOS, make_photo_export
 
 
 @pytest.mark.workflow
 def test_a_photo_export_is_indexed_with_its_other_files_ignored(tmp_path: Path):
     make_photo_export(tmp_path / "Photos")
-    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
+    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32", *SMALL_BACKBONE]
     result = run_cbir("index", "Photos", *options, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     # a date folder beside Dups: a photo library, not classes

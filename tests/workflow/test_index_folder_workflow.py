@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import make_image_folder, run_cbir
+from helpers import SMALL_BACKBONE, make_image_folder, run_cbir
 
-OPTIONS = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
+OPTIONS = ["--cores", "2", "--engine", "torch", "--precision", "fp32", *SMALL_BACKBONE]
 SNAKEMAKE_SCREEN = ("Job stats:", "Building DAG of jobs", "Select jobs to execute", " INFO cbir.", "Traceback")
 
 
@@ -25,7 +25,7 @@ def test_a_folder_is_indexed_queried_and_updated_with_only_the_new_photos_extrac
         path.rename(folder / f"top_{path.name}")
     (folder / "red").rmdir()
     (folder / "scan.png").write_bytes(b"not a photo")  # an image's name, unreadable: left out
-    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
+    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32", *SMALL_BACKBONE]
     first = run_cbir("index", "photos", *options, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "steps (100%) done" in first.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from cbir.pipeline.workflow_files import WORKFLOW_PARTS
 
-from helpers import REPO, make_collection
+from helpers import REPO, SMALL_BACKBONE, make_collection
 
 pytestmark = pytest.mark.workflow
 
@@ -84,7 +84,7 @@ def test_an_installed_cbir_indexes_queries_serves_and_deduplicates_a_folder(inst
     photos = make_collection(tmp_path / "photos")
     elsewhere = tmp_path / "elsewhere"  # neither the checkout nor the photos' folder
     elsewhere.mkdir()
-    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
+    options = ["--cores", "2", "--engine", "torch", "--precision", "fp32", *SMALL_BACKBONE]
     index = _run([cbir, "index", str(photos), "--workdir", str(tmp_path / "work"), *options], cwd=elsewhere, env=env)
     cell = tmp_path / "work" / "results" / "photos" / "efficientnet_lite0" / "all" / "original"
     assert f"cbir query PHOTO --model {cell}" in index.stdout

@@ -14,14 +14,14 @@ from PIL import Image
 
 from cbir.data.manifest import read_manifest
 
-from helpers import run_cbir
+from helpers import SMALL_BACKBONE, run_cbir
 from photo_export import write_photo
 
 pytestmark = pytest.mark.workflow
 pytest.importorskip("pillow_heif", reason="pillow-heif (requirements.txt) is not installed")
 pytest.importorskip("rawpy", reason="rawpy (requirements.txt) is not installed")
 
-OPTIONS = ["--cores", "2", "--engine", "torch", "--precision", "fp32"]
+OPTIONS = ["--cores", "2", "--engine", "torch", "--precision", "fp32", *SMALL_BACKBONE]
 # three photos of each kind, each of its own content: (name prefix, extension, how write_photo writes it)
 KINDS = [("jpeg", ".jpg", "JPEG"), ("heic", ".HEIC", "HEIC"), ("avif", ".avif", "AVIF"),
          ("raw", ".DNG", "DNG"), ("raw_preview", ".dng", "DNG with preview")]  # fmt: skip

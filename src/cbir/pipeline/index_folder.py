@@ -54,13 +54,20 @@ from cbir.layout import (
 from cbir.pipeline.labels import detect_labels
 from cbir.pipeline.progress import Job, Progress, captured_output, failure, quietly, shown
 from cbir.pipeline.workflow_files import WorkflowMissingError, default_config, snakefile
-from cbir.search.cell import available_k, best_space
+from cbir.search.cell import available_k, best_space, chosen_cell
 
 LABEL_CHOICES = ("auto", "none", "folders")
 # the settings a failed check may name, as cbir index takes them
 OPTION_OF_SETTING = {"data.ignore": "--ignore", "data.max_excluded_fraction": "--max-excluded-fraction"}
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
-PCA = 100
+# cbir index's backbone: chosen on Corel-1K and Fashion-MNIST by quality and time (README, "Settings chosen by
+# validation")
+PHOTO_BACKBONE = "efficientnet_lite2"
+PCA = 100  # a collection without labels: nothing to choose the size by yet
+# a labelled folder: the sizes fitted, each cell choosing its setting by validation, and the size whose
+# choice scored highest on validation searched (cbir.search.cell.chosen_cell)
+PCA_CANDIDATES = (100, 256, "original")
+PCA_MARGIN = 0.9  # a size must stay below this share of the training images (the split rounds per class)
 
 
 class FolderIndexError(ValueError):
@@ -87,19 +94,19 @@ class IndexPlan:
     labels: str  # "none" or "folders"
     backbone: str
     split: str
-    pca: str
+    pcas: tuple[str, ...]  # the PCA sizes fitted; validation picks among them (cbir.search.cell.chosen_cell)
     n_images: int
     labels_reason: str = ""  # one line: why these labels (cbir.pipeline.labels), and how to ask for the other
 
     @property
-    def cell(self) -> str:
-        """The cell ``cbir query`` and ``cbir serve`` load: fitted on every photo."""
-        return cell_folder(self.name, self.backbone, ALL, self.pca)
+    def cells(self) -> list[str]:
+        """The cells ``cbir query`` and ``cbir serve`` may load, one per PCA size: fitted on every photo."""
+        return [cell_folder(self.name, self.backbone, ALL, pca) for pca in self.pcas]
 
     @property
-    def measured_cell(self) -> str:
-        """The evaluated cell: split 80-20 for a labelled folder (the same as :attr:`cell` without labels)."""
-        return cell_folder(self.name, self.backbone, self.split, self.pca)
+    def measured_cells(self) -> list[str]:
+        """The evaluated cells: split 80-20 for a labelled folder (the same as :attr:`cells` without labels)."""
+        return [cell_folder(self.name, self.backbone, self.split, pca) for pca in self.pcas]
 
     @property
     def log(self) -> str:
@@ -157,9 +164,17 @@ def plan_index(folder: str | Path, *, name: str | None, labels: str, backbone: s
         raise FolderIndexError(f"--name '{name}' may hold letters, digits and underscores only")
     split = "all" if labels == "none" else SPLIT_WITH_LABELS
     n_gallery = n_images if split == "all" else int(0.8 * n_images)
-    pca = str(PCA) if n_gallery > PCA else "original"
     reason = decision.message if decision else f"labels: {labels}, as --labels asked"
-    return IndexPlan(name or dataset_name(path), path, labels, backbone, split, pca, n_images, reason)
+    return IndexPlan(name or dataset_name(path), path, labels, backbone, split, pca_sizes(labels, n_gallery),
+                     n_images, reason)  # fmt: skip
+
+
+def pca_sizes(labels: str, n_gallery: int) -> tuple[str, ...]:
+    """The PCA sizes fitted: without labels one (100, or none for a small folder); with labels those of
+    :data:`PCA_CANDIDATES` the training images allow, for validation to choose among."""
+    if labels == "none":
+        return (str(PCA),) if n_gallery > PCA else ("original",)
+    return tuple(str(n) for n in PCA_CANDIDATES if n == "original" or n < PCA_MARGIN * n_gallery)
 
 
 def index_config(
@@ -180,7 +195,7 @@ def index_config(
     if plan.labels == "none":
         entry["labels"] = "none"
     grid = {"datasets": [plan.name], "backbones": [plan.backbone], "splits": [plan.split],
-            "pca": [int(plan.pca) if plan.pca.isdigit() else plan.pca], "k": base["grid"]["k"]}  # fmt: skip
+            "pca": [int(pca) if pca.isdigit() else pca for pca in plan.pcas], "k": base["grid"]["k"]}  # fmt: skip
     if plan.labels == "none":
         grid["embeddings"] = ["raw"]  # the further spaces are fitted on labels
     # an update that adds a few photos keeps the fitted models until a refit is due (cbir.fitting.refit)
@@ -201,7 +216,7 @@ def search_cell_files(plan: IndexPlan, config: Mapping[str, Any], base: Mapping[
     spaces = [s for s in config["grid"].get("embeddings", base["grid"].get("embeddings", [RAW])) if s != RAW]
     files = [PROJECTION, GALLERY, CLASSIFIER, SELECTION, *(clusters_name(k) for k in ks)]
     files += [name for space in spaces for name in (embedding_name(space), *(clusters_name(k, space) for k in ks))]
-    return [f"{plan.cell}/{name}" for name in files]
+    return [f"{cell}/{name}" for cell in plan.cells for name in files]
 
 
 def write_index_config(
@@ -324,7 +339,10 @@ def describe(plan: IndexPlan, workdir: Path) -> str:
     """What was indexed, how many photos are searchable, the commands that use it, and which cell measured
     the quality."""
     where = workdir.resolve()
-    cell, measured, features = where / plan.cell, where / plan.measured_cell, where / plan.features
+    # of the PCA sizes, each cell's validated choice decides (the same validation images in each)
+    cell = chosen_cell([where / c for c in plan.cells])
+    measured = chosen_cell([where / c for c in plan.measured_cells])
+    features = where / plan.features
     labels = "without labels" if plan.labels == "none" else "labelled by its sub-folders"
     dataset = DatasetPlace(where, plan.name)
     n_indexed = len(read_manifest(dataset.manifest))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,6 +207,20 @@ def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
     if selection is None or not selection.validated or selection.chosen not in available_spaces(folder, k):
         return RAW, None
     return selection.chosen, selection.choice(selection.chosen).figures.get(VALIDATION_METRIC)
+
+
+def chosen_cell(cells: Sequence[Path]) -> Path:
+    """Of cells fitted on the same training images with different PCA sizes, the one whose chosen setting
+    scored highest on validation (each draws the same validation part: the same images, in the same order);
+    a tie, or no validated cell, keeps the earlier."""
+
+    def score(cell: Path) -> float:
+        selection = read_selection(cell)
+        if selection is None or not selection.validated:
+            return float("-inf")
+        return selection.choice(selection.chosen).figures.get(VALIDATION_METRIC, float("-inf"))
+
+    return max(enumerate(cells), key=lambda item: (score(item[1]), -item[0]))[1]
 
 
 def read_identity(folder: Path, attrs: dict[str, Any]) -> CellIdentity:
