@@ -34,4 +34,5 @@ rule all:
     input:
         rules.summarize.output,
         montage_outputs(),
+        collection_space_files(),
     default_target: True

@@ -29,6 +29,7 @@ SHARD_PLAN = DATASET + "/shards/{backbone}/plan.json"
 SHARD = DATASET + "/shards/{backbone}/{shard}.json"  # a receipt: the pack of the cache holding the shard
 FEATURES = DATASET + "/features/{backbone}.h5"
 FEATURE_TIMING = DATASET + "/features/{backbone}.timing.json"
+COPIES = DATASET + "/features/{backbone}.copies.h5"  # changed copies of a collection's photos (validation's judge)
 PCA_BASIS = DATASET + "/{backbone}/{split}/pca_basis.h5"
 CELL = DATASET + "/{backbone}/{split}/{pca}"
 SUMMARY = RESULTS + "/summary"

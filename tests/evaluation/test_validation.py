@@ -110,3 +110,24 @@ def test_the_reranked_search_ranks_with_reranking_but_reports_plain_distances():
     plain_order = index.search(features[:5], "global", 4)[0]
     assert not np.array_equal(search.index.gallery, index.gallery)  # the gallery was augmented
     assert indices.shape == plain_order.shape
+
+
+def test_a_collection_is_judged_by_how_well_changed_copies_find_their_photos():
+    features, _ = blobs(dim=16)
+    rng = np.random.default_rng(3)
+    ids = [f"photo_{i}.jpg" for i in range(len(features))]
+    picked = rng.choice(len(features), size=20, replace=False)
+    copies = features[picked] + rng.normal(scale=0.3, size=(20, features.shape[1])).astype(np.float32)
+    originals = [ids[i] for i in picked] + ["gone.jpg"]  # a copy whose photo left the gallery is not counted
+    copies = np.vstack([copies, features[:1]])
+    validation = {"copies": 21, "candidates": {"whiten": {"power": [0.5, 0.25]}}, "rerank": {"k": [3]}}
+    selection = validate_cell(features, np.zeros(len(features), dtype=int), ["raw", "l2", "whiten", "lda"], {},
+                              validation, MLP, seed=0, labelled=False, copies=(copies, originals, ids))  # fmt: skip
+    assert selection.validated and selection.validation["criterion"] == "changed copies"
+    assert selection.validation["n_validation"] == 20 and set(selection.spaces) == {"raw", "l2", "whiten"}  # no lda
+    scores = {space: choice.figures["map_global"] for space, choice in selection.spaces.items()}
+    assert selection.chosen == max(scores, key=scores.get) and max(scores.values()) > 0.5
+    assert "changed copy finds its photo" in selection.describe()
+    without = validate_cell(features, np.zeros(len(features), dtype=int), ["raw", "l2"], {}, validation, MLP, 0,
+                            labelled=False)  # fmt: skip
+    assert not without.validated and without.chosen == "raw"

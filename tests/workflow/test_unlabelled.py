@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 
 from cbir.data.manifest import UNLABELLED, read_manifest
-from cbir.layout import CLASSIFIER
+from cbir.extraction.copies import load_copies
+from cbir.fitting.chosen import Selection
+from cbir.layout import CLASSIFIER, SELECTION
 from cbir.pipeline.config import ConfigError, load_schema, validate_config
 from cbir.pipeline.grid import cluster_counts
-from cbir.search.cell import load_cell
+from cbir.search.cell import BEST, load_cell
 
 from helpers import REPO, collection_config, make_image_folder, tiny_config
 
@@ -52,6 +54,28 @@ def test_a_collection_cell_has_clusters_over_all_images_no_classifier_and_recall
     cell = load_cell(folder, 6, faiss_options={"enabled": True, "nlist": 2, "nprobe": 1})
     assert cell.labelled is False and cell.class_names == [UNLABELLED]
     assert len(cell.clusters.centroids) == 6 and len(cell.gallery_ids) == n_gallery
+
+
+@pytest.mark.workflow
+def test_a_collection_searches_the_label_free_space_that_changed_copies_of_its_photos_find_best(
+    collection_run: Path,
+):
+    copies = collection_run / "results/photos/features/lite.copies.h5"
+    features, originals = load_copies(copies)
+    assert features.shape == (12, 1280) and len(set(originals)) == 12  # a dozen photos, each copied once
+    folder = collection_run / "results/photos/lite/all/8"
+    selection = Selection.load(folder / SELECTION)
+    assert selection.validated and selection.validation["criterion"] == "changed copies"
+    assert selection.validation["n_validation"] == 12 and set(selection.spaces) == {"raw", "l2", "whiten"}
+    tried = {(c["space"], c["settings"].get("power"), c["rerank"]["method"]) for c in selection.candidates}
+    assert {("whiten", 0.5, "none"), ("whiten", 0.25, "none"), ("l2", None, "dba")} <= tried
+    scores = {space: choice.figures["map_global"] for space, choice in selection.spaces.items()}
+    assert selection.chosen == max(scores, key=scores.get) and all(0 < v <= 1 for v in scores.values())
+    # the label-free spaces are fitted on the collection with their clusters, and the query loads the choice
+    for space in ("l2", "whiten"):
+        assert (folder / f"embedding_{space}.h5").is_file() and (folder / f"clusters_{space}_k6.h5").is_file()
+    cell = load_cell(folder, 6, space=BEST)
+    assert cell.space == selection.chosen and "changed copy finds its photo" in cell.describe_setting()
 
 
 @pytest.mark.workflow

@@ -1,4 +1,5 @@
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cbir.pipeline.config import ALL, ConfigError, load_schema, validate_config  # noqa: E402
 from cbir.pipeline.grid import (  # noqa: E402
     class_sizes_bound,
+    cluster_counts,
     dataset_is_labelled,
     max_train_images,
     dataset_root,
@@ -20,10 +22,12 @@ from cbir.pipeline.grid import (  # noqa: E402
     pca_sizes,
 )
 from cbir.data.split import OFFICIAL  # noqa: E402
+from cbir.fitting.spaces import SPACES  # noqa: E402
 from cbir.layout import (  # noqa: E402
     BENCHMARKS,
     CELL,
     CLASSIFIER,
+    COPIES,
     DOWNLOAD_RECORD,
     DUPLICATES,
     EXCLUDED,
@@ -185,8 +189,35 @@ def classifier_input(wildcards):
 
 
 # the embedding spaces beyond the paper's (raw is the cell's gallery itself), fitted per cell of a
-# labelled dataset (lda and mlp need labels; a collection without labels searches in raw)
+# labelled dataset; a collection without labels gets those that need none (l2, whiten ...), and
+# validation picks among them by how well changed copies of its photos find them
 EXTRA_SPACES = [space for space in config["grid"]["embeddings"] if space != "raw"]
+LABEL_FREE_SPACES = [space for space in EXTRA_SPACES if not SPACES[space].uses_labels]
+LABELLED = [d for d in config["grid"]["datasets"] if dataset_is_labelled(config, d)]
+COLLECTIONS = [d for d in config["grid"]["datasets"] if not dataset_is_labelled(config, d)]
+
+
+def one_of(names):
+    """A wildcard pattern matching exactly these names (none when empty)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def copies_input(wildcards):
+    """A collection's changed copies, and the cell's projection to bring them into its space (labelled: none)."""
+    if dataset_is_labelled(config, wildcards.dataset) or not (config["validation"]["copies"] and LABEL_FREE_SPACES):
+        return {}
+    return {"copies": COPIES.format(**wildcards), "projection": f"{CELL}/{PROJECTION}".format(**wildcards)}
+
+
+def collection_space_files():
+    """The label-free spaces of every cell of a collection, with their clusters (rule fit_collection_spaces_*)."""
+    return [
+        f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{name}"
+        for c in grid_cells(config)
+        if not dataset_is_labelled(config, c.dataset)
+        for space in LABEL_FREE_SPACES
+        for name in (embedding_name(space), clusters_name(c.k, space))
+    ]
 
 
 def space_metrics_files():

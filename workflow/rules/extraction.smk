@@ -116,3 +116,30 @@ rule gather_features:
         CONDA_ENV
     script:
         "../scripts/gather_features.py"
+
+
+rule changed_copies:
+    """Changed copies (cropped, mirrored, brighter or darker, re-encoded) of a sample of a collection's photos
+    through its own network: how validation judges a collection without labels."""
+    input:
+        features=FEATURES,
+    output:
+        copies=COPIES,
+    params:
+        n_copies=config["validation"]["copies"],
+        device=config["extraction"]["device"],
+        seed=SEED,
+    log:
+        f"{LOGS}/changed_copies/{{dataset}}_{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/changed_copies/{{dataset}}_{{backbone}}.tsv"
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=extraction_gpus,
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/changed_copies.py"
+

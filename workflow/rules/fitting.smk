@@ -101,8 +101,10 @@ rule train_mlp:
 
 rule select_settings:
     """Each space's settings and re-ranking, and the space searched, chosen on a validation part of the cell's
-    training images (never its test images); a collection without labels keeps the configured settings."""
+    training images (never its test images); a collection without labels, by how well changed copies of its
+    photos find them."""
     input:
+        unpack(copies_input),
         gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{SELECTION}"),
     output:
         selection=f"{CELL}/{SELECTION}",
@@ -146,11 +148,50 @@ if EXTRA_SPACES:
             ks=config["grid"]["k"],
             kmeans=config["kmeans"],
             seed=SEED,
-            refit=config["update"]["refit"],
+                refit=config["update"]["refit"],
         log:
             f"{LOGS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.log",
         benchmark:
             f"{BENCHMARKS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem_from_input(1000, 6),
+            runtime=runtime_from_input(10, 100),
+        conda:
+            CONDA_ENV
+        wildcard_constraints:
+            dataset=one_of(LABELLED),
+        script:
+            "../scripts/fit_spaces.py"
+
+
+# a collection without labels: its label-free spaces, with k-means over the whole collection for its own k
+for collection in COLLECTIONS if LABEL_FREE_SPACES else []:
+    cells = CELL.replace("{dataset}", collection)
+
+    rule:
+        name:
+            f"fit_collection_spaces_{collection}"
+        input:
+            gallery=kept_until_due(f"{cells}/{GALLERY}", f"{cells}/{embedding_name(LABEL_FREE_SPACES[0])}"),
+            selection=kept_until_due(f"{cells}/{SELECTION}", f"{cells}/{embedding_name(LABEL_FREE_SPACES[0])}"),
+        output:
+            embeddings=[f"{cells}/{embedding_name(space)}" for space in LABEL_FREE_SPACES],
+            clusters=[
+                f"{cells}/{clusters_name(k, space)}"
+                for space in LABEL_FREE_SPACES
+                for k in cluster_counts(config, collection)
+            ],
+        params:
+            spaces=LABEL_FREE_SPACES,
+            ks=cluster_counts(config, collection),
+            kmeans=config["kmeans"],
+            seed=SEED,
+            refit=config["update"]["refit"],
+        log:
+            f"{LOGS}/fit_spaces/{collection}_{{backbone}}_{{split}}_{{pca}}.log",
+        benchmark:
+            f"{BENCHMARKS}/fit_spaces/{collection}_{{backbone}}_{{split}}_{{pca}}.tsv"
         threads: 1
         resources:
             mem_mb=mem_from_input(1000, 6),

@@ -12,7 +12,7 @@ def main(smk) -> None:
     selection = Selection.load(smk.input.selection)
     fit_cell_spaces(
         smk.input.gallery,
-        smk.input.classifier,
+        dict(smk.input.items()).get("classifier"),  # a collection without labels has none
         spaces,
         ks,
         {space: selection.choice(space).settings for space in spaces},

@@ -4,6 +4,8 @@ training images."""
 import _package  # noqa: F401  (makes cbir importable)
 
 from cbir.evaluation.validation import validate_cell
+from cbir.extraction.copies import load_copies
+from cbir.fitting.pca import load_projection
 from cbir.io import load_arrays
 from cbir.pipeline.steps import run_step
 
@@ -12,6 +14,11 @@ MLP_SETTINGS = ("hidden_layers", "alpha", "learning_rate", "max_iter")
 
 def main(smk) -> None:
     gallery, _ = load_arrays(smk.input.gallery)
+    inputs = dict(smk.input.items())
+    copies = None
+    if "copies" in inputs:  # a collection without labels: changed copies of its photos, in the cell's space
+        features, originals = load_copies(inputs["copies"])
+        copies = (load_projection(inputs["projection"]).transform(features), originals, gallery["ids"])
     selection = validate_cell(
         gallery["features"],
         gallery["labels"],
@@ -22,6 +29,7 @@ def main(smk) -> None:
         smk.params.seed,
         metric=smk.params.metric,
         labelled=smk.params.labelled,
+        copies=copies,
     )
     selection.save(smk.output.selection)
     print(f"chosen: {selection.describe()}")

@@ -29,10 +29,11 @@ import numpy as np
 from cbir.data.split import make_split
 from cbir.distances import l2_normalise
 from cbir.evaluation.metrics import exact_ranking_quality
+from cbir.extraction.copies import AUGMENTATION
 from cbir.fitting.chosen import VALIDATION_FIGURES, VALIDATION_METRIC, Selection, SpaceChoice, unvalidated
 from cbir.fitting.mlp import MlpModel, train_mlp
 from cbir.fitting.rerank import NO_RERANK, rerank_candidates, rerank_vectors
-from cbir.fitting.spaces import fit_embedding
+from cbir.fitting.spaces import SPACES, fit_embedding
 from cbir.layout import RAW
 
 log = logging.getLogger(__name__)
@@ -94,22 +95,94 @@ def validate_cell(
     seed: int,
     metric: str = "euclidean",
     labelled: bool = True,
+    copies: tuple[np.ndarray, Sequence[str], Sequence[str]] | None = None,
 ) -> Selection:
     """Choose each space's settings and re-ranking, and the space, on a validation part of the training
-    images ``features`` (a cell's gallery: its PCA-reduced training features) and ``labels``."""
+    images ``features`` (a cell's gallery: its PCA-reduced training features) and ``labels``.
+
+    A collection without labels (``labelled`` false) is judged by ``copies`` instead: (the reduced features of
+    changed copies of some of its photos, their originals' ids, the gallery's ids); each label-free space is
+    fitted on the whole gallery and scored by how well a copy finds its original (the mean reciprocal rank,
+    recorded as ``map_global``: one relevant image per query)."""
     spaces = list(dict.fromkeys([RAW, *spaces]))
     if not labelled:
-        return unvalidated(spaces, options, "a collection without labels: no class to judge a ranking by")
+        return _validate_collection(features, spaces, options, validation, seed, metric, copies)
     rows = validation_rows(labels, float(validation.get("fraction", 0.2)), seed)
     if rows is None:
         return unvalidated(spaces, options, "too few training images to hold a validation part out")
     fit_rows, held_rows = rows
     fit_x, fit_y = np.asarray(features)[fit_rows], np.asarray(labels)[fit_rows]
     val_x, val_y = np.asarray(features)[held_rows], np.asarray(labels)[held_rows]
-    relevant = val_y[:, None] == fit_y[None, :]
+    record = {
+        "criterion": "held-out training images",
+        "fraction": float(validation.get("fraction", 0.2)),
+        "seed": seed + VALIDATION_SEED_OFFSET,
+        "n_fit": len(fit_rows),
+        "n_validation": len(held_rows),
+    }
+    mlp = _lazy_mlp(fit_x, fit_y, mlp_settings, seed)
+    return _choose(fit_x, fit_y, val_x, val_y[:, None] == fit_y[None, :], spaces, options, validation, mlp, metric,
+                   record)  # fmt: skip
+
+
+def _validate_collection(
+    features: np.ndarray,
+    spaces: list[str],
+    options: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    seed: int,
+    metric: str,
+    copies: tuple[np.ndarray, Sequence[str], Sequence[str]] | None,
+) -> Selection:
+    free = [space for space in spaces if not SPACES[space].uses_labels]
+    if copies is None:
+        return unvalidated(free, options, "a collection without labels, and no changed copies to judge it by")
+    copy_features, originals, gallery_ids = copies
+    found = copies_found(originals, gallery_ids)
+    rows = np.flatnonzero(found.any(axis=1))
+    if len(rows) < MIN_VALIDATION_IMAGES:
+        return unvalidated(free, options, "a collection without labels, and too few changed copies of its photos")
+    gallery = np.asarray(features)
+    record = {
+        "criterion": "changed copies",
+        "augmentation": AUGMENTATION,
+        "n_fit": len(gallery),
+        "n_validation": len(rows),
+    }
+
+    def no_mlp() -> MlpModel:
+        raise ValueError("a collection without labels has no MLP")
+
+    labels = np.zeros(len(gallery), dtype=np.int64)
+    return _choose(gallery, labels, np.asarray(copy_features)[rows], found[rows], free, options, validation, no_mlp,
+                   metric, record)  # fmt: skip
+
+
+def copies_found(originals: Sequence[str], gallery_ids: Sequence[str]) -> np.ndarray:
+    """(copies, gallery) True where the gallery image is the copy's original."""
+    position = {str(image_id): i for i, image_id in enumerate(gallery_ids)}
+    found = np.zeros((len(originals), len(gallery_ids)), dtype=bool)
+    for row, original in enumerate(originals):
+        if str(original) in position:
+            found[row, position[str(original)]] = True
+    return found
+
+
+def _choose(
+    fit_x: np.ndarray,
+    fit_y: np.ndarray,
+    query_x: np.ndarray,
+    relevant: np.ndarray,
+    spaces: list[str],
+    options: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    mlp: Callable[[], MlpModel],
+    metric: str,
+    record: dict[str, Any],
+) -> Selection:
+    """Every candidate fitted on ``fit_x`` (``fit_y``) and scored by ``query_x``'s ranking of it; the choice."""
     reranks = rerank_candidates(list(validation.get("rerank", {}).get("k", [])),
                                 list(validation.get("rerank", {}).get("alpha", [3.0])))  # fmt: skip
-    mlp = _lazy_mlp(fit_x, fit_y, mlp_settings, seed)
     candidates: list[dict[str, Any]] = []
     choices: dict[str, SpaceChoice] = {}
     started = time.perf_counter()
@@ -117,7 +190,7 @@ def validate_cell(
         scored = []
         for settings in setting_grid(space, options, validation.get("candidates", {})):
             embedding = fit_embedding(space, fit_x, fit_y, None if space in WITHOUT_MLP else mlp(), {space: settings})
-            queries, gallery = embedding.transform(val_x), embedding.transform(fit_x)
+            queries, gallery = embedding.transform(query_x), embedding.transform(fit_x)
             figures = ranking_quality(queries, gallery, relevant, metric)
             candidates.append({"space": space, "settings": settings, "rerank": NO_RERANK.as_dict(), **figures})
             scored.append((figures, settings, queries, gallery, embedding.normalised))
@@ -131,14 +204,7 @@ def validate_cell(
         choices[space] = choice
     chosen = max(spaces, key=lambda s: (choices[s].figures[VALIDATION_METRIC], -spaces.index(s)))
     log.info("validation: %d candidates in %.1f s; chosen %s", len(candidates), time.perf_counter() - started, chosen)
-    record = {
-        "fraction": float(validation.get("fraction", 0.2)),
-        "seed": seed + VALIDATION_SEED_OFFSET,
-        "n_fit": len(fit_rows),
-        "n_validation": len(held_rows),
-        "metric": VALIDATION_METRIC,
-        "seconds": time.perf_counter() - started,
-    }
+    record = {**record, "metric": VALIDATION_METRIC, "seconds": time.perf_counter() - started}
     return Selection(chosen, choices, record, candidates)
 
 

@@ -67,6 +67,8 @@ class Selection:
             return f"{text}; not validated: {self.validation.get('reason', 'no validation part')}"
         figure = choice.figures.get(VALIDATION_METRIC)
         shown = "n/a" if figure is None else f"{figure:.3f}"
+        if self.validation.get("criterion") == "changed copies":  # a collection without labels
+            return f"{text}; a changed copy finds its photo with MRR {shown} ({self.validation['n_validation']} copies)"
         return f"{text}; validation mAP {shown} on {self.validation['n_validation']} training images"
 
     def save(self, path: str | Path) -> None:

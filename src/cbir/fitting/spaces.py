@@ -220,7 +220,7 @@ def spaces_markdown(names: Sequence[str] | None = None) -> str:
 
 def fit_cell_spaces(
     gallery_path: str | Path,
-    classifier_path: str | Path,
+    classifier_path: str | Path | None,
     spaces: Sequence[str],
     ks: Sequence[int],
     options: Mapping[str, Any],
@@ -237,7 +237,7 @@ def fit_cell_spaces(
     the update policy (:mod:`cbir.fitting.refit`).
     """
     gallery, attrs = load_arrays(gallery_path)
-    mlp = load_mlp(classifier_path)
+    mlp = load_mlp(classifier_path) if classifier_path else None  # None: a collection, label-free spaces only
     # what they are fitted on (cbir.fitting.refit), and whether images added later may join the clusters when loaded
     fitted_on = {"n_train": len(gallery["ids"]), "n_classes": len(np.unique(gallery["labels"])), "refit": refit}
     for space in spaces:

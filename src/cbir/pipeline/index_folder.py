@@ -34,6 +34,7 @@ from cbir.data.images import IMAGE_EXTENSIONS
 from cbir.data.manifest import excluded_file_count, read_manifest
 from cbir.data.scan import count_class_files, count_image_files
 from cbir.data.split import ALL
+from cbir.fitting.spaces import SPACES
 from cbir.io import atomic_path
 from cbir.layout import (
     CLASSIFIER,
@@ -196,8 +197,9 @@ def index_config(
         entry["labels"] = "none"
     grid = {"datasets": [plan.name], "backbones": [plan.backbone], "splits": [plan.split],
             "pca": [int(pca) if pca.isdigit() else pca for pca in plan.pcas], "k": base["grid"]["k"]}  # fmt: skip
-    if plan.labels == "none":
-        grid["embeddings"] = ["raw"]  # the further spaces are fitted on labels
+    if plan.labels == "none":  # the spaces that need no labels; changed copies of the photos judge them
+        spaces = base["grid"].get("embeddings", [RAW])
+        grid["embeddings"] = [s for s in spaces if s == RAW or (s in SPACES and not SPACES[s].uses_labels)]
     # an update that adds a few photos keeps the fitted models until a refit is due (cbir.fitting.refit)
     config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry},
               "update": {"refit": "when_due"}}  # fmt: skip
