@@ -9,6 +9,12 @@ re-ranking), the chosen space without its re-ranking, and the chosen space with 
 
     python benchmarks/choices.py --features results/corel1k/features/lite0_224.h5 \\
         --split results/corel1k/splits/80-20.csv
+
+``--label-free`` treats the dataset as a collection without labels: each label-free candidate (raw, l2,
+whiten at two powers, with each re-ranking) is scored by the criterion a collection is judged by (how far the
+10 nearest photos of a changed copy of a training photo agree with the photo's own, over 200 copies) and,
+beside it, by the labelled truth it cannot see (the test split's global mAP); printed: both per candidate,
+their rank correlation, and the truth of the criterion's choice against the best candidate's and raw's.
 """
 
 from __future__ import annotations
@@ -50,7 +56,13 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True, help="its split file (id, label, subset)")
     parser.add_argument("--pca", nargs="+", default=["100", "256", "original"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-free", action="store_true", help="judge by changed copies, against labelled truth")
+    parser.add_argument("--copies", type=int, default=200, help="photos copied (--label-free)")
+    parser.add_argument("--root", type=Path, default=None, help="folder relative image paths resolve against")
     args = parser.parse_args()
+    if args.label_free:
+        label_free(args)
+        return
 
     import pandas as pd
 
@@ -94,6 +106,66 @@ def main() -> None:
     print_table(rows, ["pca", "setting", "space", "settings", "rerank", "validation mAP", "test P@10", "test mAP",
                        "validation s"])  # fmt: skip
     record("choices", rows, features=str(args.features), split=str(args.split))
+
+
+def label_free(args: argparse.Namespace) -> None:
+    import tempfile
+
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from cbir.evaluation.metrics import exact_ranking_quality
+    from cbir.evaluation.validation import validate_cell
+    from cbir.extraction.copies import extract_copies, load_copies
+    from cbir.fitting.pca import fit_pca_basis
+    from cbir.fitting.rerank import Rerank, rerank_vectors
+    from cbir.fitting.spaces import fit_embedding
+    from cbir.io import load_features
+
+    split = pd.read_csv(args.split)
+    train = load_features(args.features, split.loc[split["subset"] == "train", "id"].tolist())
+    test = load_features(args.features, split.loc[split["subset"] == "test", "id"].tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        extract_copies(args.features, Path(tmp) / "copies.h5", args.copies * 2, args.seed, "cpu", args.root)
+        copy_seconds = time.perf_counter() - start
+        copy_features, originals = load_copies(Path(tmp) / "copies.h5")
+    keep = [i for i, original in enumerate(originals) if original in set(train.ids)][: args.copies]
+    copy_features, originals = copy_features[keep], [originals[i] for i in keep]
+    validation = {
+        "candidates": {"whiten": {"power": [0.5, 0.25, 0.1]}},
+        "rerank": {"k": [3, 5, 10, 20], "alpha": [1, 3]},
+    }
+    rows = []
+    for pca in args.pca:
+        project = (lambda x: np.asarray(x, np.float32)) if pca == "original" else fit_pca_basis(
+            train.features, int(pca), args.seed).transform  # fmt: skip
+        gallery_x, test_x, copies_x = project(train.features), project(test.features), project(copy_features)
+        selection = validate_cell(gallery_x, np.zeros(len(gallery_x), int), ["raw", "l2", "whiten"], {}, validation,
+                                  MLP, args.seed, labelled=False, copies=(copies_x, originals, train.ids))  # fmt: skip
+        relevant = test.labels[:, None] == train.labels[None, :]
+        truth, criterion = [], []
+        for candidate in selection.candidates:
+            space, settings = candidate["space"], candidate["settings"]
+            embedding = fit_embedding(space, gallery_x, np.zeros(len(gallery_x), int), None, {space: settings})
+            rerank = Rerank.from_dict(candidate["rerank"])
+            queries, gallery = rerank_vectors(embedding.transform(test_x), embedding.transform(gallery_x), rerank,
+                                              embedding.normalised)  # fmt: skip
+            truth.append(exact_ranking_quality(queries, gallery, relevant, "global")["map_global"])
+            criterion.append(candidate[selection.metric])
+        chosen = selection.choice(selection.chosen)
+        pick = next(i for i, c in enumerate(selection.candidates)
+                    if c["space"] == selection.chosen and c["settings"] == chosen.settings
+                    and c["rerank"] == chosen.rerank.as_dict())  # fmt: skip
+        raw = next(i for i, c in enumerate(selection.candidates) if c["space"] == "raw" and c["rerank"]["k"] == 0)
+        rows.append({"pca": pca, "candidates": len(truth), "spearman": spearmanr(criterion, truth).statistic,
+                     "chosen": f"{selection.chosen} {chosen.settings or ''} {chosen.rerank.describe()}".strip(),
+                     "criterion overlap@10": criterion[pick], "truth mAP (chosen)": truth[pick],
+                     "truth mAP (best)": max(truth), "truth mAP (raw)": truth[raw], "copies": len(originals),
+                     "copies s": copy_seconds, "validation s": selection.validation["seconds"]})  # fmt: skip
+    print(f"{args.features}: label-free choice by changed copies vs labelled truth; {machine()['cpu']}")
+    print_table(rows, list(rows[0]))
+    record("choices_label_free", rows, features=str(args.features), split=str(args.split))
 
 
 if __name__ == "__main__":

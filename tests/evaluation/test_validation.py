@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cbir.evaluation.validation import setting_grid, validate_cell, validation_rows
+from cbir.evaluation.validation import neighbour_agreement, setting_grid, validate_cell, validation_rows
 from cbir.fitting.chosen import Selection
 from cbir.fitting.rerank import NO_RERANK, Rerank, rerank_candidates
 from cbir.search.index import RetrievalIndex
@@ -125,9 +125,21 @@ def test_a_collection_is_judged_by_how_well_changed_copies_find_their_photos():
                               validation, MLP, seed=0, labelled=False, copies=(copies, originals, ids))  # fmt: skip
     assert selection.validated and selection.validation["criterion"] == "changed copies"
     assert selection.validation["n_validation"] == 20 and set(selection.spaces) == {"raw", "l2", "whiten"}  # no lda
-    scores = {space: choice.figures["map_global"] for space, choice in selection.spaces.items()}
-    assert selection.chosen == max(scores, key=scores.get) and max(scores.values()) > 0.5
-    assert "changed copy finds its photo" in selection.describe()
+    assert selection.metric == "neighbour_overlap_at_10"
+    scores = {space: selection.score(space) for space in selection.spaces}
+    assert selection.chosen == max(scores, key=scores.get) and all(0 <= v <= 1 for v in scores.values())
+    # copies this close find their photos first, and share most of its neighbours
+    assert selection.choice(selection.chosen).figures["copy_finds_photo_first"] > 0.9 and max(scores.values()) > 0.5
+    assert "the 10 nearest photos of a changed copy and of its photo agree" in selection.describe()
     without = validate_cell(features, np.zeros(len(features), dtype=int), ["raw", "l2"], {}, validation, MLP, 0,
                             labelled=False)  # fmt: skip
     assert not without.validated and without.chosen == "raw"
+
+
+def test_neighbour_agreement_compares_the_others_near_a_copy_and_near_its_photo():
+    gallery = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    # copy of photo 0 near it: neighbours {1, 2} as the photo's; copy of photo 3 drifted towards 0..2
+    queries = np.array([[0.1], [5.0], [0.0], [10.0]])
+    figures = neighbour_agreement(queries, gallery, np.array([0, 3]), "euclidean", k=2)
+    assert figures["copy_finds_photo_first"] == 0.5
+    assert figures["neighbour_overlap_at_10"] == pytest.approx((1.0 + 0.0) / 2)

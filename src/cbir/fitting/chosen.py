@@ -19,6 +19,10 @@ from cbir.layout import RAW, SELECTION
 
 VALIDATION_METRIC = "map_global"  # mAP of the validation images' exact ranking of the rest of the training split
 VALIDATION_FIGURES = ("map_global", "precision_at_10_global")
+# a collection without labels: how far a changed copy's neighbours agree with its photo's, and how often the copy
+# finds its photo first
+COPY_METRIC = "neighbour_overlap_at_10"
+COPY_FIGURES = (COPY_METRIC, "copy_finds_photo_first")
 
 
 @dataclass
@@ -51,6 +55,15 @@ class Selection:
     def validated(self) -> bool:
         return bool(self.validation.get("n_validation"))
 
+    @property
+    def metric(self) -> str:
+        """The figure the choice was made by (:data:`VALIDATION_METRIC`, or :data:`COPY_METRIC` for a collection)."""
+        return str(self.validation.get("metric", VALIDATION_METRIC))
+
+    def score(self, space: str | None = None) -> float | None:
+        """The validation figure of a space's choice (the chosen space's by default); None when not validated."""
+        return self.choice(space or self.chosen).figures.get(self.metric) if self.validated else None
+
     def choice(self, space: str) -> SpaceChoice:
         """The space's choice; a space validation did not see keeps its configured settings, unranked."""
         return self.spaces.get(space, SpaceChoice())
@@ -65,10 +78,11 @@ class Selection:
         text = f"{space}{f' ({settings})' if settings else ''}, re-ranking {applied.describe()}"
         if not self.validated:
             return f"{text}; not validated: {self.validation.get('reason', 'no validation part')}"
-        figure = choice.figures.get(VALIDATION_METRIC)
+        figure = choice.figures.get(self.metric)
         shown = "n/a" if figure is None else f"{figure:.3f}"
-        if self.validation.get("criterion") == "changed copies":  # a collection without labels
-            return f"{text}; a changed copy finds its photo with MRR {shown} ({self.validation['n_validation']} copies)"
+        if self.metric == COPY_METRIC:  # a collection without labels
+            return (f"{text}; the 10 nearest photos of a changed copy and of its photo agree {shown} "
+                    f"({self.validation['n_validation']} copies)")  # fmt: skip
         return f"{text}; validation mAP {shown} on {self.validation['n_validation']} training images"
 
     def save(self, path: str | Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from cbir.fitting.chosen import VALIDATION_METRIC, Selection, read_selection
+from cbir.fitting.chosen import Selection, read_selection
 from cbir.fitting.kmeans import IntraClassClusters, load_clusters
 from cbir.fitting.mlp import MlpModel, load_mlp, single_class_model
 from cbir.fitting.pca import Projection, load_projection
@@ -206,7 +206,7 @@ def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
     selection = read_selection(folder)
     if selection is None or not selection.validated or selection.chosen not in available_spaces(folder, k):
         return RAW, None
-    return selection.chosen, selection.choice(selection.chosen).figures.get(VALIDATION_METRIC)
+    return selection.chosen, selection.score()
 
 
 def chosen_cell(cells: Sequence[Path]) -> Path:
@@ -218,7 +218,8 @@ def chosen_cell(cells: Sequence[Path]) -> Path:
         selection = read_selection(cell)
         if selection is None or not selection.validated:
             return float("-inf")
-        return selection.choice(selection.chosen).figures.get(VALIDATION_METRIC, float("-inf"))
+        score = selection.score()
+        return float("-inf") if score is None else score
 
     return max(enumerate(cells), key=lambda item: (score(item[1]), -item[0]))[1]
 
