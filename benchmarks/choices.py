@@ -24,25 +24,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine, print_table, record
+from _common import REPO, machine, print_table, record
 
-CONFIG_VALIDATION = {
-    "fraction": 0.2,
-    "candidates": {"lda": {"shrinkage": ["auto", None, 0.1]}, "whiten": {"power": [0.5, 0.25]}},
-    "rerank": {"k": [3, 5, 10], "alpha": [1, 3]},
-}
 SPACES = ["raw", "l2", "whiten", "lda", "mlp"]
-MLP = {"hidden_layers": [256], "alpha": 1e-4, "learning_rate": 1e-3, "max_iter": 300}
+SHIPPED = {"lda": {"shrinkage": "auto"}, "whiten": {"power": 0.5}}  # the embeddings settings before validation
 
 
-def test_figures(train_x, train_y, test_x, test_y, space, settings, rerank, seed):
+def default_settings() -> tuple[dict, dict]:
+    """The validation and MLP settings of config/config.yaml, as the workflow runs them."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    mlp = {key: config["mlp"][key] for key in ("hidden_layers", "alpha", "learning_rate", "max_iter")}
+    return config["validation"], mlp
+
+
+def test_figures(train_x, train_y, test_x, test_y, space, settings, rerank, seed, mlp_settings):
     """Fit ``space`` with ``settings`` on the whole training split; the test split's global exact ranking."""
     from cbir.evaluation.metrics import exact_ranking_quality
     from cbir.fitting.mlp import train_mlp
     from cbir.fitting.rerank import rerank_vectors
     from cbir.fitting.spaces import fit_embedding
 
-    mlp = train_mlp(train_x, train_y, **MLP, seed=seed) if space == "mlp" else None
+    mlp = train_mlp(train_x, train_y, **mlp_settings, seed=seed) if space == "mlp" else None
     embedding = fit_embedding(space, train_x, train_y, mlp, {space: settings})
     queries, gallery = rerank_vectors(embedding.transform(test_x), embedding.transform(train_x), rerank,
                                       embedding.normalised)  # fmt: skip
@@ -74,6 +78,7 @@ def main() -> None:
     split = pd.read_csv(args.split)
     train = load_features(args.features, split.loc[split["subset"] == "train", "id"].tolist())
     test = load_features(args.features, split.loc[split["subset"] == "test", "id"].tolist())
+    validation, mlp = default_settings()
     rows = []
     for pca in args.pca:
         start = time.perf_counter()
@@ -83,8 +88,7 @@ def main() -> None:
             projection = fit_pca_basis(train.features, int(pca), args.seed)
             project = projection.transform
         train_x, test_x = project(train.features), project(test.features)
-        shipped = {"lda": {"shrinkage": "auto"}, "whiten": {"power": 0.5}}  # the embeddings settings before
-        selection = validate_cell(train_x, train.labels, SPACES, shipped, CONFIG_VALIDATION, MLP, args.seed)
+        selection = validate_cell(train_x, train.labels, SPACES, SHIPPED, validation, mlp, args.seed)
         chosen = selection.choice(selection.chosen)
         cost = time.perf_counter() - start
         settings = {
@@ -96,7 +100,9 @@ def main() -> None:
             "raw (paper)": ("raw", {}, NO_RERANK),
         }
         for name, (space, setting, rerank) in settings.items():
-            p10, mean_ap = test_figures(train_x, train.labels, test_x, test.labels, space, setting, rerank, args.seed)
+            p10, mean_ap = test_figures(
+                train_x, train.labels, test_x, test.labels, space, setting, rerank, args.seed, mlp
+            )
             figure = selection.choice(space).figures.get("map_global") if name == "validated" else None
             rows.append({"pca": pca, "setting": name, "space": space, "settings": setting or "",
                          "rerank": rerank.describe(), "validation mAP": figure if figure is not None else "",
@@ -132,17 +138,15 @@ def label_free(args: argparse.Namespace) -> None:
         copy_features, originals = load_copies(Path(tmp) / "copies.h5")
     keep = [i for i, original in enumerate(originals) if original in set(train.ids)][: args.copies]
     copy_features, originals = copy_features[keep], [originals[i] for i in keep]
-    validation = {
-        "candidates": {"whiten": {"power": [0.5, 0.25, 0.1]}},
-        "rerank": {"k": [3, 5, 10, 20], "alpha": [1, 3]},
-    }
+    validation, mlp = default_settings()
     rows = []
     for pca in args.pca:
         project = (lambda x: np.asarray(x, np.float32)) if pca == "original" else fit_pca_basis(
             train.features, int(pca), args.seed).transform  # fmt: skip
         gallery_x, test_x, copies_x = project(train.features), project(test.features), project(copy_features)
-        selection = validate_cell(gallery_x, np.zeros(len(gallery_x), int), ["raw", "l2", "whiten"], {}, validation,
-                                  MLP, args.seed, labelled=False, copies=(copies_x, originals, train.ids))  # fmt: skip
+        selection = validate_cell(gallery_x, np.zeros(len(gallery_x), int), ["raw", "l2", "whiten"], SHIPPED,
+                                  validation, mlp, args.seed, labelled=False,
+                                  copies=(copies_x, originals, train.ids))  # fmt: skip
         relevant = test.labels[:, None] == train.labels[None, :]
         truth, criterion = [], []
         for candidate in selection.candidates:

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.workflow
 ALL = "results/photos/lite/all/8"  # every image is in the gallery: a query finds itself
 HELD_OUT = "results/photos/lite/80-20/8"  # 7 test images outside the gallery
 QUERY = "data/photos/green/nested/004.png"
+# the searches of the paper's space, as every collection has it (the space its changed copies chose, l2 or
+# whiten: tests/workflow/test_unlabelled.py)
+RAW = ("--space", "raw")
 RESULT_KEYS = {"rank", "id", "path", "cluster", "distance", "similarity"}
 
 
@@ -30,8 +33,8 @@ def cluster_sizes(root: Path, cell: str) -> np.ndarray:
 
 
 def test_query_json_names_the_nearest_clusters_and_no_class(collection: Path, tmp_path: Path):
-    result = run_cbir("query", QUERY, "--model", ALL, "--json", "--top-k", "4", "--montage", str(tmp_path / "m.png"),
-                  cwd=collection)  # fmt: skip
+    montage = ("--montage", str(tmp_path / "m.png"))
+    result = run_cbir("query", QUERY, "--model", ALL, *RAW, "--json", "--top-k", "4", *montage, cwd=collection)
     assert result.returncode == 0, result.stderr
     [answer] = json.loads(result.stdout)
     assert set(answer) == {"query", "space", "similarity", "no_match", "nearest_clusters", "results"}
@@ -59,7 +62,8 @@ def test_query_json_names_the_nearest_clusters_and_no_class(collection: Path, tm
 
 
 def test_query_table_has_no_class_or_marks_and_titles_the_clustered_search(collection: Path):
-    result = run_cbir("query", QUERY, "data/photos/top_003.png", "--model", HELD_OUT, "--top-k", "3", cwd=collection)
+    result = run_cbir("query", QUERY, "data/photos/top_003.png", "--model", HELD_OUT, *RAW, "--top-k", "3",
+                      cwd=collection)  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = result.stdout
     assert table.count("query: ") == 2 and table.count("  nearest clusters: ") == 2
@@ -98,7 +102,7 @@ def client(collection: Path):
     from cbir.serve.model import ServedModel
     from cbir.serve.settings import ServeSettings
 
-    settings = ServeSettings(model=collection / HELD_OUT, reload_interval=0)
+    settings = ServeSettings(model=collection / HELD_OUT, reload_interval=0, space="raw")
     with TestClient(create_app(settings, served=ServedModel.load(settings))) as test_client:
         yield test_client
 
@@ -162,7 +166,7 @@ def test_the_page_shows_the_nearest_clusters_and_no_class_or_marks(browser, coll
     from cbir.serve.run import serve_in_thread
     from cbir.serve.settings import ServeSettings
 
-    app = create_app(ServeSettings(model=collection / HELD_OUT, reload_interval=0))
+    app = create_app(ServeSettings(model=collection / HELD_OUT, reload_interval=0, space="raw"))
     with serve_in_thread(app, "127.0.0.1") as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         problems: list[str] = []

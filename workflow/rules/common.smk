@@ -151,14 +151,10 @@ def metrics_files():
     return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
 
 
-def current_training_set(wildcards):
-    """(training images, classes) of a cell's split, counted from the dataset's files; None where unknown."""
-    return counted_training_set(wildcards.dataset, wildcards.split)
-
-
 # every fitting job of a split asks: the dataset's folder is listed once per run, not once per job
 @functools.cache
 def counted_training_set(dataset, split):
+    """(training images, classes) of a cell's split, counted from the dataset's files; None where unknown."""
     bound = class_sizes_bound(config, dataset, split == OFFICIAL)
     if bound is None:
         return None
@@ -166,19 +162,26 @@ def counted_training_set(dataset, split):
     return max_train_images(sizes, split), len(sizes)
 
 
-def kept_until_due(path, artifact):
+def kept_until_due(path, artifact, dataset=None):
     """An input of the step fitting ``artifact``, marked ancient while update.refit is when_due and no refit
-    is due (cbir.fitting.refit), so that a changed input does not refit the kept model."""
-    return lambda wildcards: kept_input(path.format(**wildcards), artifact.format(**wildcards), wildcards)
+    is due (cbir.fitting.refit), so that a changed input does not refit the kept model. ``dataset``: for a
+    rule of one dataset, whose paths name it rather than take it as a wildcard."""
+
+    def kept(wildcards):
+        values = {**wildcards, **({"dataset": dataset} if dataset else {})}
+        return kept_input(path.format(**values), artifact.format(**values), values)
+
+    return kept
 
 
-def kept_input(target, artifact, wildcards):
+def kept_input(target, artifact, values):
     update = config["update"]
     # a ratio split reshuffles a class whose images change: a kept model could have been fitted on an
     # image now held out, so only the splits that keep every image where it was (all, official) keep models
-    if update["refit"] != WHEN_DUE or wildcards.split not in (ALL, OFFICIAL):
+    if update["refit"] != WHEN_DUE or values["split"] not in (ALL, OFFICIAL):
         return target
-    if refit_due(fitted_on(artifact), current_training_set(wildcards), update["refit_after"]):
+    training_set = counted_training_set(values["dataset"], values["split"])
+    if refit_due(fitted_on(artifact), training_set, update["refit_after"]):
         return target
     return ancient(target)
 

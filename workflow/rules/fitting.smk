@@ -173,8 +173,10 @@ for collection in COLLECTIONS if LABEL_FREE_SPACES else []:
         name:
             f"fit_collection_spaces_{collection}"
         input:
-            gallery=kept_until_due(f"{cells}/{GALLERY}", f"{cells}/{embedding_name(LABEL_FREE_SPACES[0])}"),
-            selection=kept_until_due(f"{cells}/{SELECTION}", f"{cells}/{embedding_name(LABEL_FREE_SPACES[0])}"),
+            gallery=kept_until_due(f"{CELL}/{GALLERY}", f"{CELL}/{embedding_name(LABEL_FREE_SPACES[0])}", collection),
+            selection=kept_until_due(
+                f"{CELL}/{SELECTION}", f"{CELL}/{embedding_name(LABEL_FREE_SPACES[0])}", collection
+            ),
         output:
             embeddings=[f"{cells}/{embedding_name(space)}" for space in LABEL_FREE_SPACES],
             clusters=[
