@@ -143,3 +143,17 @@ def test_neighbour_agreement_compares_the_others_near_a_copy_and_near_its_photo(
     figures = neighbour_agreement(queries, gallery, np.array([0, 3]), "euclidean", k=2)
     assert figures["copy_finds_photo_first"] == 0.5
     assert figures["neighbour_overlap_at_10"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_a_query_identical_to_a_gallery_photo_finds_it_first_whatever_the_reranking():
+    rng = np.random.default_rng(5)
+    # a tight pair (0, 1) and a photo (2) whose neighbours pull its augmented vector away from it
+    gallery = np.vstack([[0.0, 0.0], [0.05, 0.0], [1.0, 0.0], [1.6, 0.0], [1.7, 0.1], [1.65, -0.1]])
+    empty = np.empty(0, dtype=np.int64)
+    index = RetrievalIndex(gallery, np.zeros(len(gallery), dtype=np.int64), np.empty((0, 2)), empty, empty)
+    search = RerankedSearch(index, Rerank("dba_qe", 3, 0.0), normalised=False)
+    plain_first = [int(i) for i in search.index.search(gallery[2:3], "global", 3)[0][0]]
+    indices, distances = search.search(gallery[2:3] + rng.normal(scale=1e-6, size=(1, 2)), 3)
+    assert plain_first[0] != 2  # re-ranked alone, another photo would come first...
+    assert indices[0, 0] == 2 and distances[0, 0] < 1e-5  # ...but the photo itself is ranked first
+    assert sorted(indices[0, 1:]) == sorted(i for i in plain_first if i != 2)[:2]
