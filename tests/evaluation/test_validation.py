@@ -157,3 +157,13 @@ def test_a_query_identical_to_a_gallery_photo_finds_it_first_whatever_the_rerank
     assert plain_first[0] != 2  # re-ranked alone, another photo would come first...
     assert indices[0, 0] == 2 and distances[0, 0] < 1e-5  # ...but the photo itself is ranked first
     assert sorted(indices[0, 1:]) == sorted(i for i in plain_first if i != 2)[:2]
+
+
+def test_a_large_validation_part_queries_a_seeded_sample():
+    features, labels = blobs()
+    capped = validate_cell(features, labels, ["raw", "l2"], {}, {**VALIDATION, "max_queries": 10}, MLP, seed=0)
+    assert (capped.validation["n_validation"], capped.validation["n_held_out"]) == (10, 36)
+    again = validate_cell(features, labels, ["raw", "l2"], {}, {**VALIDATION, "max_queries": 10}, MLP, seed=0)
+    assert capped.candidates == again.candidates
+    whole = validate_cell(features, labels, ["raw", "l2"], {}, {**VALIDATION, "max_queries": 0}, MLP, seed=0)
+    assert whole.validation["n_validation"] == 36

@@ -40,7 +40,7 @@ from cbir.fitting.chosen import (
     unvalidated,
 )
 from cbir.fitting.mlp import MlpModel, train_mlp
-from cbir.fitting.rerank import NO_RERANK, nearest_rows, rerank_candidates, rerank_vectors
+from cbir.fitting.rerank import NO_RERANK, Rerank, nearest_rows, rerank_candidates, rerank_vectors
 from cbir.fitting.spaces import SPACES, fit_embedding
 from cbir.layout import RAW
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # the validation part is drawn apart from the train/test split's own draw (same seed, another stream)
 VALIDATION_SEED_OFFSET = 7919
 MIN_VALIDATION_IMAGES = 4
+MAX_QUERIES = 500  # validation images that query, at most (validation.max_queries)
 # cbir's own spaces that do not use the MLP: validating them trains none
 WITHOUT_MLP = frozenset({"raw", "l2", "whiten", "lda"})
 COPY_NEIGHBOURS = 10  # the neighbourhood a changed copy and its photo are compared by
@@ -65,6 +66,13 @@ def validation_rows(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
     if len(held) < MIN_VALIDATION_IMAGES or len(np.unique(labels[held])) < 2:
         return None
     return np.flatnonzero(is_fit), held
+
+
+def query_sample(rows: np.ndarray, max_queries: int, seed: int) -> np.ndarray:
+    """``rows``, or a seeded sample of ``max_queries`` of them (ascending) when there are more."""
+    if max_queries <= 0 or len(rows) <= max_queries:
+        return rows
+    return np.sort(np.random.default_rng([seed, VALIDATION_SEED_OFFSET]).choice(rows, max_queries, replace=False))
 
 
 def setting_grid(space: str, options: Mapping[str, Any], candidates: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -120,14 +128,17 @@ def validate_cell(
     if rows is None:
         return unvalidated(spaces, options, "too few training images to hold a validation part out")
     fit_rows, held_rows = rows
+    # a large validation part is sampled (seeded): each candidate ranks the rest once per query
+    queried = query_sample(held_rows, int(validation.get("max_queries", MAX_QUERIES)), seed)
     fit_x, fit_y = np.asarray(features)[fit_rows], np.asarray(labels)[fit_rows]
-    val_x, val_y = np.asarray(features)[held_rows], np.asarray(labels)[held_rows]
+    val_x, val_y = np.asarray(features)[queried], np.asarray(labels)[queried]
     record = {
         "criterion": "held-out training images",
         "fraction": float(validation.get("fraction", 0.2)),
         "seed": seed + VALIDATION_SEED_OFFSET,
         "n_fit": len(fit_rows),
-        "n_validation": len(held_rows),
+        "n_validation": len(queried),
+        "n_held_out": len(held_rows),
     }
     mlp = _lazy_mlp(fit_x, fit_y, mlp_settings, seed)
     score = functools.partial(ranking_quality, relevant=val_y[:, None] == fit_y[None, :], metric=metric)
@@ -224,8 +235,16 @@ def _choose(
             scored.append((figures, settings, queries, gallery, embedding.normalised))
         figures, settings, queries, gallery, normalised = _best(scored, metric_name)
         choice = SpaceChoice(settings, NO_RERANK, figures)
+        augmented: dict[tuple[int, float], np.ndarray] = {}  # DBA's gallery, shared by dba and dba_qe
         for rerank in reranks[1:]:
-            reranked = score(*rerank_vectors(queries, gallery, rerank, normalised))
+            searched = gallery
+            if rerank.augments_database:
+                key = (rerank.k, rerank.alpha)
+                if key not in augmented:
+                    augmented[key] = rerank_vectors(queries[:0], gallery, Rerank("dba", *key), normalised)[1]
+                searched = augmented[key]
+            expand = Rerank("qe", rerank.k, rerank.alpha) if rerank.expands_queries else NO_RERANK
+            reranked = score(*rerank_vectors(queries, searched, expand, normalised))
             candidates.append({"space": space, "settings": settings, "rerank": rerank.as_dict(), **reranked})
             if reranked[metric_name] > choice.figures[metric_name]:
                 choice = SpaceChoice(settings, rerank, reranked)
