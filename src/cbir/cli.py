@@ -72,7 +72,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--space",
         default=BEST,
         help="embedding space to search in: raw (the paper's PCA features), a space the cell was fitted in "
-        "(grid.embeddings), or best: the one with the highest evaluated global mAP (default)",
+        "(grid.embeddings), or best: the one validation chose inside the training split (default)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

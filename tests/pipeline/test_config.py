@@ -228,7 +228,7 @@ def test_an_unknown_key_anywhere_is_named_with_the_allowed_keys(path):
         (("grid", "datasets"), ["corel5k"], "'grid.datasets[0]': 'corel5k' is not defined under 'datasets' "
                                             "(defined: digits)"),
         (("grid", "backbones"), ["resnet50"], "'grid.backbones[0]': 'resnet50' is not defined under 'backbones' "
-                                              "(defined: efficientnet_lite0, vgg16)"),
+                                              "(defined: efficientnet_lite0, efficientnet_lite2, vgg16)"),
         (("backbones", "vgg16", "arch"), "resnet9000", "allowed: vgg16, efficientnet_lite0"),
         (("datasets", "digits", "source"), "imagenet", "allowed: folder, sklearn_digits, corel1k"),
         (("grid", "splits"), ["80/20"], "'grid.splits[0]': '80/20' does not match "

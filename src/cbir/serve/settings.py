@@ -30,7 +30,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str = "auto"
     metric: str = "euclidean"
-    space: str = "best"  # the embedding space searched: raw, a fitted one, or best (highest evaluated global mAP)
+    space: str = "best"  # the embedding space searched: raw, a fitted one, or best (validation's choice)
     threads: int | None = None  # torch's intra-op threads for the CNN forward; None: torch's default
     max_concurrent: int = DEFAULT_MAX_CONCURRENT  # requests in progress per process; more get a 503
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT  # seconds for a request body to arrive; slower gets a 408
