@@ -40,7 +40,7 @@ from cbir.fitting.chosen import (
     unvalidated,
 )
 from cbir.fitting.mlp import MlpModel, train_mlp
-from cbir.fitting.rerank import NO_RERANK, Rerank, nearest_rows, rerank_candidates, rerank_vectors
+from cbir.fitting.rerank import NO_RERANK, Rerank, augment_database, nearest_rows, rerank_candidates, rerank_vectors
 from cbir.fitting.spaces import SPACES, fit_embedding
 from cbir.layout import RAW
 
@@ -241,7 +241,7 @@ def _choose(
             if rerank.augments_database:
                 key = (rerank.k, rerank.alpha)
                 if key not in augmented:
-                    augmented[key] = rerank_vectors(queries[:0], gallery, Rerank("dba", *key), normalised)[1]
+                    augmented[key] = augment_database(gallery, rerank.k, rerank.alpha, normalised)
                 searched = augmented[key]
             expand = Rerank("qe", rerank.k, rerank.alpha) if rerank.expands_queries else NO_RERANK
             reranked = score(*rerank_vectors(queries, searched, expand, normalised))
