@@ -143,9 +143,9 @@ def chosen_figures(selection: Selection, space: str) -> dict[str, Any]:
     return {
         "chosen": space == selection.chosen,
         "space_settings": json.dumps(choice.settings, sort_keys=True),
-        "rerank_chosen": choice.rerank,
+        "rerank_chosen": choice.rerank.describe(),
         "validation_images": int(selection.validation.get("n_validation", 0)),
-        "figures": {f"validation_{name}": choice.figures.get(name, float("nan")) for name in VALIDATION_FIGURES},
+        **{f"validation_{name}": choice.figures.get(name, float("nan")) for name in VALIDATION_FIGURES},
     }
 
 
@@ -283,16 +283,13 @@ def cell_metrics(
             rerank_quality(models, models.projection.transform(test.features), query_sets, gallery_sets, rerank)
         )
     if selection_path is not None:
-        choice = chosen_figures(Selection.load(selection_path), cell.space)
-        result.update(choice.pop("figures"))
-        if cell.labelled and choice["rerank_chosen"].active:
+        selection = Selection.load(selection_path)
+        result.update(chosen_figures(selection, cell.space))
+        chosen = selection.choice(cell.space).rerank
+        if cell.labelled and chosen.active:
             queries = models.embedding.transform(models.projection.transform(test.features))
-            reranked = rerank_vectors(
-                queries, models.index.gallery, choice["rerank_chosen"], models.embedding.normalised
-            )
+            reranked = rerank_vectors(queries, models.index.gallery, chosen, models.embedding.normalised)
             result.update(exact_ranking_quality(*reranked, relevance(query_sets, gallery_sets), "global_reranked"))
-        choice["rerank_chosen"] = choice["rerank_chosen"].describe()
-        result.update(choice)
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})

@@ -203,7 +203,10 @@ def best_space(folder: str | Path, k: int) -> tuple[str, float | None]:
     """The space validation chose inside the training split (:mod:`cbir.evaluation.validation`) and its
     validation mAP; ``raw`` and None for a cell without a validated choice, or whose chosen space lacks
     clusters for ``k``. The test split plays no part: its figures would flatter the space chosen on them."""
-    selection = read_selection(folder)
+    return _best_of(read_selection(folder), folder, k)
+
+
+def _best_of(selection: Selection | None, folder: str | Path, k: int) -> tuple[str, float | None]:
     if selection is None or not selection.validated or selection.chosen not in available_spaces(folder, k):
         return RAW, None
     return selection.chosen, selection.score()
@@ -286,9 +289,9 @@ def load_cell(
         k = ks[0]
     elif k not in ks:
         raise ModelFolderError(f"model folder '{folder}' has no clusters for k={k} (available: {ks})")
-    if space == BEST:
-        space, _ = best_space(folder, k)
     selection = read_selection(folder)
+    if space == BEST:
+        space, _ = _best_of(selection, folder, k)
     gallery, attrs = _read_artifact(folder / GALLERY, load_arrays)
     record = attrs.get("backbone_attrs")
     if "class_names" not in attrs or not isinstance(record, dict):
