@@ -215,8 +215,16 @@ start() {
         sacctmgr -i add cluster "$CLUSTER" >>"$LOGS/sacctmgr.log" 2>&1 ||
             fail "cannot register cluster $CLUSTER in slurmdbd" "$LOGS/sacctmgr.log"
     fi
-    start_slurm_daemon slurmctld "$DIR/run/slurmctld.pid" "scontrol ping | grep -q UP" slurmctld -f "$CONF"
-    start_slurm_daemon slurmd "$DIR/run/slurmd.pid" "sinfo -h -N -o %T | grep -qv '^unk'" slurmd -f "$CONF"
+    # A controller or node daemon started here begins empty (-c; an empty spool): jobs recorded by
+    # an earlier life of this cluster (a machine stopped mid-test and restored, say) would be
+    # recovered as running, hold the node, and keep every new job pending.
+    if ! running_pid slurmctld >/dev/null; then
+        start_slurm_daemon slurmctld "$DIR/run/slurmctld.pid" "scontrol ping | grep -q UP" slurmctld -c -f "$CONF"
+    fi
+    if ! running_pid slurmd >/dev/null; then
+        find "$DIR/spool" -mindepth 1 -delete
+        start_slurm_daemon slurmd "$DIR/run/slurmd.pid" "sinfo -h -N -o %T | grep -qv '^unk'" slurmd -f "$CONF"
+    fi
     if [[ "$(node_state)" =~ ^(down|drain|drained|draining) ]]; then
         scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
     fi
