@@ -167,3 +167,28 @@ def test_a_large_validation_part_queries_a_seeded_sample():
     assert capped.candidates == again.candidates
     whole = validate_cell(features, labels, ["raw", "l2"], {}, {**VALIDATION, "max_queries": 0}, MLP, seed=0)
     assert whole.validation["n_validation"] == 36
+
+
+def test_a_large_training_split_is_fitted_and_ranked_on_a_stratified_sample():
+    features, labels = blobs(per_class=40)  # 6 classes: 192 to fit on, 48 held out
+    capped = validate_cell(features, labels, ["raw", "lda"], {}, {**VALIDATION, "max_gallery": 60}, MLP, seed=0)
+    assert (capped.validation["n_fit"], capped.validation["n_rest"]) == (60, 192)
+    assert capped.validated and capped.chosen in ("raw", "lda")
+    again = validate_cell(features, labels, ["raw", "lda"], {}, {**VALIDATION, "max_gallery": 60}, MLP, seed=0)
+    assert capped.candidates == again.candidates
+    whole = validate_cell(features, labels, ["raw", "lda"], {}, {**VALIDATION, "max_gallery": 0}, MLP, seed=0)
+    assert whole.validation["n_fit"] == whole.validation["n_rest"] == 192
+
+
+def test_a_large_collection_keeps_every_copied_photo_in_its_sample():
+    features, _ = blobs(per_class=40, dim=16)
+    rng = np.random.default_rng(4)
+    ids = [f"photo_{i}.jpg" for i in range(len(features))]
+    picked = rng.choice(len(features), size=30, replace=False)
+    copies = features[picked] + rng.normal(scale=0.05, size=(30, features.shape[1])).astype(np.float32)
+    validation = {"copies": 30, "max_gallery": 50, "rerank": {"k": [3]}}
+    selection = validate_cell(features, np.zeros(len(features), dtype=int), ["raw", "l2"], {}, validation, MLP,
+                              seed=0, labelled=False, copies=(copies, [ids[i] for i in picked], ids))  # fmt: skip
+    assert (selection.validation["n_fit"], selection.validation["n_rest"]) == (50, 240)
+    # each copy still finds its own photo: the photos were kept in the sample, and rows map back to them
+    assert selection.choice("raw").figures["copy_finds_photo_first"] == 1.0

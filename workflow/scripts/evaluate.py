@@ -9,7 +9,8 @@ from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
-    # one metrics file per space, in the order of params.spaces (rule evaluate: raw; evaluate_spaces: the others)
+    # one metrics file per space, in the order of params.spaces; the spaces share what was read once
+    loaded = {}
     for space, out_path in zip(smk.params.spaces, smk.output.metrics, strict=True):
         cell_metrics(
             features=smk.input.features,
@@ -25,6 +26,7 @@ def main(smk) -> None:
             space=space,
             rerank=smk.params.rerank,
             selection_path=smk.input.selection,
+            loaded=loaded,
         )
 
 

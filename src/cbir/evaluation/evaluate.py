@@ -22,22 +22,12 @@ import numpy as np
 
 from cbir.data.manifest import read_manifest
 from cbir.data.split import split_ids
-from cbir.evaluation.metrics import (
-    CALIBRATED_MODE,
-    PRECISION_AT,
-    average_precision,
-    calibrate_no_match,
-    exact_ranking_quality,
-    label_sets,
-    no_match_metrics,
-    overlap_at,
-    precision_at,
-    ranked_relevance,
-    relevance,
-)
+from cbir.evaluation.metrics import label_sets, overlap_at, relevance
+from cbir.evaluation.quality import rerank_quality, reranked_figures, retrieval_quality
+from cbir.evaluation.ranking import QuerySample, stratified_sample
 from cbir.evaluation.timing import time_batched_queries, time_single_queries, total_query_times
 from cbir.fitting.chosen import VALIDATION_FIGURES, Selection
-from cbir.fitting.rerank import augment_database, expand_queries, nearest_rows, rerank_vectors
+from cbir.fitting.rerank import NO_RERANK, Rerank, RerankVariants
 from cbir.hardware import cpu_hardware
 from cbir.io import library_versions, load_arrays, load_features, write_json
 from cbir.layout import embedding_name
@@ -45,95 +35,6 @@ from cbir.search.cell import CellModels, load_cell
 
 # what the feature file recorded of the network that made it, copied into the metrics as features_<key>
 FEATURE_RECORD = ("arch", "weights", "pooling", "gem_p", "image_size", "layer", "engine", "precision")
-EXACT_MODES = ("class", "global")
-QUERY_CHUNK = 256
-
-
-def retrieval_quality(
-    models: CellModels,
-    reduced: np.ndarray,
-    predicted: np.ndarray,
-    query_sets: np.ndarray,
-    gallery_sets: np.ndarray,
-    top_k: int,
-) -> dict[str, float]:
-    """P@k, mAP@k and recall against the exact search of every mode, mAP of the exact modes, and the
-    "no good match" calibration of the global mode's top-k (:func:`calibrate_no_match`)."""
-    out: dict[str, float] = {}
-    depth = max(*PRECISION_AT, top_k)
-    searchers = models.searchers()
-    relevant = relevance(query_sets, gallery_sets)
-    n_relevant = relevant.sum(axis=1)
-    # the exact modes rank the whole gallery once, for mAP; the first `depth` columns of that
-    # ranking are their top-depth results (a partial top-k equals a full stable sort's start),
-    # padded with -1 like a top-depth search of a smaller gallery
-    full_map, exact_top = {}, {}
-    calibration: dict[str, list[np.ndarray]] = {"distances": [], "relevant": []}
-    for mode in EXACT_MODES:
-        ap, top = [], []
-        for first in range(0, len(reduced), QUERY_CHUNK):
-            rows = slice(first, first + QUERY_CHUNK)
-            indices, distances = searchers[mode](reduced[rows], predicted[rows], len(gallery_sets))
-            hits = ranked_relevance(indices, relevant[rows])
-            ap.append(average_precision(hits, n_relevant[rows]))
-            if mode == CALIBRATED_MODE:
-                calibration["distances"].append(distances[:, :top_k])
-                calibration["relevant"].append(hits[:, :top_k])
-            top.append(np.pad(indices[:, :depth], ((0, 0), (0, max(0, depth - indices.shape[1]))), constant_values=-1))
-        full_map[mode] = float(np.concatenate(ap).mean()) if ap else float("nan")
-        exact_top[mode] = np.concatenate(top) if top else np.empty((0, depth), dtype=np.int64)
-    rankings = {
-        mode: exact_top[mode] if mode in exact_top else search(reduced, predicted, depth)[0]
-        for mode, search in searchers.items()
-    }
-    for mode, indices in rankings.items():
-        hits = ranked_relevance(indices, relevant)
-        for k in PRECISION_AT:
-            out[f"precision_at_{k}_{mode}"] = precision_at(hits, k)
-        out[f"map_at_{top_k}_{mode}"] = float(average_precision(hits, n_relevant, top_k).mean())
-        if mode != "global":
-            out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
-    for mode, value in full_map.items():
-        out[f"map_{mode}"] = value
-    out.update(
-        no_match_metrics(
-            calibrate_no_match(
-                np.concatenate(calibration["distances"]) if calibration["distances"] else np.empty(0),
-                np.concatenate(calibration["relevant"]) if calibration["relevant"] else np.empty(0, dtype=bool),
-            )
-        )
-    )
-    return out
-
-
-def rerank_quality(
-    models: CellModels,
-    reduced: np.ndarray,
-    query_sets: np.ndarray,
-    gallery_sets: np.ndarray,
-    options: dict[str, Any],
-) -> dict[str, float]:
-    """Global exact search re-ranked: α-query expansion (``global_qe``), database-side augmentation
-    (``global_dba``), and both (``global_dba_qe``), each with its mAP and P@k, computed in the cell's space."""
-    relevant = relevance(query_sets, gallery_sets)
-    normalised = models.embedding.normalised
-    queries = models.embedding.transform(reduced).astype(np.float64)
-    gallery = models.index.gallery
-    qe, dba = options.get("query_expansion", {}), options.get("dba", {})
-    out: dict[str, float] = {}
-
-    def expanded(gallery_vectors: np.ndarray) -> np.ndarray:
-        top = nearest_rows(queries, gallery_vectors, qe["n"])
-        return expand_queries(queries, gallery_vectors, top, qe["n"], qe["alpha"], normalised).astype(np.float64)
-
-    if qe.get("n", 0) > 0:
-        out.update(exact_ranking_quality(expanded(gallery), gallery, relevant, "global_qe"))
-    if dba.get("k", 0) > 0:
-        augmented = augment_database(gallery, dba["k"], dba["alpha"], normalised).astype(np.float64)
-        out.update(exact_ranking_quality(queries, augmented, relevant, "global_dba"))
-        if qe.get("n", 0) > 0:
-            out.update(exact_ranking_quality(expanded(augmented), augmented, relevant, "global_dba_qe"))
-    return out
 
 
 def chosen_figures(selection: Selection, space: str) -> dict[str, Any]:
@@ -157,16 +58,38 @@ def evaluate_cell(
     gallery_sets: np.ndarray,
     *,
     top_k: int = 5,
+    max_queries: int = 0,
+    seed: int = 0,
+    rerank: dict[str, Any] | None = None,
+    chosen: Rerank = NO_RERANK,
 ) -> dict[str, Any]:
-    """Accuracy, retrieval quality of every mode, and single/batched timings."""
+    """Accuracy (on every test image); retrieval quality on at most ``max_queries`` of them (drawn in proportion
+    to each class; 0: all), with the configured re-ranked variants (``rerank``) and the one validation chose
+    (``chosen``, as ``global_reranked``); and single/batched timings."""
     test_labels = np.asarray(test_labels)
     reduced = models.projection.transform(raw_test_features)
     predicted = models.mlp.predict(reduced)
+    rows = stratified_sample(test_labels, max_queries, seed)
+    sample = QuerySample.of(test_labels, rows)
     metrics: dict[str, Any] = {
         "n_test": len(test_labels),
         "accuracy": float(np.mean(predicted == test_labels)) if len(test_labels) else float("nan"),
+        "n_queries_evaluated": len(rows),
+        "eval_queries": max_queries,
     }
-    metrics.update(retrieval_quality(models, reduced, predicted, query_sets, gallery_sets, top_k))
+    relevant = relevance(query_sets[rows], gallery_sets)
+    quality, global_top = retrieval_quality(models, reduced[rows], predicted[rows], relevant, top_k, sample)
+    metrics.update(quality)
+    if rerank or chosen.active:
+        queries = models.index.prepare(models.embedding.transform(reduced[rows]))
+        known = global_top if len(global_top) and (global_top >= 0).all() else None
+        variants = RerankVariants(
+            queries, models.index.gallery, models.embedding.normalised, global_top.shape[1], known
+        )
+        if rerank:
+            metrics.update(rerank_quality(variants, relevant, rerank, sample))
+        if chosen.active:
+            metrics.update(reranked_figures(*variants.vectors(chosen), relevant, "global_reranked", sample))
     metrics.update(time_single_queries(models, raw_test_features, top_k))
     metrics.update(time_batched_queries(models, raw_test_features, top_k))
     return metrics
@@ -232,12 +155,17 @@ def cell_metrics(
     space: str = "raw",
     rerank: dict[str, Any] | None = None,
     selection_path: str | None = None,
+    loaded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load one grid cell with k clusters per class, searching in ``space``, evaluate it on its test images and
     write the metrics JSON. ``rerank`` (query expansion, database-side augmentation with fixed settings) adds
     their measured quality; ``selection_path``, what validation chose (:mod:`cbir.evaluation.validation`): its
-    figures beside the test's, and the test figures of the global search with the re-ranking chosen."""
-    test = load_features(features, split_ids(split, "test"))
+    figures beside the test's, and the test figures of the global search with the re-ranking chosen. ``loaded``:
+    what an earlier space's evaluation of the same cell read (the test features, the manifest), kept for the next."""
+    loaded = {} if loaded is None else loaded
+    if "test" not in loaded:
+        loaded["test"] = load_features(features, split_ids(split, "test"))
+    test = loaded["test"]
     cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space, rerank=False)
     models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
@@ -264,32 +192,38 @@ def cell_metrics(
     result["labelled"] = cell.labelled
     if not cell.labelled:
         if len(test.ids):
-            raw_queries, own_rows = test.features, np.full(len(test.ids), -1)
+            rows = stratified_sample(np.zeros(len(test.ids)), int(retrieval.get("eval_queries", 0)), seed)
+            raw_queries, own_rows = test.features[rows], np.full(len(rows), -1)
         else:  # split all: queries drawn from the gallery
             raw_queries, own_rows = gallery_queries(features, cell.gallery_ids, retrieval["eval_queries"], seed)
         result.update(evaluate_without_labels(models, raw_queries, own_rows, top_k=top_k))
-        rerank = None  # re-ranking is measured by its precision, which needs labels
     else:
-        table = read_manifest(manifest)  # the label sets: a collection without labels needs none
+        if "manifest" not in loaded:  # the label sets: a collection without labels needs none
+            loaded["manifest"] = read_manifest(manifest)
+        table = loaded["manifest"]
         n_classes = int(table["label"].max()) + 1
         query_sets = manifest_label_sets(table, test.ids, n_classes)
         gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
-        result.update(evaluate_cell(models, test.features, test.labels, query_sets, gallery_sets, top_k=top_k))
+        chosen = Selection.load(selection_path).choice(cell.space).rerank if selection_path else NO_RERANK
+        result.update(
+            evaluate_cell(
+                models,
+                test.features,
+                test.labels,
+                query_sets,
+                gallery_sets,
+                top_k=top_k,
+                max_queries=int(retrieval.get("eval_queries", 0)),
+                seed=seed,
+                rerank=rerank,
+                chosen=chosen,
+            )
+        )
     if cell.space != "raw":
         _, fitted = load_arrays(cell.folder / embedding_name(cell.space))
         result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))
-    if rerank:
-        result.update(
-            rerank_quality(models, models.projection.transform(test.features), query_sets, gallery_sets, rerank)
-        )
     if selection_path is not None:
-        selection = Selection.load(selection_path)
-        result.update(chosen_figures(selection, cell.space))
-        chosen = selection.choice(cell.space).rerank
-        if cell.labelled and chosen.active:
-            queries = models.embedding.transform(models.projection.transform(test.features))
-            reranked = rerank_vectors(queries, models.index.gallery, chosen, models.embedding.normalised)
-            result.update(exact_ranking_quality(*reranked, relevance(query_sets, gallery_sets), "global_reranked"))
+        result.update(chosen_figures(Selection.load(selection_path), cell.space))
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})

@@ -7,13 +7,8 @@ regression of relevance on distance (:func:`calibrate_no_match`).
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit
 
-from cbir.distances import squared_distances
-
-PRECISION_AT = (5, 10, 20)
-RANKING_BLOCK = 256  # queries ranked at once: a (block, gallery) distance matrix
+from cbir.evaluation.ranking import PRECISION_AT, exact_rank_figures
 
 
 def label_sets(labels: np.ndarray, n_classes: int, extra: list[list[int]] | None = None) -> np.ndarray:
@@ -27,6 +22,8 @@ def label_sets(labels: np.ndarray, n_classes: int, extra: list[list[int]] | None
 
 def relevance(query_sets: np.ndarray, gallery_sets: np.ndarray) -> np.ndarray:
     """(n_queries, n_gallery) True where the gallery image shares a label with the query."""
+    if (query_sets.sum(axis=1) == 1).all() and (gallery_sets.sum(axis=1) == 1).all():  # one label each
+        return query_sets.argmax(axis=1)[:, None] == gallery_sets.argmax(axis=1)[None, :]
     return (query_sets.astype(np.float32) @ gallery_sets.astype(np.float32).T) > 0
 
 
@@ -118,25 +115,38 @@ def calibrate_no_match(distances: np.ndarray, relevant: np.ndarray) -> dict[str,
     return out
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[float, float]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 100) -> tuple[float, float]:
     """Intercept and slope of a logistic regression of ``y`` on one feature ``x``, with scikit-learn's
     ``LogisticRegression(C=c)`` objective: ``c`` times the summed log-loss plus half the squared slope.
 
-    Minimised with SciPy's L-BFGS-B: SciPy imports in a third of the time scikit-learn takes, which
-    every evaluation job would otherwise pay for this one fit (``tests/evaluation/test_metrics.py`` checks
-    that both find the same fit).
+    Newton's method on the two parameters, each step halved until the objective falls: a few NumPy operations,
+    where importing SciPy's optimiser (or scikit-learn) would cost every evaluation job more than the fit
+    (``tests/evaluation/test_metrics.py`` checks that both find the same fit).
     """
+    x = np.asarray(x, dtype=np.float64)
     sign = np.where(y, 1.0, -1.0)
+    theta = np.zeros(2)
 
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        intercept, slope = theta
-        margin = sign * (intercept + slope * x)
-        d_margin = -sign * expit(-margin)  # derivative of -log(expit(margin)) with respect to intercept + slope x
-        loss = c * -log_expit(margin).sum() + 0.5 * slope * slope
-        return loss, np.array([c * d_margin.sum(), c * (d_margin * x).sum() + slope])
+    def objective(theta: np.ndarray) -> float:
+        return float(c * np.logaddexp(0.0, -sign * (theta[0] + theta[1] * x)).sum() + 0.5 * theta[1] ** 2)
 
-    result = minimize(objective, np.zeros(2), jac=True, method="L-BFGS-B", options={"gtol": 1e-8})
-    return float(result.x[0]), float(result.x[1])
+    value = objective(theta)
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-(theta[0] + theta[1] * x)))  # P(y) under the current fit
+        residual = p - (sign > 0)
+        gradient = np.array([c * residual.sum(), c * (residual * x).sum() + theta[1]])
+        w = c * p * (1.0 - p)
+        hessian = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum() + 1.0]])
+        step = np.linalg.solve(hessian + 1e-12 * np.eye(2), gradient)
+        scale = 1.0
+        while scale > 1e-10 and objective(theta - scale * step) > value:
+            scale /= 2
+        theta = theta - scale * step
+        new_value = objective(theta)
+        if value - new_value <= 1e-12 * max(1.0, abs(value)) and np.abs(scale * step).max() < 1e-10:
+            break
+        value = new_value
+    return float(theta[0]), float(theta[1])
 
 
 def no_match_metrics(calibration: dict[str, float], mode: str = CALIBRATED_MODE) -> dict[str, float]:
@@ -151,18 +161,11 @@ def no_match_metrics(calibration: dict[str, float], mode: str = CALIBRATED_MODE)
 def exact_ranking_quality(
     queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, suffix: str
 ) -> dict[str, float]:
-    """mAP of the full exact ranking and P@k (``map_<suffix>``, ``precision_at_<k>_<suffix>``), for queries and a
-    gallery already in the search space; ``relevant``: (queries, gallery) True where relevant."""
-    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
-    ap, top = [], []
-    n_relevant = relevant.sum(axis=1)
-    for first in range(0, len(queries), RANKING_BLOCK):
-        rows = slice(first, first + RANKING_BLOCK)
-        order = np.argsort(squared_distances(queries[rows], gallery, sq_norms), axis=1, kind="stable")
-        hits = ranked_relevance(order, relevant[rows])
-        ap.append(average_precision(hits, n_relevant[rows]))
-        top.append(hits[:, : max(PRECISION_AT)])
-    hits = np.concatenate(top) if top else np.zeros((0, max(PRECISION_AT)), dtype=bool)
-    out = {f"precision_at_{k}_{suffix}": precision_at(hits, k) for k in PRECISION_AT}
-    out[f"map_{suffix}"] = float(np.concatenate(ap).mean()) if ap else float("nan")
+    """mAP of the full exact ranking and P@k (``map_<suffix>``, ``precision_at_<k>_<suffix>``), means over the
+    queries, for queries and a gallery already in the search space; ``relevant``: (queries, gallery) True where
+    relevant. From the ranks of the relevant images (:func:`cbir.evaluation.ranking.exact_rank_figures`)."""
+    figures = exact_rank_figures(queries, gallery, relevant)
+    mean = {name: float(values.mean()) if len(values) else float("nan") for name, values in figures.items()}
+    out = {f"precision_at_{k}_{suffix}": mean[f"precision_at_{k}"] for k in PRECISION_AT}
+    out[f"map_{suffix}"] = mean["ap"]
     return out

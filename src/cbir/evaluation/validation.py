@@ -11,6 +11,10 @@ P@10 beside it):
    augmentation, both; ``validation.rerank``'s k and α);
 3. the space whose best setting scores highest (ties: the earlier space, ``raw`` first).
 
+On a large training split the cost is bounded: at most ``validation.max_queries`` validation images query, and
+at most ``validation.max_gallery`` of the rest (a stratified sample) are fitted on and ranked; the re-rankings
+share one neighbour search of each gallery (:class:`cbir.fitting.rerank.RerankVariants`).
+
 The PCA the cell's features are in was fitted on the whole training split without labels; the choice
 is then refitted on the whole training split (rule fit_spaces), and the test split is used once, to
 report (rule evaluate). Relevance is "same class" (a multi-label image counts by its main label here).
@@ -29,7 +33,7 @@ import numpy as np
 
 from cbir.data.split import make_split
 from cbir.distances import l2_normalise
-from cbir.evaluation.metrics import exact_ranking_quality
+from cbir.evaluation.ranking import exact_rank_figures, stratified_sample
 from cbir.extraction.copies import AUGMENTATION
 from cbir.fitting.chosen import (
     COPY_METRIC,
@@ -40,7 +44,7 @@ from cbir.fitting.chosen import (
     unvalidated,
 )
 from cbir.fitting.mlp import MlpModel, train_mlp
-from cbir.fitting.rerank import NO_RERANK, Rerank, augment_database, nearest_rows, rerank_candidates, rerank_vectors
+from cbir.fitting.rerank import NO_RERANK, RerankVariants, nearest_rows, rerank_candidates
 from cbir.fitting.spaces import SPACES, fit_embedding
 from cbir.layout import RAW
 
@@ -75,6 +79,17 @@ def query_sample(rows: np.ndarray, max_queries: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, VALIDATION_SEED_OFFSET]).choice(rows, max_queries, replace=False))
 
 
+def gallery_sample(n: int, required: np.ndarray, max_gallery: int, seed: int) -> np.ndarray:
+    """Rows (ascending) of ``n``: all of them, or when there are more than ``max_gallery`` (> 0), the ``required``
+    rows and a seeded sample of the others, ``max_gallery`` in all (or the required ones, when more)."""
+    if max_gallery <= 0 or n <= max_gallery:
+        return np.arange(n)
+    others = np.setdiff1d(np.arange(n), required)
+    extra = max(0, max_gallery - len(np.unique(required)))
+    picked = np.random.default_rng([seed, VALIDATION_SEED_OFFSET, n]).choice(others, extra, replace=False)
+    return np.union1d(required, picked)
+
+
 def setting_grid(space: str, options: Mapping[str, Any], candidates: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The space's configured settings, each candidate value of ``candidates[space]`` put in turn (the
     configured setting first, so that a tie keeps it)."""
@@ -93,13 +108,13 @@ def setting_grid(space: str, options: Mapping[str, Any], candidates: Mapping[str
 
 
 def ranking_quality(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, metric: str) -> dict[str, float]:
-    """The validation figures (:data:`VALIDATION_FIGURES`) of ``queries`` ranking ``gallery`` (both in the space)."""
+    """The validation figures (:data:`VALIDATION_FIGURES`) of ``queries`` ranking ``gallery`` (both in the space):
+    mAP of the whole ranking and P@10, from the ranks of the relevant images."""
     if metric == "cosine":
         queries, gallery = l2_normalise(queries), l2_normalise(gallery)
-    figures = exact_ranking_quality(
-        np.asarray(queries, np.float64), np.asarray(gallery, np.float64), relevant, "global"
-    )
-    return {name: figures[name] for name in VALIDATION_FIGURES}
+    figures = exact_rank_figures(np.asarray(queries, np.float64), np.asarray(gallery, np.float64), relevant)
+    named = {"map_global": figures["ap"], **{f"{name}_global": values for name, values in figures.items()}}
+    return {name: float(named[name].mean()) if len(queries) else float("nan") for name in VALIDATION_FIGURES}
 
 
 def validate_cell(
@@ -128,7 +143,10 @@ def validate_cell(
     if rows is None:
         return unvalidated(spaces, options, "too few training images to hold a validation part out")
     fit_rows, held_rows = rows
-    # a large validation part is sampled (seeded): each candidate ranks the rest once per query
+    # a large validation part is sampled (seeded): each candidate ranks the rest once per query; and a large rest
+    # too (stratified): re-ranking searches it for each image's neighbours
+    n_rest = len(fit_rows)
+    fit_rows = fit_rows[stratified_sample(np.asarray(labels)[fit_rows], int(validation.get("max_gallery", 0)), seed)]
     queried = query_sample(held_rows, int(validation.get("max_queries", MAX_QUERIES)), seed)
     fit_x, fit_y = np.asarray(features)[fit_rows], np.asarray(labels)[fit_rows]
     val_x, val_y = np.asarray(features)[queried], np.asarray(labels)[queried]
@@ -137,6 +155,7 @@ def validate_cell(
         "fraction": float(validation.get("fraction", 0.2)),
         "seed": seed + VALIDATION_SEED_OFFSET,
         "n_fit": len(fit_rows),
+        "n_rest": n_rest,
         "n_validation": len(queried),
         "n_held_out": len(held_rows),
     }
@@ -162,12 +181,16 @@ def _validate_collection(
     kept = [i for i, original in enumerate(originals) if str(original) in position]
     if len(kept) < MIN_VALIDATION_IMAGES:
         return unvalidated(free, options, "a collection without labels, and too few changed copies of its photos")
-    gallery = np.asarray(features)
     photo_rows = np.array([position[str(originals[i])] for i in kept])
+    # a large collection: the copies' photos and a seeded sample of the others (re-ranking searches them all)
+    sampled = gallery_sample(len(gallery_ids), photo_rows, int(validation.get("max_gallery", 0)), seed)
+    gallery = np.asarray(features)[sampled]
+    photo_rows = np.searchsorted(sampled, photo_rows)
     record = {
         "criterion": "changed copies",
         "augmentation": AUGMENTATION,
         "n_fit": len(gallery),
+        "n_rest": len(gallery_ids),
         "n_validation": len(kept),
     }
 
@@ -235,16 +258,10 @@ def _choose(
             scored.append((figures, settings, queries, gallery, embedding.normalised))
         figures, settings, queries, gallery, normalised = _best(scored, metric_name)
         choice = SpaceChoice(settings, NO_RERANK, figures)
-        augmented: dict[tuple[int, float], np.ndarray] = {}  # DBA's gallery, shared by dba and dba_qe
+        # every re-ranking shares the neighbour searches: the gallery's own once, the queries' once per gallery
+        variants = RerankVariants(queries, gallery, normalised, depth=max((r.k for r in reranks), default=0))
         for rerank in reranks[1:]:
-            searched = gallery
-            if rerank.augments_database:
-                key = (rerank.k, rerank.alpha)
-                if key not in augmented:
-                    augmented[key] = augment_database(gallery, rerank.k, rerank.alpha, normalised)
-                searched = augmented[key]
-            expand = Rerank("qe", rerank.k, rerank.alpha) if rerank.expands_queries else NO_RERANK
-            reranked = score(*rerank_vectors(queries, searched, expand, normalised))
+            reranked = score(*variants.vectors(rerank))
             candidates.append({"space": space, "settings": settings, "rerank": rerank.as_dict(), **reranked})
             if reranked[metric_name] > choice.figures[metric_name]:
                 choice = SpaceChoice(settings, rerank, reranked)

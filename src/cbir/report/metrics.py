@@ -73,6 +73,29 @@ def columns_table(rows: pd.DataFrame, columns: Mapping[str, str], scale: float =
     return pd.DataFrame({title: rows[column].astype(float) * scale for title, column in present.items()})
 
 
+INTERVAL = "_ci95"  # a figure's 95 % interval half-width, beside it in the metrics (cbir.evaluation.quality)
+
+
+def columns_with_intervals(rows: pd.DataFrame, columns: Mapping[str, str], fmt: str = ".3f") -> pd.DataFrame:
+    """:func:`columns_table` as text, each figure followed by ``± <half-width of its 95 % interval>`` where the
+    metrics hold one (the figures of a bounded evaluation); missing figures stay missing."""
+    table = columns_table(rows, columns)
+    out = table.astype(object)
+    for title, column in columns.items():
+        if title not in table.columns:
+            continue
+        interval = rows[f"{column}{INTERVAL}"].astype(float) if f"{column}{INTERVAL}" in rows.columns else None
+        for position, value in enumerate(table[title]):
+            if pd.isna(value):
+                out.iloc[position, out.columns.get_loc(title)] = None
+                continue
+            text = format(value, fmt)
+            if interval is not None and pd.notna(interval.iloc[position]):
+                text += f" ± {format(interval.iloc[position], fmt)}"
+            out.iloc[position, out.columns.get_loc(title)] = text
+    return out
+
+
 def gather_spaces(frame: pd.DataFrame, space_paths: Iterable[str | Path]) -> pd.DataFrame:
     """The paper's cells (space raw) and the same cells in every further space, one row each."""
     raw = frame.assign(space=frame["space"].fillna("raw") if "space" in frame.columns else "raw")
@@ -95,10 +118,13 @@ def with_chosen_rerank(spaces: pd.DataFrame) -> pd.DataFrame:
         plain = column.removesuffix("_reranked")
         if plain not in spaces.columns:
             continue
-        spaces[f"{plain}_plain"] = spaces[plain]
         reranked = spaces[column].notna()
-        spaces.loc[reranked, plain] = spaces.loc[reranked, column]
-        spaces = spaces.drop(columns=column)
+        for suffix in ("", INTERVAL):  # the figure and its interval move together
+            if f"{column}{suffix}" not in spaces.columns or f"{plain}{suffix}" not in spaces.columns:
+                continue
+            spaces[f"{plain}_plain{suffix}"] = spaces[f"{plain}{suffix}"]
+            spaces.loc[reranked, f"{plain}{suffix}"] = spaces.loc[reranked, f"{column}{suffix}"]
+            spaces = spaces.drop(columns=f"{column}{suffix}")
     if "chosen" in spaces.columns:
         spaces["chosen"] = spaces["chosen"].map(lambda value: value is True or str(value) == "True")
     return spaces

@@ -18,6 +18,7 @@ from cbir.report.metrics import (
     by_label,
     column_label,
     columns_table,
+    columns_with_intervals,
     gather_spaces,
     modes_in,
     paper_table,
@@ -117,12 +118,25 @@ def quality_doc(summary: Summary, split: str) -> Doc:
     doc = Doc()
     for label, rows in by_label(summary.frame, split):
         doc.heading(label)
+        if "n_queries_evaluated" in rows.columns:
+            doc.text(_queries_note(rows))
         for heading, pattern in _quality_metrics(summary).values():
             columns = {MODE_TITLES[m].report: pattern.format(mode=m) for m in summary.modes()}
-            table = columns_table(rows, columns)
+            table = columns_with_intervals(rows, columns)
             if not table.empty:
                 doc.heading(heading, 4).table(table)
     return doc
+
+
+def _queries_note(rows: pd.DataFrame) -> str:
+    """Which test images the figures are measured on, and what the ± beside them is."""
+    evaluated, tested = rows["n_queries_evaluated"].astype(int), rows["n_test"].astype(int)
+    if (evaluated == tested).all():
+        on = f"all {tested.min()} test images" if tested.nunique() == 1 else "all test images"
+    else:
+        on = f"{evaluated.max()} of {tested.max()} test images, drawn in proportion to each class"
+        on += " (retrieval.eval_queries)"
+    return f"Measured on {on}; ± the half-width of each figure's 95 % confidence interval over the queries."
 
 
 # --- embedding spaces --------------------------------------------------------------------------------
@@ -168,7 +182,7 @@ def spaces_doc(summary: Summary, split: str) -> Doc:
     frame = summary.spaces if summary.spaces is not None else gather_spaces(summary.frame, [])
     for label, rows in by_label(frame, split):
         doc.heading(label)
-        table = columns_table(rows, _space_metrics(summary.top_k))
+        table = columns_with_intervals(rows, _space_metrics(summary.top_k))
         table.index = pd.Index([f"{pca} · {space}" for pca, space in zip(table.index, rows["space"], strict=True)])
         table.index.name = "PCA · space"
         doc.table(table.dropna(axis=1, how="all"))

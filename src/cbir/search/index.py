@@ -146,15 +146,17 @@ class RetrievalIndex:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric '{self.metric}' is not one of {', '.join(METRICS)}")
-        self.gallery = self._prepare(self.gallery)
-        self.centroids = self._prepare(self.centroids)
+        self.gallery = self.prepare(self.gallery)
+        self.centroids = self.prepare(self.centroids)
         self._sq_norms = np.einsum("ij,ij->i", self.gallery, self.gallery)
         self._gallery32 = self.gallery.astype(np.float32)
         self._class_members = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
         self._cluster_members = [np.flatnonzero(self.assignments == c) for c in range(len(self.centroids))]
         self._class_centroids = centroids_by_class(self.centroid_labels)
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Rows as the gallery holds them: float64, of unit length for the cosine metric (whose ranking is then
+        the Euclidean one)."""
         x = np.asarray(x, dtype=np.float64)
         return l2_normalise(x) if self.metric == "cosine" else x
 
@@ -164,16 +166,16 @@ class RetrievalIndex:
 
     def nearest_centroids(self, queries: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """For each query, the index of the nearest centroid of its predicted class."""
-        return nearest_class_centroids(self._prepare(queries), predicted, self.centroids, self._class_centroids)
+        return nearest_class_centroids(self.prepare(queries), predicted, self.centroids, self._class_centroids)
 
     def centroid_distances(self, queries: np.ndarray) -> np.ndarray:
         """Distance of each query to every centroid (queries x centroids), in the units :meth:`search` reports."""
-        queries = self._prepare(queries)
+        queries = self.prepare(queries)
         return self._finish(
             squared_distances(queries, self.centroids, np.einsum("ij,ij->i", self.centroids, self.centroids))
         )
 
-    def _members(self, mode: str, group: int) -> np.ndarray:
+    def members(self, mode: str, group: int) -> np.ndarray:
         """Gallery positions searched by one group of queries (ascending)."""
         empty = np.empty(0, dtype=np.int64)
         if mode == "clustered":
@@ -204,12 +206,12 @@ class RetrievalIndex:
             groups = np.asarray(predicted)
         else:
             groups = np.zeros(len(queries), dtype=np.int64)
-        queries = self._prepare(queries)
+        queries = self.prepare(queries)
         indices = np.full((len(queries), top_k), -1, dtype=np.int64)
         distances = np.full((len(queries), top_k), np.inf)
         for group in np.unique(groups):
             rows = np.flatnonzero(groups == group)
-            members = self._members(mode, int(group))
+            members = self.members(mode, int(group))
             if len(members) == 0:
                 continue
             indices[rows], found = self._search_members(queries[rows], members, top_k)
@@ -252,7 +254,7 @@ class FaissSearch:
         if kind not in ("flat", "ivf"):
             raise ValueError(f"faiss index kind '{kind}' is not one of flat, ivf")
         self.metric = metric
-        vectors = self._prepare(gallery)
+        vectors = self.prepare(gallery)
         dim = vectors.shape[1]
         if kind == "flat":
             self.index = faiss.IndexFlatL2(dim)
@@ -268,12 +270,12 @@ class FaissSearch:
         self.index.add(vectors)
         self.kind = kind
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return l2_normalise(x).astype(np.float32) if self.metric == "cosine" else x
 
     def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        squared, indices = self.index.search(self._prepare(queries), top_k)
+        squared, indices = self.index.search(self.prepare(queries), top_k)
         squared = np.where(indices < 0, np.inf, np.maximum(squared, 0.0))
         distances = squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
         return indices.astype(np.int64), distances

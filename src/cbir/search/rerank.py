@@ -57,6 +57,6 @@ class RerankedSearch:
         return indices
 
     def _plain_distances(self, queries: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        difference = self.plain.gallery[np.maximum(indices, 0)] - self.plain._prepare(queries)[:, None, :]
+        difference = self.plain.gallery[np.maximum(indices, 0)] - self.plain.prepare(queries)[:, None, :]
         distances = self.plain._finish(np.einsum("qkd,qkd->qk", difference, difference))
         return np.where(indices >= 0, distances, np.inf)

@@ -1,0 +1,147 @@
+"""Bounded evaluation: ranks without a full sort, stratified query samples, intervals, shared neighbour searches."""
+
+import numpy as np
+import pytest
+
+import cbir.fitting.rerank as rerank_module
+from cbir.distances import squared_distances
+from cbir.evaluation.metrics import average_precision, ranked_relevance
+from cbir.evaluation.quality import class_average_precision
+from cbir.evaluation.ranking import QuerySample, exact_rank_figures, relevant_ranks, stratified_sample
+from cbir.fitting.rerank import Rerank, RerankVariants, augment_database, expand_queries, nearest_rows
+from cbir.search.index import RetrievalIndex
+
+
+def full_sort_figures(queries, gallery, relevant, top_k=5):
+    """The figures from a full stable argsort of every query's distances, as the evaluation computed them before."""
+    distances = squared_distances(queries, gallery, np.einsum("ij,ij->i", gallery, gallery))
+    hits = ranked_relevance(np.argsort(distances, axis=1, kind="stable"), relevant)
+    n_relevant = relevant.sum(axis=1)
+    figures = {"ap": average_precision(hits, n_relevant), f"ap_at_{top_k}": average_precision(hits, n_relevant, top_k)}
+    return figures | {f"precision_at_{k}": hits[:, :k].sum(axis=1) / k for k in (5, 10, 20)}
+
+
+@pytest.mark.parametrize("integer_features", [False, True])
+def test_ranks_of_the_relevant_images_give_the_full_sorts_figures(integer_features: bool):
+    rng = np.random.default_rng(3)
+    queries, gallery = rng.normal(size=(40, 6)), rng.normal(size=(300, 6))
+    if integer_features:  # many equal distances: ties rank by gallery position, as a stable sort ranks them
+        queries, gallery = np.round(queries), np.round(gallery)
+    relevant = rng.random((40, 300)) < 0.15
+    relevant[0] = False  # a query with nothing relevant scores 0
+    expected = full_sort_figures(queries, gallery, relevant)
+    found = exact_rank_figures(queries, gallery, relevant, top_k=5)
+    assert set(found) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(found[name], values, atol=1e-12, err_msg=name)
+    assert found["ap"][0] == 0.0
+
+
+def test_relevant_ranks_follow_distance_then_gallery_position():
+    distances = np.array([[0.5, 0.1, 0.5, 0.3, 0.5]])
+    relevant = np.array([[False, False, True, False, True]])
+    # order: 1 (0.1), 3 (0.3), 0, 2, 4 (0.5 each, by position): the relevant 2 and 4 are 4th and 5th
+    assert relevant_ranks(distances, relevant)[0].tolist() == [4, 5]
+
+
+def test_a_stratified_sample_keeps_each_class_share():
+    labels = np.repeat(np.arange(6), [500, 300, 100, 60, 30, 10])
+    rows = stratified_sample(labels, 100, seed=1)
+    assert len(rows) == 100 and len(np.unique(rows)) == 100 and np.all(np.diff(rows) > 0)
+    counts = np.bincount(labels[rows], minlength=6)
+    assert np.all(np.abs(counts - np.array([500, 300, 100, 60, 30, 10]) / 10) <= 1)
+    assert np.array_equal(rows, stratified_sample(labels, 100, seed=1))
+    assert not np.array_equal(rows, stratified_sample(labels, 100, seed=2))
+    # a class too small for its share still gets a query when there are enough to go round
+    few = stratified_sample(np.repeat(np.arange(3), [1000, 1000, 2]), 10, seed=0)
+    assert len(few) == 10 and set(np.repeat(np.arange(3), [1000, 1000, 2])[few]) == {0, 1, 2}
+    # all of them: when there are fewer than asked, and for 0
+    assert np.array_equal(stratified_sample(labels, 5000, seed=0), np.arange(1000))
+    assert np.array_equal(stratified_sample(labels, 0, seed=0), np.arange(1000))
+
+
+def test_the_stratified_mean_weights_each_class_by_its_share_of_all_queries():
+    strata = np.repeat([0, 1], [900, 100])
+    values = np.where(strata == 0, 1.0, 0.0)
+    rows = np.concatenate([np.arange(10), np.arange(900, 1000)])  # class 1 over-represented in the sample
+    mean, half_width = QuerySample.of(strata, rows).mean_and_interval(values[rows])
+    assert mean == pytest.approx(0.9)  # not the sample's 10 / 110
+    assert half_width == 0.0  # no spread inside either class
+    # one stratum, every query: the plain mean and the normal interval 1.96 s / sqrt(n)
+    data = np.random.default_rng(0).random(400)
+    mean, half_width = QuerySample.of(np.zeros(400), np.arange(400)).mean_and_interval(data)
+    assert mean == pytest.approx(data.mean())
+    assert half_width == pytest.approx(1.959964 * data.std(ddof=1) / 20, rel=1e-6)
+
+
+def test_the_interval_covers_the_population_figure_about_95_times_in_100():
+    rng = np.random.default_rng(7)
+    strata = rng.integers(0, 5, size=20000)
+    values = rng.beta(2 + strata, 3, size=20000)  # per-query APs, differing by class
+    truth = values.mean()
+    covered = []
+    for seed in range(300):
+        rows = stratified_sample(strata, 200, seed)
+        mean, half_width = QuerySample.of(strata, rows).mean_and_interval(values[rows])
+        covered.append(abs(mean - truth) <= half_width)
+    assert 0.90 <= np.mean(covered) <= 0.99
+
+
+def test_the_class_searchs_average_precision_ranks_only_the_predicted_class():
+    rng = np.random.default_rng(5)
+    gallery, labels = rng.normal(size=(120, 4)), rng.integers(0, 3, size=120)
+    index = RetrievalIndex(gallery, labels, gallery[:3], np.arange(3), np.zeros(120, dtype=np.int64) + labels)
+    queries, predicted = rng.normal(size=(15, 4)), rng.integers(0, 3, size=15)
+    relevant = rng.random((15, 120)) < 0.3
+    found = class_average_precision(index, queries, predicted, relevant)
+    for row in range(15):  # the class's images in their exact order; the other classes' never come
+        members = np.flatnonzero(labels == predicted[row])
+        order = members[np.argsort(((gallery[members] - queries[row]) ** 2).sum(axis=1), kind="stable")]
+        hits = relevant[row, order]
+        expected = (np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].sum() / relevant[row].sum()
+        assert found[row] == pytest.approx(expected)
+
+
+def test_rerank_variants_share_one_neighbour_search_per_gallery(monkeypatch):
+    rng = np.random.default_rng(2)
+    queries, gallery = rng.normal(size=(30, 8)), rng.normal(size=(200, 8))
+    calls = []
+    original = rerank_module.nearest_rows
+    monkeypatch.setattr(rerank_module, "nearest_rows", lambda *a, **kw: calls.append(a[2]) or original(*a, **kw))
+    variants = RerankVariants(queries, gallery, normalised=False, depth=10)
+    settings = [Rerank(method, k, alpha) for method in ("qe", "dba", "dba_qe") for k in (3, 10) for alpha in (1.0, 3.0)]
+    vectors = {rerank: variants.vectors(rerank) for rerank in settings}
+    # the gallery's own neighbours once; the queries' in the plain gallery once and in each augmented gallery once
+    assert len(calls) == 1 + 1 + 4 and all(depth == 10 for depth in calls)
+    for rerank, (expanded, searched) in vectors.items():  # each variant as computed on its own
+        own = augment_database(gallery, rerank.k, rerank.alpha, False) if rerank.augments_database else gallery
+        np.testing.assert_allclose(searched, own, atol=1e-6)
+        if rerank.expands_queries:
+            top = original(queries, own, rerank.k)
+            np.testing.assert_allclose(expanded, expand_queries(queries, own, top, rerank.k, rerank.alpha, False),
+                                       atol=1e-6)  # fmt: skip
+        else:
+            np.testing.assert_array_equal(expanded, queries)
+    # a search already made (the evaluation's global top-k) is reused: no query search in the plain gallery
+    calls.clear()
+    known = nearest_rows(queries, gallery, 20)
+    RerankVariants(queries, gallery, False, 20, known).vectors(Rerank("qe", 5, 3.0))
+    assert calls == []
+
+
+def test_a_large_galleries_own_neighbours_come_from_an_inverted_file(monkeypatch):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=4.0, size=(40, 16))
+    gallery = (centres[rng.integers(0, 40, size=4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+    exact = nearest_rows(gallery, gallery, 10, exclude_self=True)  # 16 million pairs: exact below the bound
+    monkeypatch.setattr(rerank_module, "EXACT_NEIGHBOUR_PAIRS", 1000**2)
+    used = []
+    inverted = rerank_module.inverted_file_nearest_rows
+    monkeypatch.setattr(rerank_module, "inverted_file_nearest_rows", lambda *a: used.append(1) or inverted(*a))
+    approximate = nearest_rows(gallery, gallery, 10, exclude_self=True)
+    assert used
+    assert approximate.shape == (4000, 10) and approximate.min() >= 0
+    assert not (approximate == np.arange(4000)[:, None]).any()  # never a row's own
+    assert all(len(set(row)) == 10 for row in approximate)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
+    assert recall >= 0.9  # approximate, and close
