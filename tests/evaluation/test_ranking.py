@@ -145,3 +145,18 @@ def test_a_large_galleries_own_neighbours_come_from_an_inverted_file(monkeypatch
     assert all(len(set(row)) == 10 for row in approximate)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
     assert recall >= 0.9  # approximate, and close
+
+
+def test_the_gpu_ranking_gives_the_cpu_ranks_ties_included():
+    pytest.importorskip("torch")
+    from cbir.evaluation.ranking import cuda_relevant_ranks, evaluation_device
+
+    rng = np.random.default_rng(8)
+    queries, gallery = np.round(rng.normal(size=(30, 4))), np.round(rng.normal(size=(250, 4)))
+    relevant = rng.random((30, 250)) < 0.2
+    on_cpu = relevant_ranks(squared_distances(queries, gallery, np.einsum("ij,ij->i", gallery, gallery)), relevant)
+    # torch's code path, on whatever device this machine has (the CPU here; CUDA on a GPU machine)
+    device = "cuda" if evaluation_device("auto") == "cuda" else "cpu"
+    on_torch = cuda_relevant_ranks(queries, gallery, relevant, device)
+    assert all(np.array_equal(a, b) for a, b in zip(on_cpu, on_torch, strict=True))
+    assert evaluation_device("cpu") == "cpu"

@@ -24,7 +24,7 @@ from cbir.data.manifest import read_manifest
 from cbir.data.split import split_ids
 from cbir.evaluation.metrics import label_sets, overlap_at, relevance
 from cbir.evaluation.quality import rerank_quality, reranked_figures, retrieval_quality
-from cbir.evaluation.ranking import QuerySample, stratified_sample
+from cbir.evaluation.ranking import QuerySample, evaluation_device, stratified_sample
 from cbir.evaluation.timing import time_batched_queries, time_single_queries, total_query_times
 from cbir.fitting.chosen import VALIDATION_FIGURES, Selection
 from cbir.fitting.rerank import NO_RERANK, Rerank, RerankVariants
@@ -62,10 +62,12 @@ def evaluate_cell(
     seed: int = 0,
     rerank: dict[str, Any] | None = None,
     chosen: Rerank = NO_RERANK,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Accuracy (on every test image); retrieval quality on at most ``max_queries`` of them (drawn in proportion
     to each class; 0: all), with the configured re-ranked variants (``rerank``) and the one validation chose
-    (``chosen``, as ``global_reranked``); and single/batched timings."""
+    (``chosen``, as ``global_reranked``); and single/batched timings. ``device``: where the whole rankings are
+    computed (``cuda``: on the GPU)."""
     test_labels = np.asarray(test_labels)
     reduced = models.projection.transform(raw_test_features)
     predicted = models.mlp.predict(reduced)
@@ -76,9 +78,10 @@ def evaluate_cell(
         "accuracy": float(np.mean(predicted == test_labels)) if len(test_labels) else float("nan"),
         "n_queries_evaluated": len(rows),
         "eval_queries": max_queries,
+        "eval_device": device,
     }
     relevant = relevance(query_sets[rows], gallery_sets)
-    quality, global_top = retrieval_quality(models, reduced[rows], predicted[rows], relevant, top_k, sample)
+    quality, global_top = retrieval_quality(models, reduced[rows], predicted[rows], relevant, top_k, sample, device)
     metrics.update(quality)
     if rerank or chosen.active:
         queries = models.index.prepare(models.embedding.transform(reduced[rows]))
@@ -87,9 +90,10 @@ def evaluate_cell(
             queries, models.index.gallery, models.embedding.normalised, global_top.shape[1], known
         )
         if rerank:
-            metrics.update(rerank_quality(variants, relevant, rerank, sample))
+            metrics.update(rerank_quality(variants, relevant, rerank, sample, device))
         if chosen.active:
-            metrics.update(reranked_figures(*variants.vectors(chosen), relevant, "global_reranked", sample))
+            reranked = variants.vectors(chosen)
+            metrics.update(reranked_figures(*reranked, relevant, "global_reranked", sample, device))
     metrics.update(time_single_queries(models, raw_test_features, top_k))
     metrics.update(time_batched_queries(models, raw_test_features, top_k))
     return metrics
@@ -217,6 +221,7 @@ def cell_metrics(
                 seed=seed,
                 rerank=rerank,
                 chosen=chosen,
+                device=loaded.setdefault("device", evaluation_device(str(retrieval.get("eval_device", "auto")))),
             )
         )
     if cell.space != "raw":

@@ -43,7 +43,7 @@ def summarise(per_query: dict[str, np.ndarray], sample: QuerySample) -> dict[str
 
 
 def class_average_precision(
-    index: RetrievalIndex, queries: np.ndarray, predicted: np.ndarray, relevant: np.ndarray
+    index: RetrievalIndex, queries: np.ndarray, predicted: np.ndarray, relevant: np.ndarray, device: str = "cpu"
 ) -> np.ndarray:
     """AP of the class-restricted search over its whole ranking: each query ranks the gallery images of its
     predicted class; the relevant images of other classes are never found (they count against it)."""
@@ -56,7 +56,7 @@ def class_average_precision(
             continue
         figures = exact_rank_figures(
             queries[rows], index.gallery[members], relevant[np.ix_(rows, members)],
-            precision_at=(), n_relevant=n_relevant[rows],
+            precision_at=(), n_relevant=n_relevant[rows], device=device,
         )  # fmt: skip
         ap[rows] = figures["ap"]
     return ap
@@ -69,6 +69,7 @@ def retrieval_quality(
     relevant: np.ndarray,
     top_k: int,
     sample: QuerySample,
+    device: str = "cpu",
 ) -> tuple[dict[str, float], np.ndarray]:
     """P@k, mAP@k and recall against the exact search of every mode, mAP of the exact modes, and the
     "no good match" calibration of the global mode's top-k (:func:`calibrate_no_match`); and the global
@@ -88,8 +89,9 @@ def retrieval_quality(
         if mode == CALIBRATED_MODE:
             calibration = calibrate_no_match(distances[:, :top_k], hits[:, :top_k])
     queries = models.index.prepare(models.embedding.transform(reduced))
-    per_query["map_global"] = exact_rank_figures(queries, models.index.gallery, relevant, precision_at=())["ap"]
-    per_query["map_class"] = class_average_precision(models.index, queries, predicted, relevant)
+    gallery = models.index.gallery
+    per_query["map_global"] = exact_rank_figures(queries, gallery, relevant, precision_at=(), device=device)["ap"]
+    per_query["map_class"] = class_average_precision(models.index, queries, predicted, relevant, device)
     out = summarise(per_query, sample)
     for mode, indices in rankings.items():
         if mode != "global":
@@ -99,16 +101,16 @@ def retrieval_quality(
 
 
 def reranked_figures(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, suffix: str,
-                     sample: QuerySample) -> dict[str, float]:  # fmt: skip
+                     sample: QuerySample, device: str = "cpu") -> dict[str, float]:  # fmt: skip
     """mAP of the whole exact ranking and P@k of one re-ranked variant (``map_<suffix>``,
     ``precision_at_<k>_<suffix>``), each with its interval."""
-    figures = exact_rank_figures(queries, gallery, relevant)
+    figures = exact_rank_figures(queries, gallery, relevant, device=device)
     named = {f"precision_at_{k}_{suffix}": figures[f"precision_at_{k}"] for k in PRECISION_AT}
     return summarise({f"map_{suffix}": figures["ap"], **named}, sample)
 
 
 def rerank_quality(
-    variants: RerankVariants, relevant: np.ndarray, options: dict[str, Any], sample: QuerySample
+    variants: RerankVariants, relevant: np.ndarray, options: dict[str, Any], sample: QuerySample, device: str = "cpu"
 ) -> dict[str, float]:
     """The global exact search re-ranked with the configured settings (``embeddings.rerank``): α-query expansion
     (``global_qe``), database-side augmentation (``global_dba``), and both (``global_dba_qe``)."""
@@ -130,5 +132,5 @@ def rerank_quality(
             )
         else:
             queries, gallery = variants.vectors(rerank)
-        out.update(reranked_figures(queries, gallery, relevant, suffix, sample))
+        out.update(reranked_figures(queries, gallery, relevant, suffix, sample, device))
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -144,15 +145,53 @@ def exact_rank_figures(
     precision_at: Sequence[int] = PRECISION_AT,
     top_k: int = 0,
     n_relevant: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """:func:`rank_figures` of the exact Euclidean ranking of ``gallery`` by each query (both in the searched
     space), a block of queries at a time; ``relevant``: (queries, gallery) True where relevant; ``n_relevant``:
-    each query's relevant images in all, when the gallery is a part of what it could find (its own count)."""
-    gallery_sq_norms = np.einsum("ij,ij->i", gallery, gallery)
+    each query's relevant images in all, when the gallery is a part of what it could find (its own count).
+    ``device`` ``cuda``: the distances and ranks on the GPU (:func:`cuda_relevant_ranks`)."""
     counts = relevant.sum(axis=1) if n_relevant is None else np.asarray(n_relevant)
+    if device.startswith("cuda"):
+        return rank_figures(cuda_relevant_ranks(queries, gallery, relevant, device), counts, precision_at, top_k)
+    gallery_sq_norms = np.einsum("ij,ij->i", gallery, gallery)
     block = max(1, DISTANCE_BLOCK_ELEMENTS // max(1, len(gallery)))
     ranks: list[np.ndarray] = []
     for first in range(0, len(queries), block):
         rows = slice(first, first + block)
         ranks.extend(relevant_ranks(squared_distances(queries[rows], gallery, gallery_sq_norms), relevant[rows]))
     return rank_figures(ranks, counts, precision_at, top_k)
+
+
+def cuda_relevant_ranks(
+    queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, device: str
+) -> list[np.ndarray]:
+    """:func:`relevant_ranks` of the exact ranking on a GPU: per block of queries, the distances (float64), one
+    stable sort of each row, and the ranks of its relevant images read off the sorted order (ties as on the CPU)."""
+    import torch  # only here: a CPU evaluation never pays for importing torch
+
+    gallery_t = torch.as_tensor(np.asarray(gallery, dtype=np.float64), device=device)
+    sq_norms = (gallery_t * gallery_t).sum(dim=1)
+    block = max(1, 4 * DISTANCE_BLOCK_ELEMENTS // max(1, len(gallery)))
+    positions = torch.arange(1, len(gallery) + 1, device=device)
+    out: list[np.ndarray] = []
+    for first in range(0, len(queries), block):
+        query_t = torch.as_tensor(np.asarray(queries[first : first + block], dtype=np.float64), device=device)
+        distances = (query_t * query_t).sum(dim=1, keepdim=True) - 2.0 * query_t @ gallery_t.T + sq_norms
+        order = torch.sort(distances.clamp_min_(0.0), dim=1, stable=True).indices
+        ranked_relevant = torch.as_tensor(relevant[first : first + block], device=device).gather(1, order)
+        for row in range(len(order)):  # the ranks (1-based) at which its relevant images come
+            out.append(positions[ranked_relevant[row]].cpu().numpy())
+    return out
+
+
+def evaluation_device(requested: str = "auto") -> str:
+    """``cuda`` when asked for, or for ``auto`` when this machine has an NVIDIA driver and torch sees a GPU (torch
+    is imported only then); else ``cpu``."""
+    if requested != "auto":
+        return requested
+    if not Path("/proc/driver/nvidia/version").exists():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
