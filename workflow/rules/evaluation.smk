@@ -45,7 +45,7 @@ rule evaluate:
         metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in ["raw", *EXTRA_SPACES]],
     params:
         spaces=["raw", *EXTRA_SPACES],
-        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device"),
+        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
         rerank=config["embeddings"]["rerank"],
         seed=SEED,
     log:
@@ -80,7 +80,7 @@ rule evaluate_collection:
         metrics=[f"{CELL}/{metrics_name('{k}')}"],
     params:
         spaces=["raw"],
-        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device"),
+        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
         rerank=config["embeddings"]["rerank"],
         seed=SEED,
     log:

@@ -34,6 +34,7 @@ from cbir.layout import embedding_name
 from cbir.search.cell import CellModels, load_cell
 
 # what the feature file recorded of the network that made it, copied into the metrics as features_<key>
+TIMING_QUERIES = 200  # test queries timed one at a time (retrieval.timing_queries)
 FEATURE_RECORD = ("arch", "weights", "pooling", "gem_p", "image_size", "layer", "engine", "precision")
 
 
@@ -63,11 +64,12 @@ def evaluate_cell(
     rerank: dict[str, Any] | None = None,
     chosen: Rerank = NO_RERANK,
     device: str = "cpu",
+    timing_queries: int = TIMING_QUERIES,
 ) -> dict[str, Any]:
     """Accuracy (on every test image); retrieval quality on at most ``max_queries`` of them (drawn in proportion
     to each class; 0: all), with the configured re-ranked variants (``rerank``) and the one validation chose
-    (``chosen``, as ``global_reranked``); and single/batched timings. ``device``: where the whole rankings are
-    computed (``cuda``: on the GPU)."""
+    (``chosen``, as ``global_reranked``); and single (on ``timing_queries`` of them) and batched timings.
+    ``device``: where the whole rankings are computed (``cuda``: on the GPU)."""
     test_labels = np.asarray(test_labels)
     reduced = models.projection.transform(raw_test_features)
     predicted = models.mlp.predict(reduced)
@@ -94,13 +96,21 @@ def evaluate_cell(
         if chosen.active:
             reranked = variants.vectors(chosen)
             metrics.update(reranked_figures(*reranked, relevant, "global_reranked", sample, device))
-    metrics.update(time_single_queries(models, raw_test_features, top_k))
-    metrics.update(time_batched_queries(models, raw_test_features, top_k))
+    # timed on the sample too: one query at a time on timing_queries of it, in proportion to each class
+    timed = rows[stratified_sample(test_labels[rows], timing_queries, seed)]
+    metrics.update(time_single_queries(models, raw_test_features[timed], top_k))
+    metrics.update(time_batched_queries(models, raw_test_features[rows], top_k))
+    metrics["n_queries_timed"] = len(timed)
     return metrics
 
 
 def evaluate_without_labels(
-    models: CellModels, raw_queries: np.ndarray, own_rows: np.ndarray, *, top_k: int = 5
+    models: CellModels,
+    raw_queries: np.ndarray,
+    own_rows: np.ndarray,
+    *,
+    top_k: int = 5,
+    timing_queries: int = TIMING_QUERIES,
 ) -> dict[str, Any]:
     """A collection without labels: each search's recall@k against exact search over the whole gallery,
     and single/batched timings. ``own_rows``: each query's own gallery row (-1 for a query that is not in
@@ -117,8 +127,10 @@ def evaluate_without_labels(
     for mode, indices in rankings.items():
         if mode != "global":
             metrics[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
-    metrics.update(time_single_queries(models, raw_queries, top_k))
+    timed = stratified_sample(np.zeros(len(raw_queries)), timing_queries, 0)
+    metrics.update(time_single_queries(models, raw_queries[timed], top_k))
     metrics.update(time_batched_queries(models, raw_queries, top_k))
+    metrics["n_queries_timed"] = len(timed)
     return metrics
 
 
@@ -200,7 +212,10 @@ def cell_metrics(
             raw_queries, own_rows = test.features[rows], np.full(len(rows), -1)
         else:  # split all: queries drawn from the gallery
             raw_queries, own_rows = gallery_queries(features, cell.gallery_ids, retrieval["eval_queries"], seed)
-        result.update(evaluate_without_labels(models, raw_queries, own_rows, top_k=top_k))
+        timing_queries = int(retrieval.get("timing_queries", TIMING_QUERIES))
+        result.update(
+            evaluate_without_labels(models, raw_queries, own_rows, top_k=top_k, timing_queries=timing_queries)
+        )
     else:
         if "manifest" not in loaded:  # the label sets: a collection without labels needs none
             loaded["manifest"] = read_manifest(manifest)
@@ -222,6 +237,7 @@ def cell_metrics(
                 rerank=rerank,
                 chosen=chosen,
                 device=loaded.setdefault("device", evaluation_device(str(retrieval.get("eval_device", "auto")))),
+                timing_queries=int(retrieval.get("timing_queries", TIMING_QUERIES)),
             )
         )
     if cell.space != "raw":
