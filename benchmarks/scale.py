@@ -9,7 +9,8 @@ in the layout of the extraction stage (``features``, ``ids``, ``paths``, ``label
 stage runs in its own child process (its wall time and peak RSS its own), reading the previous
 stage's files from the work folder:
 
-- ``generate``: the feature file and the held-out query features, in blocks;
+- ``generate``: the feature file and the held-out query features with their labels (max(``--queries``,
+  ``--eval-queries``) of them; the query stages use the first ``--queries``), in blocks;
 - ``pca-incremental`` / ``pca-sample``: ``cbir.fitting.pca.fit_pca_basis`` on ``FeatureRows`` (the
   workflow's large-data methods), to ``--components``; the incremental basis is the one used on;
 - ``project``: every row through the basis in blocks, into a gallery file;
@@ -23,7 +24,12 @@ stage's files from the work folder:
   8 bits, trained on ``--train-sample`` rows, filled in blocks;
 - ``query-flat``: exact ``IndexFlatL2`` filled in blocks: the ground truth of ``--queries``
   queries, batched and single latency;
-- ``query-ivf16`` / ``query-ivf`` / ``query-ivfpq``: the same queries, recall@10 against flat.
+- ``query-ivf16`` / ``query-ivf`` / ``query-ivfpq``: the same queries, recall@10 against flat;
+- ``evaluate``: the workflow's bounded evaluation of a labelled cell (``evaluate_cell``, ``retrieval_quality``)
+  on the projected gallery: at most ``--eval-queries`` (retrieval.eval_queries, 2,000) held-out queries drawn
+  by ``stratified_sample``, P@10 from ``RetrievalIndex`` global top-20 search (one centroid per class),
+  mAP over the whole ranking from ``exact_rank_figures`` (relevant: same label), each with its 95 % interval
+  (``QuerySample``); seconds of the search, of the ranks and in all.
 
     python benchmarks/scale.py                                   # 1,000,000 images (hours on 2 cores)
     python benchmarks/scale.py --n 20000 --queries 200           # a quick check
@@ -109,7 +115,15 @@ def stage_generate(work: Path, args: argparse.Namespace) -> dict:
             ids[start : start + len(block)] = names
             paths[start : start + len(block)] = [f"synthetic/{c}/{i}.jpg" for c, i in zip(block, names, strict=True)]
     query_labels = rng.choice(args.classes, size=args.queries, p=share).astype(np.int64)
-    save_arrays(work / "queries.h5", {"features": rows(query_labels), "labels": query_labels})
+    queries = rows(query_labels)
+    extra = max(0, args.eval_queries - args.queries)  # drawn after, so that the first --queries stay as they were
+    if extra:
+        extra_labels = rng.choice(args.classes, size=extra, p=share).astype(np.int64)
+        query_labels, queries = (
+            np.concatenate([query_labels, extra_labels]),
+            np.concatenate([queries, rows(extra_labels)]),
+        )
+    save_arrays(work / "queries.h5", {"features": queries, "labels": query_labels})
     largest = int(np.bincount(labels).max())
     size_mb = (work / "features.h5").stat().st_size / 2**20
     return {"note": f"{len(np.unique(labels))} classes, largest {largest}, {size_mb:.0f} MB file"}
@@ -242,12 +256,14 @@ def stage_ivfpq(work: Path, args: argparse.Namespace) -> dict:
     return {"note": f"nlist {nlist}, m {m} x 8 bits, nprobe {index.nprobe}, train {trained:.1f} s on {size}"}
 
 
-def load_queries(work: Path):
+def load_queries(work: Path, n: int):
+    """The first ``n`` held-out queries, projected through the incremental basis, and their labels."""
     from cbir.fitting.pca import load_projection
     from cbir.io import load_arrays
 
     arrays, _ = load_arrays(work / "queries.h5")
-    return load_projection(work / "basis-incremental.h5").transform(arrays["features"])
+    projected = load_projection(work / "basis-incremental.h5").transform(arrays["features"][:n])
+    return projected, arrays["labels"][:n]
 
 
 def latency(search, queries) -> tuple:
@@ -269,7 +285,7 @@ def stage_query_flat(work: Path, args: argparse.Namespace) -> dict:
     import faiss
     import numpy as np
 
-    queries = load_queries(work)
+    queries, _ = load_queries(work, args.queries)
     index = faiss.IndexFlatL2(queries.shape[1])
     for block in gallery_blocks(work):
         index.add(np.ascontiguousarray(block))
@@ -284,7 +300,7 @@ def stage_query(work: Path, args: argparse.Namespace, name: str) -> dict:
 
     from cbir.search.index import FaissSearch
 
-    queries = load_queries(work)
+    queries, _ = load_queries(work, args.queries)
     truth = np.load(work / "truth.npy")
     index = faiss.read_index(str(work / f"{name}.faiss"))
     if name.startswith("ivf") and not name.startswith("ivfpq"):  # cbir's search on the stored index
@@ -297,6 +313,49 @@ def stage_query(work: Path, args: argparse.Namespace, name: str) -> dict:
     hits = [len(set(a) & set(b)) for a, b in zip(indices.tolist(), truth.tolist(), strict=True)]
     return {"ms_batched": batched, "ms_single": single, "recall_at_10": float(np.mean(hits)) / TOP_K,
             "note": f"nlist {index.nlist}, nprobe {index.nprobe}"}  # fmt: skip
+
+
+def stage_evaluate(work: Path, args: argparse.Namespace) -> dict:
+    """evaluate_cell's labelled figures of the global search, as the workflow computes them (on the CPU)."""
+    import numpy as np
+
+    from cbir.evaluation.ranking import QuerySample, exact_rank_figures, stratified_sample
+    from cbir.search.index import RetrievalIndex
+
+    features, labels = read_gallery(work)
+    classes = np.unique(labels)
+    centroids = np.stack([features[labels == c].mean(axis=0) for c in classes])  # one per class
+    index = RetrievalIndex(features, labels, centroids, classes, labels)
+    del features  # the index holds its own float64 and float32 copies
+    all_queries, all_labels = load_queries(work, max(args.queries, args.eval_queries))
+    start = time.perf_counter()
+    rows = stratified_sample(all_labels, args.eval_queries, args.seed)
+    queries, query_labels = index.prepare(all_queries[rows]), all_labels[rows]
+    relevant = query_labels[:, None] == labels[None, :]  # (queries, gallery) bytes
+    share = float(np.bincount(labels)[query_labels].sum() / relevant.size)  # of the matrix that is relevant
+    sample = QuerySample.of(all_labels, rows)
+    searched = time.perf_counter()
+    indices, _ = index.search(queries, "global", 20)
+    hits = np.take_along_axis(relevant, indices, axis=1) & (indices >= 0)
+    precision = hits[:, :TOP_K].sum(axis=1) / TOP_K
+    ranked = time.perf_counter()
+    figures = exact_rank_figures(queries, index.gallery, relevant, precision_at=(TOP_K,))
+    done = time.perf_counter()
+    map_mean, map_ci = sample.mean_and_interval(figures["ap"])
+    p10_mean, p10_ci = sample.mean_and_interval(precision)
+    agree = bool(np.array_equal(precision, figures[f"precision_at_{TOP_K}"]))  # the search is exact: same P@10
+    end = time.perf_counter()
+    result = {"queries": len(rows), "search_s": ranked - searched, "ranks_s": done - ranked, "eval_s": end - start,
+              "map": map_mean, "map_ci95": map_ci, "precision_at_10": p10_mean, "precision_at_10_ci95": p10_ci,
+              "relevance_mb": relevant.nbytes / 2**20, "relevant_share": share,
+              "p10_search_equals_ranks": agree}  # fmt: skip
+    result["note"] = (
+        f"{len(rows)} of {len(all_labels)} queries: search {result['search_s']:.1f} s, "
+        f"ranks {result['ranks_s']:.1f} s, eval {result['eval_s']:.1f} s; "
+        f"mAP {map_mean:.3f} ± {map_ci:.3f}, P@10 {p10_mean:.3f} ± {p10_ci:.3f}"
+        + ("" if agree else "; P@10 of search and ranks DIFFER")
+    )
+    return result
 
 
 # stage: (run, time exponent in N, memory exponent in N (of what the stage adds), assumption, what to do at 10M)
@@ -393,6 +452,16 @@ STAGES = {
         "nlist = sqrt(N): per query ~sqrt(N); memory ~N: the codes",
         "none needed",
     ),
+    "evaluate": (
+        stage_evaluate,
+        1.0,
+        None,
+        "queries fixed: time ~N (a top-k search and a sort of N distances per query); memory: the peak plus, per "
+        "further image, its column of the relevance matrix (queries bytes) and the gallery in RetrievalIndex "
+        "(float64 and float32 copies: 12 x components bytes, and ~40 of norms, labels and members), and the ranks "
+        "of its relevant images (8 bytes x queries x the share of the matrix that is relevant; the same classes)",
+        "rank against the gallery in blocks, relevance from the labels per block (no queries x N matrix)",
+    ),
 }
 
 
@@ -408,6 +477,9 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
         import sklearn.decomposition
     if stage == "kmeans-class":
         import sklearn.cluster  # noqa: F401
+    if stage == "evaluate":
+        from cbir.evaluation import ranking  # noqa: F401
+        from cbir.search import index  # noqa: F401
     base = rss_mb()
     start = time.perf_counter()
     result = STAGES[stage][0](work, args)
@@ -431,7 +503,10 @@ def estimate(row: dict, args: argparse.Namespace, ram_mb: float) -> None:
     factor = TARGET / n
     row["est_10m_s"] = row["wall_s"] * factor**time_exp
     grown = max(0.0, row["peak_rss_mb"] - row["base_rss_mb"])
-    if mem_exp is None:  # ivfpq: what grows is the codes and ids
+    if row["stage"] == "evaluate":  # what grows: the relevance matrix (queries x N bytes) and the gallery
+        per_image = row["queries"] * (1 + 8 * row["relevant_share"]) + 12 * components(args) + 40
+        row["est_10m_mb"] = row["peak_rss_mb"] + per_image * (TARGET - n) / 2**20
+    elif mem_exp is None:  # ivfpq: what grows is the codes and ids
         row["est_10m_mb"] = row["peak_rss_mb"] + 1.5 * (pq_m(args) + 8) * (TARGET - n) / 2**20
     else:
         row["est_10m_mb"] = row["base_rss_mb"] + grown * factor**mem_exp
@@ -444,6 +519,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512, help="feature dimension")
     parser.add_argument("--classes", type=int, help="default: N / 1000, between 10 and 300")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--eval-queries", type=int, default=2000, help="retrieval.eval_queries (evaluate)")
     parser.add_argument("--components", type=int, default=128, help="PCA size (at most --dim)")
     parser.add_argument("--k", type=int, default=3, help="clusters per class")
     parser.add_argument("--kmeans-exact-max", type=int, default=100_000, help="kmeans.exact_max_images")
