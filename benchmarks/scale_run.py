@@ -45,7 +45,7 @@ STAGE_OF_RULE = {
     **dict.fromkeys(["plan_shards", "prepare_engine", "extract_features", "gather_features", "changed_copies",
                      "time_extraction"], "extraction"),
     **dict.fromkeys(["fit_pca", "project", "cluster", "train_mlp", "select_settings", "fit_spaces"], "models"),
-    **dict.fromkeys(["evaluate", "evaluate_collection"], "evaluation"),
+    **dict.fromkeys(["evaluate", "evaluate_spaces"], "evaluation"),
     **dict.fromkeys(["summarize", "montage"], "report"),
 }  # fmt: skip
 STAGES = ["data", "extraction", "models", "evaluation", "report", "other"]

@@ -40,7 +40,7 @@ def test_search_benchmark_compares_every_mode_with_scikit_learn(tmp_path):
 
 
 SCALE_STAGES = ("generate", "pca-incremental", "pca-sample", "project", "kmeans-class", "kmeans-global", "ivf16",
-                "ivf", "ivfpq", "query-flat", "query-ivf16", "query-ivf", "query-ivfpq")  # fmt: skip
+                "ivf", "ivfpq", "query-flat", "query-ivf16", "query-ivf", "query-ivfpq", "evaluate")  # fmt: skip
 
 
 def test_scale_benchmark_runs_every_stage_and_estimates_ten_million(tmp_path):
@@ -55,6 +55,8 @@ def test_scale_benchmark_runs_every_stage_and_estimates_ten_million(tmp_path):
     assert set(rows) == set(SCALE_STAGES) and line["settings"]["n"] == 3000
     assert all(row["wall_s"] >= 0 and row["peak_rss_mb"] > 0 for row in rows.values())
     assert rows["query-ivf"]["recall_at_10"] > 0.5 and rows["query-flat"]["recall_at_10"] == 1.0
+    evaluated = rows["evaluate"]  # the bounded evaluation: mAP from the ranks, with its interval
+    assert 0 < evaluated["map"] <= 1 and 0 <= evaluated["map_ci95"] < 0.2 and evaluated["queries"] > 0
 
 
 def test_incremental_benchmark_reruns_only_the_added_images(tmp_path):

@@ -73,7 +73,7 @@ def test_adding_one_pca_size_rebuilds_only_that_branch(finished_run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert planned_jobs(result) == {
         "project": 1, "cluster": 1, "train_mlp": 1, "select_settings": 1, "evaluate": 1, "fit_spaces": 1,
-        "summarize": 1, "all": 1,
+        "evaluate_spaces": 1, "summarize": 1, "all": 1,
     }  # fmt: skip
     assert "results/tiny/lite/80-20/6/metrics_k2.json" in result.stdout
 

@@ -25,10 +25,8 @@ rule time_extraction:
 
 
 rule evaluate:
-    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell of a labelled
-    dataset, in every embedding space of the grid (raw, then each further one: one metrics file each), on at most
-    retrieval.eval_queries test images. One job per cell: the spaces share its test features and labels, and go
-    stale together (validation chose them together)."""
+    """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell, on at most
+    retrieval.eval_queries test images (without labels: each search's recall@k against exact search, and timings)."""
     input:
         features=FEATURES,
         timing=FEATURE_TIMING,
@@ -36,15 +34,13 @@ rule evaluate:
         split=SPLIT,
         projection=f"{CELL}/{PROJECTION}",
         gallery=f"{CELL}/{GALLERY}",
-        classifier=f"{CELL}/{CLASSIFIER}",
+        classifier=classifier_input,
         clusters=f"{CELL}/{clusters_name('{k}')}",
         selection=f"{CELL}/{SELECTION}",
-        embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
-        space_clusters=[f"{CELL}/{clusters_name('{k}', space)}" for space in EXTRA_SPACES],
     output:
-        metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in ["raw", *EXTRA_SPACES]],
+        metrics=[f"{CELL}/{metrics_name('{k}')}"],
     params:
-        spaces=["raw", *EXTRA_SPACES],
+        spaces=["raw"],
         retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
         rerank=config["embeddings"]["rerank"],
         seed=SEED,
@@ -56,44 +52,44 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
-    wildcard_constraints:
-        dataset=one_of(LABELLED),
     conda:
         CONDA_ENV
     script:
         "../scripts/evaluate.py"
 
 
-rule evaluate_collection:
-    """A cell of a collection without labels: each search's recall@k against exact search, on at most
-    retrieval.eval_queries images, and per-query timings (its label-free spaces are judged by validation)."""
-    input:
-        features=FEATURES,
-        timing=FEATURE_TIMING,
-        manifest=MANIFEST,
-        split=SPLIT,
-        projection=f"{CELL}/{PROJECTION}",
-        gallery=f"{CELL}/{GALLERY}",
-        clusters=f"{CELL}/{clusters_name('{k}')}",
-        selection=f"{CELL}/{SELECTION}",
-    output:
-        metrics=[f"{CELL}/{metrics_name('{k}')}"],
-    params:
-        spaces=["raw"],
-        retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
-        rerank=config["embeddings"]["rerank"],
-        seed=SEED,
-    log:
-        f"{LOGS}/evaluate_collection/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
-    benchmark:
-        f"{BENCHMARKS}/evaluate_collection/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    wildcard_constraints:
-        dataset=one_of(COLLECTIONS),
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/evaluate.py"
+if EXTRA_SPACES:
+
+    rule evaluate_spaces:
+        """The evaluation of the rule above in each of the cell's further embedding spaces (one job: they share the
+        test features and labels, read once)."""
+        input:
+            features=FEATURES,
+            timing=FEATURE_TIMING,
+            manifest=MANIFEST,
+            split=SPLIT,
+            projection=f"{CELL}/{PROJECTION}",
+            gallery=f"{CELL}/{GALLERY}",
+            classifier=f"{CELL}/{CLASSIFIER}",
+            embeddings=[f"{CELL}/{embedding_name(space)}" for space in EXTRA_SPACES],
+            clusters=[f"{CELL}/{clusters_name('{k}', space)}" for space in EXTRA_SPACES],
+            selection=f"{CELL}/{SELECTION}",
+        output:
+            metrics=[f"{CELL}/{metrics_name('{k}', space)}" for space in EXTRA_SPACES],
+        params:
+            spaces=EXTRA_SPACES,
+            retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
+            rerank=config["embeddings"]["rerank"],
+            seed=SEED,
+        log:
+            f"{LOGS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
+        benchmark:
+            f"{BENCHMARKS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/evaluate.py"

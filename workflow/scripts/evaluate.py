@@ -9,7 +9,8 @@ from cbir.pipeline.steps import run_step
 
 
 def main(smk) -> None:
-    # one metrics file per space, in the order of params.spaces; the spaces share what was read once
+    # one metrics file per space, in the order of params.spaces (rule evaluate: raw; evaluate_spaces: the others),
+    # which share what was read once
     loaded = {}
     for space, out_path in zip(smk.params.spaces, smk.output.metrics, strict=True):
         cell_metrics(

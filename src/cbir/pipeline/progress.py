@@ -47,7 +47,7 @@ STAGES = (
     Stage("fitting", "fitting the models", "models fitted",
           frozenset({"fit_pca", "project", "cluster", "train_mlp", "fit_spaces"})),
     Stage("quality", "measuring quality", "quality measured",
-          frozenset({"time_extraction", "evaluate", "evaluate_collection", "summarize", "montage"})),
+          frozenset({"time_extraction", "evaluate", "evaluate_spaces", "summarize", "montage"})),
 )  # fmt: skip
 TARGET_RULES = frozenset({"all"})  # the run's target: no work of its own
 
