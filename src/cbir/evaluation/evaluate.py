@@ -99,7 +99,7 @@ def evaluate_cell(
     # timed on the sample too: one query at a time on timing_queries of it, in proportion to each class
     timed = rows[stratified_sample(test_labels[rows], timing_queries, seed)]
     metrics.update(time_single_queries(models, raw_test_features[timed], top_k))
-    metrics.update(time_batched_queries(models, raw_test_features[rows], top_k))
+    metrics.update(time_batched_queries(models, raw_test_features[rows], top_k, searches=False))
     metrics["n_queries_timed"] = len(timed)
     return metrics
 

@@ -27,6 +27,7 @@ from cbir.evaluation.metrics import (
     ranked_relevance,
 )
 from cbir.evaluation.ranking import PRECISION_AT, QuerySample, exact_rank_figures
+from cbir.extraction.latency import clock
 from cbir.fitting.rerank import Rerank, RerankVariants
 from cbir.search.cell import CellModels
 from cbir.search.index import RetrievalIndex
@@ -72,15 +73,20 @@ def retrieval_quality(
     device: str = "cpu",
 ) -> tuple[dict[str, float], np.ndarray]:
     """P@k, mAP@k and recall against the exact search of every mode, mAP of the exact modes, and the
-    "no good match" calibration of the global mode's top-k (:func:`calibrate_no_match`); and the global
+    "no good match" calibration of the global mode's top-k (:func:`calibrate_no_match`), each mode's search time
+    per query (the queries searched at once: ``time_batched_search_<mode>_us_per_query``); and the global
     search's ranked rows (as deep as the deepest P@k), for the re-ranked variants to reuse."""
     depth = max(*PRECISION_AT, top_k)
     n_relevant = relevant.sum(axis=1)
     per_query: dict[str, np.ndarray] = {}
     rankings: dict[str, np.ndarray] = {}
     calibration = calibrate_no_match(np.empty(0), np.empty(0, dtype=bool))
+    timings: dict[str, float] = {}
     for mode, search in models.searchers().items():
+        start = clock()
         indices, distances = search(reduced, predicted, depth)
+        # this search is the batched one: all the sample's queries at once, timed per query
+        timings[f"time_batched_search_{mode}_us_per_query"] = (clock() - start) / 1e3 / max(len(reduced), 1)
         rankings[mode] = indices
         hits = ranked_relevance(indices, relevant)
         for k in PRECISION_AT:
@@ -97,6 +103,7 @@ def retrieval_quality(
         if mode != "global":
             out[f"recall_at_{top_k}_vs_exact_{mode}"] = overlap_at(indices, rankings["global"], top_k)
     out.update(no_match_metrics(calibration))
+    out.update(timings)
     return out, rankings["global"]
 
 

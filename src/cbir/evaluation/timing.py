@@ -30,13 +30,18 @@ def time_single_queries(models: CellModels, raw_queries: np.ndarray, top_k: int)
     return out
 
 
-def time_batched_queries(models: CellModels, raw_queries: np.ndarray, top_k: int) -> dict[str, float]:
-    """All test queries at once, reported per query."""
+def time_batched_queries(
+    models: CellModels, raw_queries: np.ndarray, top_k: int, searches: bool = True
+) -> dict[str, float]:
+    """All test queries at once, reported per query; ``searches`` false: the projection and prediction only (the
+    searches were timed where they ran, :func:`cbir.evaluation.quality.retrieval_quality`)."""
     n = max(len(raw_queries), 1)
     start = clock()
     reduced = models.projection.transform(raw_queries)
     predicted = models.mlp.predict(reduced)
     out = {"time_batched_predict_us_per_query": (clock() - start) / 1e3 / n}
+    if not searches:
+        return out
     for mode, search in models.searchers().items():
         start = clock()
         search(reduced, predicted, top_k)
