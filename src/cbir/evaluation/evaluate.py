@@ -182,6 +182,7 @@ def cell_metrics(
     if "test" not in loaded:
         loaded["test"] = load_features(features, split_ids(split, "test"))
     test = loaded["test"]
+    selection = Selection.load(selection_path) if selection_path is not None else None
     cell = load_cell(cell_folder, k, retrieval["metric"], retrieval.get("faiss"), seed, space=space, rerank=False)
     models, clusters = cell.models, cell.clusters
     top_k = retrieval["top_k"]
@@ -223,7 +224,7 @@ def cell_metrics(
         n_classes = int(table["label"].max()) + 1
         query_sets = manifest_label_sets(table, test.ids, n_classes)
         gallery_sets = manifest_label_sets(table, cell.gallery_ids, n_classes)
-        chosen = Selection.load(selection_path).choice(cell.space).rerank if selection_path else NO_RERANK
+        chosen = selection.choice(cell.space).rerank if selection is not None else NO_RERANK
         result.update(
             evaluate_cell(
                 models,
@@ -243,8 +244,8 @@ def cell_metrics(
     if cell.space != "raw":
         _, fitted = load_arrays(cell.folder / embedding_name(cell.space))
         result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))
-    if selection_path is not None:
-        result.update(chosen_figures(Selection.load(selection_path), cell.space))
+    if selection is not None:
+        result.update(chosen_figures(selection, cell.space))
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})
