@@ -101,14 +101,14 @@ def test_faiss_flat_equals_exact_search_and_ivf_is_judged_by_recall():
 
 
 def test_partial_top_k_equals_a_full_stable_sort_even_with_many_ties():
-    from cbir.search.index import _smallest_columns
+    from cbir.search.index import smallest_columns
 
     rng = np.random.default_rng(0)
     for _ in range(20):
         distances = rng.integers(0, 4, size=(7, 30)).astype(float)  # heavy ties
         for k in (1, 3, 10, 30, 40):
             expected = np.argsort(distances, axis=1, kind="stable")[:, :k]
-            assert np.array_equal(_smallest_columns(distances, k)[:, :k], expected)
+            assert np.array_equal(smallest_columns(distances, k)[:, :k], expected)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -29,7 +29,8 @@ class AnswerModel(BaseModel):
 
 
 class NoMatchInfo(AnswerModel):
-    """The cell's "no good match" distance and where it comes from (:func:`cbir.search.query.match_calibration`)."""
+    """The cell's "no good match" distance and where it comes from
+    (:func:`cbir.search.calibration.match_calibration`)."""
 
     distance: float | None = Field(
         description="the cell's calibrated 'no good match' distance: beyond it a result is more likely not relevant "
@@ -89,6 +90,19 @@ class ClusterMatch(AnswerModel):
     )
 
 
+class FeedbackInfo(AnswerModel):
+    """The round of relevance feedback an answer ranked with (:mod:`cbir.search.feedback`)."""
+
+    method: Literal["rocchio", "learned"] = Field(description="how the marks changed the ranking")
+    relevant: int = Field(description="gallery images marked relevant")
+    irrelevant: int = Field(description="gallery images marked not relevant")
+    searched_class: str | None = Field(
+        default=None,
+        description="the class the clustered and class searches looked in: most of the relevant marks' (the "
+        "predicted class while none is marked); null without labels",
+    )
+
+
 MatchT = TypeVar("MatchT", bound=Match)
 ClusterMatchT = TypeVar("ClusterMatchT", bound=ClusterMatch)
 
@@ -105,6 +119,7 @@ class LabelledAnswer(AnswerModel, Generic[MatchT]):
     )
     no_match: NoMatchInfo = Field(description="the distance beyond which results are marked 'no good match'")
     results: dict[str, list[MatchT]] = Field(description="top-k per mode: clustered, class, global")
+    feedback: FeedbackInfo | None = Field(default=None, description="the marks the ranking used; null: none")
 
 
 class CollectionAnswer(AnswerModel, Generic[ClusterMatchT]):
@@ -117,6 +132,7 @@ class CollectionAnswer(AnswerModel, Generic[ClusterMatchT]):
     results: dict[str, list[ClusterMatchT]] = Field(
         description="top-k per mode: clustered (the nearest cluster's images), global"
     )
+    feedback: FeedbackInfo | None = Field(default=None, description="the marks the ranking used; null: none")
 
 
 Answer = LabelledAnswer[Match] | CollectionAnswer[ClusterMatch]
@@ -150,6 +166,11 @@ def format_table(answers: Sequence[FileAnswer]) -> str:
         else:
             lines.append(f"  predicted class: {found.predicted_class} (p = {found.probability:.3f})")
         lines.append(f"  search space: {found.space}")
+        if found.feedback is not None:
+            info = found.feedback
+            lines.append(
+                f"  feedback: {info.method}, {info.relevant} relevant and {info.irrelevant} not relevant marked"
+            )
         if found.no_match.distance is not None:
             lines.append(f"  no good match beyond distance {found.no_match.distance:.4f} ({found.no_match.source})")
         else:

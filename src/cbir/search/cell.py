@@ -155,6 +155,7 @@ class Cell:
     labelled: bool = True  # False: a collection without labels (no classifier; one class, clusters over all)
     placed_since_fit: int = 0  # gallery images that joined kept clusters after their fit (update.refit: when_due)
     selection: Selection | None = None  # what validation chose (None: a cell from before cbir validated)
+    gallery_reduced: np.ndarray | None = None  # the projected gallery (the MLP's input): "more like this" queries
 
     @property
     def rerank(self) -> Rerank:
@@ -344,6 +345,7 @@ def load_cell(
         labelled=labelled,
         placed_since_fit=placed,
         selection=selection,
+        gallery_reduced=gallery["features"],
     )
 
 

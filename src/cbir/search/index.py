@@ -42,7 +42,7 @@ METRICS = ("euclidean", "cosine")
 _FULL_SORT_MAX_SIZE = 1536
 
 
-def _smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
+def smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
     """Per row, the columns of the ``top_k`` smallest values, ordered by (value, column).
 
     A partial partition (linear time) finds the k-th value; ties at that value are resolved in
@@ -73,7 +73,7 @@ def _pad(indices: np.ndarray, found: np.ndarray, top_k: int) -> tuple[np.ndarray
 
 def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
-    order = _smallest_columns(distances, top_k)
+    order = smallest_columns(distances, top_k)
     return _pad(members[order], np.take_along_axis(distances, order, axis=1), top_k)
 
 
@@ -117,7 +117,7 @@ def _screened_top_k(
     chosen = members[np.sort(candidates, axis=1)]  # ascending: ties resolve by gallery position
     exact = query_norms[:, None] - 2.0 * np.einsum("id,ikd->ik", queries, gallery[chosen]) + sq_norms[chosen]
     np.maximum(exact, 0.0, out=exact)
-    order = _smallest_columns(exact, top_k)
+    order = smallest_columns(exact, top_k)
     indices, found = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
     crowded = np.flatnonzero(farthest_candidate <= kth + 2.0 * slack)
@@ -160,7 +160,7 @@ class RetrievalIndex:
         x = np.asarray(x, dtype=np.float64)
         return l2_normalise(x) if self.metric == "cosine" else x
 
-    def _finish(self, squared: np.ndarray) -> np.ndarray:
+    def reported_distances(self, squared: np.ndarray) -> np.ndarray:
         """Report Euclidean distance, or cosine distance (1 - cos) on unit vectors."""
         return squared / 2.0 if self.metric == "cosine" else np.sqrt(squared)
 
@@ -171,7 +171,7 @@ class RetrievalIndex:
     def centroid_distances(self, queries: np.ndarray) -> np.ndarray:
         """Distance of each query to every centroid (queries x centroids), in the units :meth:`search` reports."""
         queries = self.prepare(queries)
-        return self._finish(
+        return self.reported_distances(
             squared_distances(queries, self.centroids, np.einsum("ij,ij->i", self.centroids, self.centroids))
         )
 
@@ -215,7 +215,7 @@ class RetrievalIndex:
             if len(members) == 0:
                 continue
             indices[rows], found = self._search_members(queries[rows], members, top_k)
-            distances[rows] = self._finish(found)
+            distances[rows] = self.reported_distances(found)
         return indices, distances
 
     def _search_members(self, queries: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,25 +12,29 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cbir.data.ignore import list_folder
-from cbir.layout import metrics_name
 from cbir.search.answer import (
     Answer,
     ClusterInfo,
     ClusterMatch,
     CollectionAnswer,
+    FeedbackInfo,
     FileAnswer,
     LabelledAnswer,
     Match,
     NoMatchInfo,
 )
+from cbir.search.calibration import finite_number, match_calibration, similarities, similarity_kind
 from cbir.search.cell import Cell, ModelFolderError
+from cbir.search.feedback import FeedbackSettings, Marks
 from cbir.search.index import MODES
+from cbir.search.refine import gallery_rows, refined_query, search_refined
 
 if TYPE_CHECKING:
     import torch
@@ -113,86 +117,12 @@ class Embedder:
         return features, errors
 
 
-NO_MATCH_METRIC = "no_match_distance_global"
 NEAREST_CLUSTERS = 3  # nearest centroids named per query of a collection without labels
-UNLABELLED_NO_MATCH = "a collection without labels has no 'no good match' distance: it is calibrated on labels"
 
 
 def elapsed_ms(start: float) -> float:
     """Milliseconds since ``start`` (a :func:`time.perf_counter` reading)."""
     return (time.perf_counter() - start) * 1e3
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
-
-
-def match_calibration(model: Cell, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cell's "no good match" distance and where it came from, for the answers' ``no_match``.
-
-    Read from the cell's metrics (``metrics`` or :meth:`Cell.saved_metrics`): the evaluation fits
-    it on the test queries' global top-k results (:func:`cbir.evaluation.metrics.calibrate_no_match`).
-    ``distance`` is None, and nothing is marked, when the metrics lack it (no metrics file, or one
-    written by an older cbir) or were computed with another distance metric than the search's.
-    ``intercept`` and ``slope`` are the logistic fit of relevance on distance (None without one).
-    """
-    metrics = model.saved_metrics() if metrics is None else metrics
-    name = metrics_name(model.k, model.space)
-    metric = model.models.index.metric
-    out: dict[str, Any] = {"distance": None, "precision": None, "recall": None, "metric": NO_MATCH_METRIC,
-                           "intercept": None, "slope": None}  # fmt: skip
-    if not model.labelled:
-        out["source"] = UNLABELLED_NO_MATCH
-    elif not metrics:
-        out["source"] = f"no {name} in the model folder: no calibrated distance, no result is marked"
-    elif _number(metrics.get(NO_MATCH_METRIC)) is None:
-        out["source"] = (
-            f"{name} has no {NO_MATCH_METRIC} (evaluated by an older cbir; rerun the workflow to calibrate it): "
-            "no result is marked"
-        )
-    elif metrics.get("metric", metric) != metric:
-        out["source"] = (
-            f"{NO_MATCH_METRIC} in {name} was calibrated on {metrics['metric']} distances, but this search "
-            f"uses {metric}: no result is marked"
-        )
-    else:
-        out.update(
-            distance=_number(metrics[NO_MATCH_METRIC]),
-            precision=_number(metrics.get("no_match_precision_global")),
-            recall=_number(metrics.get("no_match_recall_global")),
-            intercept=_number(metrics.get("relevance_intercept_global")),
-            slope=_number(metrics.get("relevance_slope_global")),
-            source=(
-                f"{NO_MATCH_METRIC} in {name}: where the estimated share of relevant results among the test "
-                f"queries' global top-{metrics.get('top_k', '?')} results against the training images falls "
-                "below 0.5"
-            ),
-        )
-    return out
-
-
-def similarity_kind(model: Cell, calibration: dict[str, Any]) -> str | None:
-    """What ``similarity`` means for this cell: ``cosine`` (unit vectors or the cosine metric),
-    ``relevance`` (raw space: the calibrated probability that a result is relevant), or None."""
-    if model.models.index.metric == "cosine" or model.models.embedding.normalised:
-        return "cosine"
-    return "relevance" if calibration["intercept"] is not None and calibration["slope"] is not None else None
-
-
-def similarities(distances: np.ndarray, kind: str | None, metric: str, calibration: dict[str, Any]) -> np.ndarray:
-    """The similarity of each distance: cosine = 1 - d (cosine metric) or 1 - d²/2 (Euclidean on unit
-    vectors), or the logistic estimate of relevance; NaN where there is none."""
-    d = np.asarray(distances, dtype=np.float64)
-    finite = np.isfinite(d)  # padding (a small cluster) has no similarity
-    d = np.where(finite, d, 0.0)
-    if kind == "cosine":
-        score = np.clip(1.0 - d if metric == "cosine" else 1.0 - d**2 / 2.0, -1.0, 1.0)
-    elif kind == "relevance":
-        logit = calibration["intercept"] + calibration["slope"] * d
-        score = 1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500)))
-    else:
-        return np.full(d.shape, np.nan)
-    return np.where(finite, score, np.nan)
 
 
 def shown_modes(model: Cell, modes: Sequence[str]) -> tuple[str, ...]:
@@ -224,6 +154,7 @@ def answer_features(
     modes: Sequence[str] = MODES,
     timings: dict[str, float] | None = None,
     calibration: dict[str, Any] | None = None,
+    feedback: Feedback | None = None,
 ) -> list[Answer]:
     """The answer (:mod:`cbir.search.answer`) for each row of raw backbone features: predicted class and
     top-k results per mode.
@@ -238,6 +169,7 @@ def answer_features(
     (``similarity``) and the threshold with its source (``no_match``, :func:`match_calibration`,
     read from the cell's metrics unless ``calibration`` is given).
 
+    ``feedback``: a round of relevance feedback (one query row only; :class:`Feedback`).
     ``timings``, when given, receives the milliseconds of each step: ``project_predict`` and
     ``search_<mode>``.
     """
@@ -247,17 +179,54 @@ def answer_features(
             f"{model.feature_dim}: the model was built with backbone "
             f"{ {key: model.record.get(key) for key in ('arch', 'weights', 'pooling', 'image_size')} }"
         )
-    steps = timings if timings is not None else {}
     start = time.perf_counter()
     reduced = model.models.projection.transform(features)
+    return answer_reduced(model, reduced, top_k, modes, timings, calibration, feedback, started=start)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A round of relevance feedback for one query: the marked gallery rows (:func:`cbir.search.refine.marks_from_ids`),
+    the method's settings, and gallery rows never returned (a "more like this" image itself)."""
+
+    marks: Marks = field(default_factory=Marks)
+    settings: FeedbackSettings = field(default_factory=FeedbackSettings)
+    exclude: tuple[int, ...] = ()
+
+
+def answer_reduced(
+    model: Cell,
+    reduced: np.ndarray,
+    top_k: int = 5,
+    modes: Sequence[str] = MODES,
+    timings: dict[str, float] | None = None,
+    calibration: dict[str, Any] | None = None,
+    feedback: Feedback | None = None,
+    started: float | None = None,
+) -> list[Answer]:
+    """:func:`answer_features` from projected features (the MLP's input), as the gallery holds them."""
+    steps = timings if timings is not None else {}
+    start = time.perf_counter() if started is None else started
     probabilities = model.models.mlp.predict_proba(reduced)
     predicted = model.models.mlp.classes[np.argmax(probabilities, axis=1)]
     steps["project_predict"] = elapsed_ms(start)
+    if feedback is not None and len(reduced) != 1:
+        raise QueryError(f"relevance feedback refines one query at a time, not {len(reduced)}")
     searchers = model.models.searchers()
     found = {}
+    refined = None
+    if feedback is not None:
+        start = time.perf_counter()
+        refined = refined_query(model, reduced[0], int(predicted[0]), feedback.marks, feedback.settings)
+        steps["refine"] = elapsed_ms(start)
     for mode in shown_modes(model, modes):
         start = time.perf_counter()
-        found[mode] = searchers[mode](reduced, predicted, top_k)
+        if refined is None:
+            found[mode] = searchers[mode](reduced, predicted, top_k)
+        else:
+            indices, distances = search_refined(model, refined, mode, feedback.marks, feedback.settings, top_k,
+                                                feedback.exclude)  # fmt: skip
+            found[mode] = indices[None], distances[None]
         steps[f"search_{mode}"] = elapsed_ms(start)
     calibration = match_calibration(model) if calibration is None else calibration
     kind = similarity_kind(model, calibration)
@@ -265,8 +234,13 @@ def answer_features(
     threshold = calibration["distance"]
     no_match = {key: calibration[key] for key in NoMatchInfo.model_fields}
     clusters = None if model.labelled else nearest_clusters(model, reduced)
+    info = None
+    if feedback is not None and not feedback.marks.empty:
+        searched = model.class_names[refined.searched_class] if model.labelled else None
+        info = FeedbackInfo(method=feedback.settings.method, relevant=len(feedback.marks.relevant),
+                            irrelevant=len(feedback.marks.irrelevant), searched_class=searched)  # fmt: skip
     answers: list[Answer] = []
-    for row in range(len(features)):
+    for row in range(len(reduced)):
         results = {
             mode: [
                 _match(model, rank + 1, int(index), float(distance), score, threshold)
@@ -277,7 +251,8 @@ def answer_features(
             ]
             for mode, (indices, distances) in found.items()
         }
-        shared = {"space": model.space, "similarity": kind, "no_match": NoMatchInfo(**no_match), "results": results}
+        shared = {"space": model.space, "similarity": kind, "no_match": NoMatchInfo(**no_match), "results": results,
+                  "feedback": info}  # fmt: skip
         if clusters is None:
             predicted_class = model.class_names[int(predicted[row])]
             probability = float(probabilities[row].max())
@@ -285,6 +260,26 @@ def answer_features(
         else:
             answers.append(CollectionAnswer[ClusterMatch](nearest_clusters=clusters[row], **shared))
     return answers
+
+
+def answer_gallery_image(
+    model: Cell,
+    image_id: str,
+    top_k: int = 5,
+    modes: Sequence[str] = MODES,
+    timings: dict[str, float] | None = None,
+    calibration: dict[str, Any] | None = None,
+    feedback: Feedback | None = None,
+) -> Answer:
+    """ "More like this": the answer for a gallery image as the query (by its id; no image is read), the image
+    itself left out of its results; with ``feedback``, after a round of marks."""
+    [row] = gallery_rows(model, [image_id], "gallery_id")
+    if model.gallery_reduced is None:
+        raise QueryError(f"the model in '{model.folder}' was loaded without its gallery's features")
+    feedback = feedback or Feedback()
+    feedback = Feedback(feedback.marks, feedback.settings, (*feedback.exclude, int(row)))
+    [answer] = answer_reduced(model, model.gallery_reduced[row : row + 1], top_k, modes, timings, calibration, feedback)
+    return answer
 
 
 def search_features(
@@ -304,7 +299,7 @@ def _match(
 ) -> Match | ClusterMatch:
     """One ranked gallery image: its class and calibrated mark, or in a collection without labels its cluster."""
     image = {"rank": rank, "id": str(model.gallery_ids[index]), "path": str(model.gallery_paths[index]),
-             "distance": distance, "similarity": _number(score)}  # fmt: skip
+             "distance": distance, "similarity": finite_number(score)}  # fmt: skip
     if not model.labelled:
         return ClusterMatch(cluster=int(model.models.index.assignments[index]), **image)
     class_name = model.class_names[int(model.gallery_labels[index])]

@@ -58,5 +58,5 @@ class RerankedSearch:
 
     def _plain_distances(self, queries: np.ndarray, indices: np.ndarray) -> np.ndarray:
         difference = self.plain.gallery[np.maximum(indices, 0)] - self.plain.prepare(queries)[:, None, :]
-        distances = self.plain._finish(np.einsum("qkd,qkd->qk", difference, difference))
+        distances = self.plain.reported_distances(np.einsum("qkd,qkd->qk", difference, difference))
         return np.where(indices >= 0, distances, np.inf)

@@ -16,9 +16,10 @@ from PIL import Image
 from cbir.data.images import load_rgb_image
 from cbir.layout import cell_place
 from cbir.search.answer import NEAREST_CLUSTER_TITLE, Answer
+from cbir.search.calibration import match_calibration
 from cbir.search.cell import Cell, available_k, load_cell
 from cbir.search.index import MODE_TITLES, MODES
-from cbir.search.query import Embedder, answer_image, describe_space, match_calibration, shown_modes
+from cbir.search.query import Embedder, answer_image, describe_space, shown_modes
 from cbir.serve.settings import MAX_TOP_K, ServeSettings
 
 log = logging.getLogger(__name__)
