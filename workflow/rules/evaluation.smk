@@ -43,6 +43,7 @@ rule evaluate:
         spaces=["raw"],
         retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
         rerank=config["embeddings"]["rerank"],
+        feedback=config["feedback"],
         seed=SEED,
     log:
         f"{LOGS}/evaluate/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",
@@ -80,6 +81,7 @@ if EXTRA_SPACES:
             spaces=EXTRA_SPACES,
             retrieval=retrieval_settings("top_k", "metric", "faiss", "eval_queries", "eval_device", "timing_queries"),
             rerank=config["embeddings"]["rerank"],
+            feedback=config["feedback"],
             seed=SEED,
         log:
             f"{LOGS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.log",

@@ -12,6 +12,8 @@ rule summarize:
         datasets=f"{SUMMARY}/datasets.csv",
         # every grid cell in every embedding space (raw included): quality, re-ranking and fitting time
         spaces=f"{SUMMARY}/spaces.csv",
+        # relevance feedback: one row per cell, space, method, round and ranking (full, residual)
+        feedback=f"{SUMMARY}/feedback.csv",
         metrics=report(
             f"{SUMMARY}/metrics.csv",
             caption="../report/metrics.rst",

@@ -26,6 +26,7 @@ def main(smk) -> None:
             seed=smk.params.seed,
             space=space,
             rerank=smk.params.rerank,
+            feedback=smk.params.feedback,
             selection_path=smk.input.selection,
             loaded=loaded,
         )

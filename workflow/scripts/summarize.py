@@ -31,6 +31,7 @@ def main(smk) -> None:
         datasets=table,
         space_metric_paths=smk.input.space_metrics,
         spaces_csv=smk.output.spaces,
+        feedback_csv=smk.output.feedback,
     )
     log = logging.getLogger("cbir.summarize")
     for row in table.itertuples():

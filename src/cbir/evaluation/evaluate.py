@@ -22,6 +22,7 @@ import numpy as np
 
 from cbir.data.manifest import read_manifest
 from cbir.data.split import split_ids
+from cbir.evaluation.feedback import simulate_feedback
 from cbir.evaluation.metrics import label_sets, overlap_at, relevance
 from cbir.evaluation.quality import rerank_quality, reranked_figures, retrieval_quality
 from cbir.evaluation.ranking import QuerySample, evaluation_device, stratified_sample
@@ -32,6 +33,7 @@ from cbir.hardware import cpu_hardware
 from cbir.io import library_versions, load_arrays, load_features, write_json
 from cbir.layout import embedding_name
 from cbir.search.cell import CellModels, load_cell
+from cbir.search.feedback import FeedbackSettings
 
 # what the feature file recorded of the network that made it, copied into the metrics as features_<key>
 TIMING_QUERIES = 200  # test queries timed one at a time (retrieval.timing_queries)
@@ -65,11 +67,13 @@ def evaluate_cell(
     chosen: Rerank = NO_RERANK,
     device: str = "cpu",
     timing_queries: int = TIMING_QUERIES,
+    feedback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy (on every test image); retrieval quality on at most ``max_queries`` of them (drawn in proportion
     to each class; 0: all), with the configured re-ranked variants (``rerank``) and the one validation chose
     (``chosen``, as ``global_reranked``); and single (on ``timing_queries`` of them) and batched timings.
-    ``device``: where the whole rankings are computed (``cuda``: on the GPU)."""
+    ``device``: where the whole rankings are computed (``cuda``: on the GPU). ``feedback`` (the config's section):
+    the simulated user's rounds of relevance feedback on at most ``feedback.eval_queries`` of the sample."""
     test_labels = np.asarray(test_labels)
     reduced = models.projection.transform(raw_test_features)
     predicted = models.mlp.predict(reduced)
@@ -96,12 +100,38 @@ def evaluate_cell(
         if chosen.active:
             reranked = variants.vectors(chosen)
             metrics.update(reranked_figures(*reranked, relevant, "global_reranked", sample, device))
+    if feedback and int(feedback.get("rounds", 0)) > 0:
+        metrics.update(feedback_figures(models, reduced, test_labels, rows, relevant, feedback, seed))
     # timed on the sample too: one query at a time on timing_queries of it, in proportion to each class
     timed = rows[stratified_sample(test_labels[rows], timing_queries, seed)]
     metrics.update(time_single_queries(models, raw_test_features[timed], top_k))
     metrics.update(time_batched_queries(models, raw_test_features[rows], top_k, searches=False))
     metrics["n_queries_timed"] = len(timed)
     return metrics
+
+
+def feedback_figures(
+    models: CellModels,
+    reduced: np.ndarray,
+    test_labels: np.ndarray,
+    rows: np.ndarray,
+    relevant: np.ndarray,
+    feedback: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """The simulated user's rounds (:mod:`cbir.evaluation.feedback`) over the whole gallery, on a stratified part
+    of the evaluated ``rows`` (``relevant``: their relevance, in that order)."""
+    part = stratified_sample(test_labels[rows], int(feedback.get("eval_queries", 0)), seed)
+    queries = models.index.prepare(models.embedding.transform(reduced[rows[part]]))
+    return simulate_feedback(
+        queries,
+        models.index.gallery,
+        relevant[part],
+        QuerySample.of(test_labels, rows[part]),
+        normalised=models.embedding.normalised or models.index.metric == "cosine",
+        settings=FeedbackSettings.from_mapping(feedback),
+        rounds=int(feedback["rounds"]),
+    )
 
 
 def evaluate_without_labels(
@@ -172,6 +202,7 @@ def cell_metrics(
     rerank: dict[str, Any] | None = None,
     selection_path: str | None = None,
     loaded: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load one grid cell with k clusters per class, searching in ``space``, evaluate it on its test images and
     write the metrics JSON. ``rerank`` (query expansion, database-side augmentation with fixed settings) adds
@@ -239,6 +270,7 @@ def cell_metrics(
                 chosen=chosen,
                 device=loaded.setdefault("device", evaluation_device(str(retrieval.get("eval_device", "auto")))),
                 timing_queries=int(retrieval.get("timing_queries", TIMING_QUERIES)),
+                feedback=feedback,
             )
         )
     if cell.space != "raw":
@@ -246,6 +278,8 @@ def cell_metrics(
         result["time_fit_space_s"] = float(fitted.get("fit_seconds", float("nan")))
     if selection is not None:
         result.update(chosen_figures(selection, cell.space))
+    if feedback is not None:  # what cbir query and cbir serve refine with (cbir.search.refine.cell_feedback_settings)
+        result["feedback_settings"] = json.dumps(FeedbackSettings.from_mapping(feedback).as_dict(), sort_keys=True)
     with open(extraction_timing) as f:
         timing = json.load(f)
     result.update({key: value for key, value in timing.items() if key.startswith("time_")})

@@ -15,7 +15,6 @@ The figures are P@10 and mAP (over the whole ranking), each a stratified mean wi
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -115,8 +114,7 @@ def simulate_feedback(
     out: dict[str, Any] = {}
     for key, parts in per_query.items():
         out[key], out[key + CI_SUFFIX] = sample.mean_and_interval(np.concatenate(parts))
-    out.update(feedback_queries=len(queries), feedback_rounds=rounds, feedback_marked_per_round=shown,
-               feedback_settings=json.dumps(settings.as_dict(), sort_keys=True))  # fmt: skip
+    out.update(feedback_queries=len(queries), feedback_rounds=rounds, feedback_marked_per_round=shown)
     return out
 
 

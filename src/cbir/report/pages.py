@@ -13,6 +13,7 @@ from pathlib import Path
 from cbir.report import paper
 from cbir.report.claims import claim_table, semantic_verdict, speed_verdict
 from cbir.report.doc import Doc
+from cbir.report.feedback import plot_feedback
 from cbir.report.metrics import Summary, column_label
 from cbir.report.plots import plot_accuracy, plot_latency, plot_map, plot_paper_accuracy, plot_recall_vs_speedup
 from cbir.report.tables import (
@@ -132,6 +133,7 @@ PLOTS: dict[str, Callable[[Summary, str | Path], None]] = {
     "map_vs_pca": lambda summary, path: plot_map(summary.frame, path),
     "latency_vs_pca": lambda summary, path: plot_latency(summary.frame, path),
     "recall_vs_speedup": lambda summary, path: plot_recall_vs_speedup(summary.frame, path),
+    "feedback_rounds": plot_feedback,
 }
 PAGES: dict[str, Page] = {
     "paper_comparison": Page("The paper's tables beside ours", paper_comparison_page, "1 Paper comparison"),

@@ -16,6 +16,7 @@ import pandas as pd
 from cbir.data.manifest import write_csv_table
 from cbir.io import atomic_path
 from cbir.report.doc import Doc, html_page
+from cbir.report.feedback import feedback_table
 from cbir.report.metrics import Summary, gather_metrics, gather_spaces, split_collections
 from cbir.report.pages import COLLECTION_TABLES, PAGES, PLOTS, TABLES
 from cbir.report.plots import placeholder_plot
@@ -32,8 +33,10 @@ def write_summary(
     datasets: pd.DataFrame | None = None,
     space_metric_paths: Iterable[str | Path] = (),
     spaces_csv: str | Path | None = None,
+    feedback_csv: str | Path | None = None,
 ) -> pd.DataFrame:
-    """metrics.csv (the paper's space), spaces.csv (every space), and exactly the tables, plots and pages asked for.
+    """metrics.csv (the paper's space), spaces.csv (every space), feedback.csv (the simulated user's rounds of
+    relevance feedback, from the spaces' metrics), and exactly the tables, plots and pages asked for.
 
     ``tables`` maps (table, split, "csv" or "md") to its path, a table of :data:`~cbir.report.pages.TABLES`
     written both as CSV (wide) and as Markdown (readable); ``plots`` maps a plot of
@@ -47,6 +50,8 @@ def write_summary(
     spaces = gather_spaces(frame, space_metric_paths)
     if spaces_csv is not None:
         write_csv_table(spaces.drop(columns=["library_versions"], errors="ignore"), spaces_csv)
+    if feedback_csv is not None:
+        write_csv_table(feedback_table(spaces), feedback_csv)
     labelled, collections = split_collections(frame)
     summary = Summary(labelled, settings or {}, datasets, spaces=spaces, collections=collections)
     for name, split in dict.fromkeys((name, split) for name, split, _ in tables):

@@ -6,6 +6,7 @@ import functools
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,17 @@ from cbir.search.answer import NEAREST_CLUSTER_TITLE, Answer
 from cbir.search.calibration import match_calibration
 from cbir.search.cell import Cell, available_k, load_cell
 from cbir.search.index import MODE_TITLES, MODES
-from cbir.search.query import Embedder, answer_image, describe_space, shown_modes
+from cbir.search.feedback import MAX_MARKS, FeedbackSettings
+from cbir.search.query import (
+    Embedder,
+    Feedback,
+    answer_features,
+    answer_gallery_image,
+    describe_space,
+    elapsed_ms,
+    shown_modes,
+)
+from cbir.search.refine import cell_feedback_settings, marks_from_ids
 from cbir.serve.settings import MAX_TOP_K, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -54,11 +65,13 @@ class ServedModel:
     _thumbnails: Any = field(init=False, repr=False)
     loaded_at: str = field(init=False)
     calibration: dict[str, Any] = field(init=False)  # the "no good match" distance, from the metrics
+    feedback_settings: FeedbackSettings = field(init=False)  # how a round of marks ranks, from the metrics
 
     def __post_init__(self) -> None:
         self._thumbnails = functools.lru_cache(maxsize=4096)(self._make_thumbnail)
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.calibration = match_calibration(self.model, self.metrics)
+        self.feedback_settings = cell_feedback_settings(self.metrics)
 
     @classmethod
     def load(cls, settings: ServeSettings) -> ServedModel:
@@ -116,14 +129,40 @@ class ServedModel:
             "max_top_k": MAX_TOP_K,
             "max_upload_bytes": self.settings.max_upload_bytes,
             "max_pixels": self.settings.max_pixels,
+            "max_marks": MAX_MARKS,
+            "feedback_method": self.feedback_settings.method,
             "modes": mode_titles(self.model),
             "metrics": quality_metrics(self.metrics),
             "loaded_at": self.loaded_at,
         }
 
-    def answer(self, image: Image.Image, top_k: int, timings: dict[str, float] | None = None) -> Answer:
-        """Embed a decoded image and search every mode; ``timings`` receives each step's milliseconds."""
-        return answer_image(self.model, self.embedder, image, top_k, MODES, timings, self.calibration)
+    def feedback(self, relevant_ids: Sequence[str] = (), irrelevant_ids: Sequence[str] = ()) -> Feedback | None:
+        """A round of marks by gallery id, ranked with the cell's feedback settings; None without marks.
+        Unknown ids raise :class:`cbir.search.refine.UnknownIdsError`, more than ``MAX_MARKS`` a ValueError."""
+        marks = marks_from_ids(self.model, relevant_ids, irrelevant_ids)
+        return None if marks.empty else Feedback(marks, self.feedback_settings)
+
+    def answer(
+        self, image: Image.Image, top_k: int, timings: dict[str, float] | None = None, feedback: Feedback | None = None
+    ) -> Answer:
+        """Embed a decoded image and search every mode (with ``feedback``: after that round of marks);
+        ``timings`` receives each step's milliseconds (preprocess, forward, then those of the search)."""
+        steps = timings if timings is not None else {}
+        start = time.perf_counter()
+        tensor = self.embedder.preprocess(image)
+        steps["preprocess"] = elapsed_ms(start)
+        start = time.perf_counter()
+        features = self.embedder.forward(tensor[None])
+        steps["forward"] = elapsed_ms(start)
+        [answer] = answer_features(self.model, features, top_k, MODES, steps, self.calibration, feedback)
+        return answer
+
+    def answer_gallery(
+        self, image_id: str, top_k: int, timings: dict[str, float] | None = None, feedback: Feedback | None = None
+    ) -> Answer:
+        """ "More like this": a gallery image (by id) as the query, by its stored features, left out of its own
+        results; with ``feedback``, after that round of marks. An unknown id raises ``UnknownIdsError``."""
+        return answer_gallery_image(self.model, image_id, top_k, MODES, timings, self.calibration, feedback)
 
     def search(self, image: Image.Image, top_k: int, timings: dict[str, float] | None = None) -> dict[str, Any]:
         """:meth:`answer` in its JSON form, as ``cbir query --json`` prints it (less the ``query``)."""
