@@ -6,6 +6,9 @@ image or an array. Each answer is the one ``cbir query --json`` prints for that 
     index = open_index("results/photos")  # a collection indexed by `cbir index`, or a grid cell's folder
     answer = index.search("beach.jpg", top_k=5)
     answer["results"]["global"][0]["path"]  # the most similar photo
+    # relevance feedback: the same query again, with the results marked relevant and not relevant (by id)
+    index.search("beach.jpg", relevant_ids=["dunes/12.jpg", "sea/3.jpg"], irrelevant_ids=["city/7.jpg"])
+    index.more_like_this("sea/3.jpg")  # a gallery image as the query, itself left out of its results
 
 The backbone is rebuilt from the settings recorded with the gallery, once per :class:`Index`.
 """
@@ -25,9 +28,10 @@ from cbir.data.split import ALL
 from cbir.layout import PROJECTION, RESULTS
 from cbir.search.cell import BEST, Cell, ModelFolderError, chosen_cell, load_cell
 from cbir.search.index import MODES
-from cbir.search.query import Embedder, QueryError, search_features
+from cbir.search.query import Embedder, Feedback, QueryError, answer_features, answer_gallery_image, search_features
+from cbir.search.refine import UnknownIdsError, cell_feedback_settings, marks_from_ids
 
-__all__ = ["MODES", "Index", "ModelFolderError", "QueryError", "open_index"]
+__all__ = ["MODES", "Index", "ModelFolderError", "QueryError", "UnknownIdsError", "open_index"]
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -96,14 +100,48 @@ class Index:
         return self.embedder.forward(self.embedder.preprocess(decoded)[None])
 
     def search(
-        self, image: ImageInput, top_k: int = 5, modes: Sequence[str] = MODES, name: str | None = None
+        self,
+        image: ImageInput,
+        top_k: int = 5,
+        modes: Sequence[str] = MODES,
+        name: str | None = None,
+        *,
+        relevant_ids: Sequence[str] = (),
+        irrelevant_ids: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The answer for one image: its predicted class (or nearest clusters) and the top-k results per mode.
 
         ``name`` is the answer's ``query`` (default: the path, or ``"<image>"`` for an image in memory).
         An image that cannot be read raises :class:`QueryError`.
+
+        ``relevant_ids`` and ``irrelevant_ids``: gallery images (the results' ``id``) marked relevant and not
+        relevant, a round of relevance feedback: the ranking learns from them with the method the cell's
+        evaluation chose, and the answer's ``feedback`` says how many marks it used. Ids not in the gallery
+        raise :class:`UnknownIdsError` (naming them), more than ``MAX_MARKS`` (200) in all :class:`QueryError`.
         """
-        return self.search_many([image], top_k, modes, [name])[0]
+        feedback = feedback_from_ids(self.cell, relevant_ids, irrelevant_ids)
+        if feedback is None:
+            return self.search_many([image], top_k, modes, [name])[0]
+        _check(top_k, modes)
+        [answer] = answer_features(self.cell, self._embed_query(image), top_k, modes, feedback=feedback)
+        return {"query": name or _name(image), **answer.to_json()}
+
+    def more_like_this(
+        self,
+        gallery_id: str,
+        top_k: int = 5,
+        modes: Sequence[str] = MODES,
+        *,
+        relevant_ids: Sequence[str] = (),
+        irrelevant_ids: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The answer for a gallery image as the query, by its id (a result's ``id``; no image is read), the
+        image itself left out of its results; ``relevant_ids`` and ``irrelevant_ids`` as for :meth:`search`.
+        An id not in the gallery raises :class:`UnknownIdsError`."""
+        _check(top_k, modes)
+        feedback = feedback_from_ids(self.cell, relevant_ids, irrelevant_ids)
+        answer = answer_gallery_image(self.cell, gallery_id, top_k, modes, feedback=feedback)
+        return {"query": gallery_id, **answer.to_json()}
 
     def search_many(
         self,
@@ -112,27 +150,50 @@ class Index:
         modes: Sequence[str] = MODES,
         names: Sequence[str | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """One answer per image, in order (see :meth:`search`)."""
-        if top_k < 1:
-            raise QueryError("top_k must be at least 1")
-        unknown = [mode for mode in modes if mode not in MODES]
-        if unknown:
-            raise QueryError(f"unknown search mode(s) {', '.join(unknown)} (known: {', '.join(MODES)})")
+        """One answer per image, in order (see :meth:`search`; without marks)."""
+        _check(top_k, modes)
         names = list(names) if names is not None else [None] * len(images)
-        rows = []
-        for image in images:
-            try:
-                rows.append(self.embed(image))
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                raise QueryError(
-                    f"cannot read {_describe(image)} as an image: {type(error).__name__}: {error}"
-                ) from error
+        rows = [self._embed_query(image) for image in images]
         features = np.concatenate(rows) if rows else np.zeros((0, self.cell.feature_dim), dtype=np.float32)
         answers = search_features(self.cell, features, top_k, modes)
         return [
-            {"query": name or (str(image) if isinstance(image, str | Path) else "<image>"), **answer}
+            {"query": name or _name(image), **answer}
             for image, name, answer in zip(images, names, answers, strict=True)
         ]
+
+    def _embed_query(self, image: ImageInput) -> np.ndarray:
+        try:
+            return self.embed(image)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise QueryError(f"cannot read {_describe(image)} as an image: {type(error).__name__}: {error}") from error
+
+
+def feedback_from_ids(
+    cell: Cell, relevant_ids: Sequence[str] = (), irrelevant_ids: Sequence[str] = ()
+) -> Feedback | None:
+    """A round of relevance feedback from gallery ids, with the settings the cell's evaluation chose (None without
+    marks); :class:`UnknownIdsError` names ids not in the gallery, :class:`QueryError` refuses too many marks."""
+    if isinstance(relevant_ids, str) or isinstance(irrelevant_ids, str):
+        raise QueryError("relevant_ids and irrelevant_ids are lists of ids, not one string")
+    try:
+        marks = marks_from_ids(cell, list(relevant_ids), list(irrelevant_ids))
+    except UnknownIdsError:
+        raise
+    except ValueError as error:  # more than MAX_MARKS
+        raise QueryError(str(error)) from error
+    return None if marks.empty else Feedback(marks, cell_feedback_settings(cell.saved_metrics()))
+
+
+def _check(top_k: int, modes: Sequence[str]) -> None:
+    if top_k < 1:
+        raise QueryError("top_k must be at least 1")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        raise QueryError(f"unknown search mode(s) {', '.join(unknown)} (known: {', '.join(MODES)})")
+
+
+def _name(image: ImageInput) -> str:
+    return str(image) if isinstance(image, str | Path) else "<image>"
 
 
 def open_index(

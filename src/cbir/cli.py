@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cbir.api import feedback_from_ids
 from cbir.pipeline.index_folder import PHOTO_BACKBONE, FolderIndexError, IndexRunError, describe, plan_index
 from cbir.pipeline.index_folder import run_index as run_workflow
 from cbir.pipeline.progress import shown
 from cbir.report import montage
-from cbir.search.answer import NEAREST_CLUSTER_TITLE, format_table
-from cbir.search.cell import BEST, ModelFolderError, load_cell
+from cbir.search.answer import NEAREST_CLUSTER_TITLE, FileAnswer, format_table
+from cbir.search.cell import BEST, Cell, ModelFolderError, load_cell
 from cbir.search.duplicates import (
     DEFAULT_THRESHOLD,
     DuplicatesError,
@@ -35,8 +36,19 @@ from cbir.search.duplicates import (
     write_csv,
     write_json,
 )
+from cbir.search.feedback import MAX_MARKS
 from cbir.search.index import MODE_TITLES, MODES
-from cbir.search.query import Embedder, QueryError, describe_space, query_images
+from cbir.search.query import (
+    Embedder,
+    Feedback,
+    QueryError,
+    answer_features,
+    answer_gallery_image,
+    collect_query_paths,
+    describe_space,
+    query_images,
+)
+from cbir.search.refine import UnknownIdsError, gallery_rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     query = commands.add_parser(
         "query",
         help="retrieve the most similar gallery images for query images",
-        description="Predict the class of each query image and list its top-k most similar training images.",
+        description="Predict the class of each query image and list its top-k most similar training images; "
+        "or, with --id, those of a gallery image ('more like this'); --relevant and --irrelevant refine the ranking "
+        "with the results marked so far (relevance feedback).",
     )
-    query.add_argument("images", nargs="+", help="image files or folders of images")
+    query.add_argument("images", nargs="*", metavar="PHOTO", help="image files or folders of images")
+    query.add_argument("--id", dest="gallery_id", metavar="GALLERY_ID",
+                       help="a gallery image (a result's id) as the query instead of photos: 'more like this', "
+                       "itself left out of its results")  # fmt: skip
+    for option, meaning in (("relevant", "relevant"), ("irrelevant", "not relevant")):
+        query.add_argument(f"--{option}", action="append", metavar="ID,...",
+                           help=f"gallery images (results' ids) marked {meaning}: comma-separated, repeatable; the "
+                           f"ranking learns from the marks (at most {MAX_MARKS} in all, one query)")  # fmt: skip
     add_model_arguments(query)
     query.add_argument("--top-k", type=int, default=5, help="results per query (default 5)")
     query.add_argument("--mode", choices=[*MODES, "all"], default="all", help="retrieval mode (default all)")
@@ -203,22 +224,74 @@ def run_duplicates(args: argparse.Namespace) -> int:
 def run_query(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise QueryError("--top-k must be at least 1")
+    if bool(args.images) == (args.gallery_id is not None):
+        raise QueryError("give either query photos or --id GALLERY_ID (a gallery image as the query)")
     modes = MODES if args.mode == "all" else (args.mode,)
     model = load_cell(args.model, k=args.k, metric=args.metric, space=args.space)
     print(f"cbir query: {describe_space(model)}", file=sys.stderr)
-    embedder = Embedder(model.record, args.device, model.root)
-    if embedder.notice:
-        print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
-    answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
+    feedback = query_feedback(model, args)
+    if args.gallery_id is not None:  # "more like this": no photo to read, no network to load
+        answer = answer_gallery_image(model, args.gallery_id, args.top_k, modes, feedback=feedback)
+        answers = [FileAnswer(Path(args.gallery_id), answer)]
+    else:
+        embedder = Embedder(model.record, args.device, model.root)
+        if embedder.notice:
+            print(f"cbir query: note: {embedder.notice}", file=sys.stderr)
+        if feedback is None:
+            answers = query_images(model, args.images, top_k=args.top_k, modes=modes, embedder=embedder)
+        else:
+            answers = refined_answers(model, embedder, args.images, args.top_k, modes, feedback)
     print(json.dumps([answer.to_json() for answer in answers], indent=2) if args.json else format_table(answers))
     if args.montage:
         shown = [answer.to_json() for answer in answers if answer.answer is not None]
+        if args.gallery_id is not None:  # the query drawn from its file, as the results are
+            [row] = gallery_rows(model, [args.gallery_id])
+            shown = [{**found, "query": str(model.gallery_paths[row])} for found in shown]
         if shown:
             titles = {m: MODE_TITLES[m].short for m in modes}
             if not model.labelled:  # no class: the clustered search probes the nearest of all clusters
                 titles["clustered"] = NEAREST_CLUSTER_TITLE
             montage.draw_montage(shown, args.montage, titles)
     return 1 if any(answer.answer is None for answer in answers) else 0
+
+
+def marked_ids(model: Cell, values: Sequence[str] | None) -> list[str]:
+    """The ids of ``--relevant`` or ``--irrelevant`` (comma-separated, the option repeatable); a value that is a
+    gallery id as a whole (a file name with a comma) is kept whole."""
+    ids: list[str] = []
+    known: set[str] | None = None
+    for value in values or []:
+        if "," in value:
+            known = known if known is not None else {str(image_id) for image_id in model.gallery_ids}
+            ids.extend([value] if value in known else [part.strip() for part in value.split(",") if part.strip()])
+        elif value.strip():
+            ids.append(value.strip())
+    return ids
+
+
+def query_feedback(model: Cell, args: argparse.Namespace) -> Feedback | None:
+    """The round of marks to refine with (None without marks); an unknown id of --id, --relevant or --irrelevant
+    is refused with a message that names the option and the ids."""
+    try:
+        if args.gallery_id is not None:
+            gallery_rows(model, [args.gallery_id], "--id")
+        return feedback_from_ids(model, marked_ids(model, args.relevant), marked_ids(model, args.irrelevant))
+    except UnknownIdsError as error:  # named by the option, not by the API's field
+        option = {"relevant_ids": "--relevant", "irrelevant_ids": "--irrelevant"}.get(error.field, error.field)
+        raise QueryError(option + str(error)[len(error.field) :]) from error
+
+
+def refined_answers(model: Cell, embedder: Embedder, photos: Sequence[str], top_k: int, modes: Sequence[str],
+                    feedback: Feedback) -> list[FileAnswer]:  # fmt: skip
+    """The answer for one photo after a round of marks (marks refine one query, not a folder of them)."""
+    paths = collect_query_paths(photos)
+    if len(paths) != 1:
+        raise QueryError(f"--relevant and --irrelevant refine one query: give one photo (or --id), not {len(paths)}")
+    features, errors = embedder.embed_paths(paths)
+    if errors[0] is not None:
+        return [FileAnswer(paths[0], None, errors[0])]
+    [answer] = answer_features(model, features, top_k, modes, feedback=feedback)
+    return [FileAnswer(paths[0], answer)]
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -104,3 +104,31 @@ def test_a_folder_opens_its_only_cell_or_its_only_cell_of_every_image(tmp_path: 
     cell("results/other/lite/all/100")
     with pytest.raises(ModelFolderError, match="holds 4 grid cells"):
         find_cell(tmp_path)
+
+
+def test_marks_and_more_like_this_from_a_program(finished_run, index):
+    from cbir.api import UnknownIdsError
+
+    root, _ = finished_run
+    photo = root / "data" / "tiny" / "red" / "003.png"
+    first = [r["id"] for r in index.search(photo, top_k=4)["results"]["global"]]
+    refined = index.search(photo, top_k=4, relevant_ids=first[1:], irrelevant_ids=first[:1])
+    assert refined["feedback"] == {"method": "learned", "relevant": 3, "irrelevant": 1, "searched_class": "red"}
+    assert refined["query"] == str(photo) and set(r["id"] for r in refined["results"]["global"][:3]) == set(first[1:])
+    cli = run_cbir("query", str(photo), "--model", CELL, "--json", "--top-k", "4", "--relevant", ",".join(first[1:]),
+                   "--irrelevant", first[0], cwd=root)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(json.dumps(refined)) == json.loads(cli.stdout)[0]  # the answer of cbir query
+    similar = index.more_like_this("red/000.png", top_k=3)
+    assert similar["query"] == "red/000.png" and similar["feedback"] is None
+    assert "red/000.png" not in [r["id"] for r in similar["results"]["global"]]
+    assert similar == json.loads(run_cbir("query", "--id", "red/000.png", "--model", CELL, "--json", "--top-k", "3",
+                                          cwd=root).stdout)[0]  # fmt: skip
+    with pytest.raises(UnknownIdsError, match=r"relevant_ids: no gallery image with id 'nope\.png'"):
+        index.search(photo, relevant_ids=["red/001.png", "nope.png"])
+    with pytest.raises(UnknownIdsError, match=r"gallery_id: no gallery image with id 'red/003\.png'"):
+        index.more_like_this("red/003.png")  # a test image
+    with pytest.raises(QueryError, match="lists of ids"):
+        index.search(photo, relevant_ids="red/001.png")
+    with pytest.raises(QueryError, match="at most 200"):
+        index.more_like_this("red/000.png", relevant_ids=["red/001.png"] * 201)

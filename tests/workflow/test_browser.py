@@ -151,3 +151,107 @@ def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_pat
     assert page.is_hidden("#error")
     assert not problems, problems
     page.close()
+
+
+def marks_shown(page) -> dict[str, str]:
+    """Gallery id -> the mark its tiles show (in every column), from the pressed buttons."""
+    return page.evaluate(
+        """() => { const shown = {};
+                   for (const b of document.querySelectorAll('.tile button.mark[aria-pressed="true"]')) {
+                     shown[b.closest('.tile').dataset.id] = b.dataset.mark; }
+                   return shown; }"""
+    )
+
+
+def wait_for_round(page, text: str) -> None:
+    page.wait_for_function(f"() => document.querySelector('#round').textContent.startsWith({text!r})",
+                           timeout=TIMEOUT_MS)  # fmt: skip
+    wait_for_results(page)
+
+
+def test_relevance_feedback_in_the_page(browser, server, finished_run):
+    from cbir.serve.uploads import decode_image
+
+    url, served = server
+    root, _ = finished_run
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-state='ready']", timeout=TIMEOUT_MS)
+    query = root / "data/tiny/red/003.png"
+    page.set_input_files("#file-input", str(query))
+    wait_for_results(page)
+    assert page.inner_text("#round") == "round 1" and page.is_disabled("#refine") and marks_shown(page) == {}
+    first = [t["id"] for t in tiles(page, "global")]
+    assert len(first) == TOP_K
+    labels = page.eval_on_selector_all(f"#results-global .tile[data-id='{first[0]}'] button",
+                                       "bs => bs.map(b => [b.textContent, b.getAttribute('aria-label')])")  # fmt: skip
+    assert labels == [["Relevant", f"Relevant: {first[0]}"], ["Not relevant", f"Not relevant: {first[0]}"],
+                      ["More like this", f"More like this: {first[0]}"]]  # fmt: skip
+
+    # three tiles relevant (one of them by keyboard) and one not; a mark shows on every tile of that image
+    relevant, irrelevant = first[1:], first[0]
+    for image_id in relevant[:2]:
+        page.click(f"#results-global .tile[data-id='{image_id}'] button.relevant")
+    page.focus(f"#results-global .tile[data-id='{relevant[2]}'] button.relevant")
+    page.keyboard.press("Space")
+    page.click(f"#results-global .tile[data-id='{irrelevant}'] button.irrelevant")
+    page.click(f"#results-global .tile[data-id='{irrelevant}'] button.irrelevant")  # toggled off
+    page.click(f"#results-global .tile[data-id='{irrelevant}'] button.irrelevant")  # and on again
+    expected_marks = {**dict.fromkeys(relevant, "relevant"), irrelevant: "irrelevant"}
+    assert marks_shown(page) == expected_marks
+    shown_in_class = {t["id"] for t in tiles(page, "class")} & set(expected_marks)
+    marked_tiles = page.eval_on_selector_all("#results-class .tile[data-mark]", "ts => ts.map(t => t.dataset.id)")
+    assert set(marked_tiles) == shown_in_class  # the class column's tiles of the same images show their marks
+    assert "3 relevant, 1 not relevant" in page.inner_text("#marks-summary")
+
+    # Refine, by keyboard: round 2 re-sends the same upload with the marks; the relevant ones come first
+    page.focus("#refine")
+    page.keyboard.press("Enter")
+    wait_for_round(page, "round 2")
+    assert "learned from 3 relevant, 1 not relevant" in page.inner_text("#round")
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") != "none"  # focus shows
+    refined = [t["id"] for t in tiles(page, "global")]
+    assert refined != first and set(refined[:3]) == set(relevant)
+    # the learned method puts them first in the search over all images and in the predicted class's; the
+    # clustered search looks in one cluster, which need not hold all three
+    assert set([t["id"] for t in tiles(page, "class")][:3]) == set(relevant)
+    decoded = decode_image(query.read_bytes(), served.settings.max_pixels, served.embedder.prepared.draft_to)
+    answer = served.answer(decoded.image, TOP_K, feedback=served.feedback(relevant, [irrelevant]))
+    assert refined == [match.id for match in answer.results["global"]]  # what the server ranks with those marks
+    visible = {t["id"] for mode in ("clustered", "class", "global") for t in tiles(page, mode)}
+    assert marks_shown(page) == {i: m for i, m in expected_marks.items() if i in visible}  # kept by id
+    assert "refine" in page.eval_on_selector_all("#timings tr", "rows => rows.map(r => r.dataset.step)")
+
+    # marks are kept across rounds: one more relevant, round 3 sends all five marks
+    extra = next(t["id"] for mode in ("class", "clustered") for t in tiles(page, mode) if t["id"] not in expected_marks)
+    page.click(f".tile[data-id='{extra}'] button.relevant")
+    page.click("#refine")
+    wait_for_round(page, "round 3")
+    assert "learned from 4 relevant, 1 not relevant" in page.inner_text("#round")
+
+    # Start over: no marks, round 1, the first ranking again
+    page.click("#start-over")
+    wait_for_round(page, "round 1")
+    assert marks_shown(page) == {} and page.is_disabled("#refine") and page.is_disabled("#start-over")
+    assert [t["id"] for t in tiles(page, "global")] == first
+
+    # More like this: a result becomes the query (left out of its results); the focus moves to the round
+    target = first[1]
+    page.click(f"#results-global .tile[data-id='{target}'] button.more")
+    page.wait_for_function("() => document.querySelector('#query-name').textContent.startsWith('more like')")
+    wait_for_results(page)
+    assert page.inner_text("#query-name") == f"more like {target} · class red"
+    assert all(t["id"] != target for mode in ("clustered", "class", "global") for t in tiles(page, mode))
+    assert page.evaluate("() => document.activeElement.id") == "round" and page.inner_text("#round") == "round 1"
+    assert query_shown(page).startswith(f"{url}/api/images/")  # its thumbnail, by id
+    # and it refines like the others: by its id, with the marks
+    page.click(f"#results-global .tile[data-id='{tiles(page, 'global')[0]['id']}'] button.relevant")
+    page.click("#refine")
+    wait_for_round(page, "round 2")
+    assert "learned from 1 relevant, 0 not relevant" in page.inner_text("#round")
+    assert page.inner_text("#query-name").startswith(f"more like {target}")
+    assert not problems, problems
+    page.close()

@@ -175,3 +175,62 @@ def test_results_beyond_the_calibrated_distance_are_marked_no_good_match(finishe
     assert answer["no_match"]["distance"] is None and "older cbir" in answer["no_match"]["source"]
     assert all(r["good_match"] is None for results in answer["results"].values() for r in results)
     assert all(r["similarity"] is not None for r in answer["results"]["global"])  # the cosine needs no calibration
+
+
+def test_query_by_gallery_id_and_with_marks(finished_run, tmp_path: Path):
+    root, _ = finished_run
+    # "more like this": a gallery image as the query, no photo given; itself left out of its results
+    result = run_cbir("query", "--id", "red/000.png", "--model", CELL, "--json", "--top-k", "4",
+                      "--montage", str(tmp_path / "m.png"), cwd=root)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [answer] = json.loads(result.stdout)
+    assert answer["query"] == "red/000.png" and answer["predicted_class"] == "red" and answer["feedback"] is None
+    assert all("red/000.png" not in [r["id"] for r in results] for results in answer["results"].values())
+    assert {r["class"] for r in answer["results"]["global"]} == {"red"} and len(answer["results"]["global"]) == 4
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    # a photo with a round of marks: comma-separated and repeated; the ranking changes and says why
+    photo = str(root / "data/tiny/red/003.png")
+    plain = json.loads(run_cbir("query", photo, "--model", CELL, "--json", "--top-k", "4", cwd=root).stdout)[0]
+    first = [r["id"] for r in plain["results"]["global"]]
+    result = run_cbir("query", photo, "--model", CELL, "--json", "--top-k", "4", "--relevant", ",".join(first[1:3]),
+                      "--relevant", first[3], "--irrelevant", first[0], cwd=root)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [refined] = json.loads(result.stdout)
+    assert refined["feedback"] == {"method": "learned", "relevant": 3, "irrelevant": 1, "searched_class": "red"}
+    found = [r["id"] for r in refined["results"]["global"]]
+    assert found != first and set(found[:3]) == set(first[1:])
+    # marks with --id, as a table
+    result = run_cbir("query", "--id", "red/000.png", "--relevant", "green/000.png,green/001.png", "--model", CELL,
+                      "--mode", "class", cwd=root)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "feedback: learned, 2 relevant and 0 not relevant marked" in result.stdout
+    assert "green/000.png" in result.stdout and "red/000.png\n" not in result.stdout.split("\n  class:\n")[1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--id", "no/such.png"], "--id: no gallery image with id 'no/such.png'"),
+        (
+            ["--id", "red/000.png", "--relevant", "red/001.png,nope.png"],
+            "--relevant: no gallery image with id 'nope.png'",
+        ),
+        (
+            ["PHOTO", "--irrelevant", "red/003.png"],
+            "--irrelevant: no gallery image with id 'red/003.png'",
+        ),  # a test image
+        (["PHOTO", "--id", "red/000.png"], "give either query photos or --id"),
+        ([], "give either query photos or --id"),
+        (["--id", "red/000.png", "--relevant", ",".join(["red/001.png"] * 201)], "at most 200"),
+        (["data/tiny/red", "--relevant", "red/001.png"], "refine one query"),
+    ],
+    ids=["unknown-id", "unknown-relevant", "test-image-irrelevant", "both", "neither", "too-many", "a-folder"],
+)
+def test_query_refuses_unknown_ids_in_one_line(finished_run, arguments, message):
+    root, _ = finished_run
+    arguments = [str(root / "data/tiny/red/003.png") if a == "PHOTO" else a for a in arguments]
+    result = run_cbir("query", *arguments, "--model", CELL, cwd=root)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("cbir query: searching in")]
+    assert errors == [f"cbir query: error: {errors[0].split('error: ', 1)[1]}"] and message in errors[0], errors
+    assert "Traceback" not in result.stderr and not result.stdout

@@ -23,6 +23,12 @@ TOKEN = "s3cret-token-for-tests-0123456789"
 WRONG = "wrong-token-for-tests-9876543210"
 API = ["/api/model", "/api/test-images", "/api/images/red/000.png", "/openapi.json"]
 PAGES = ["/", "/static/app.js", "/static/docs.js", "/docs", "/docs/assets/swagger-ui.css"]
+# "more like this" with a round of marks: a query that reads no upload
+FEEDBACK = {
+    "gallery_id": "red/000.png",
+    "relevant_ids": ["red/001.png", "red/002.png"],
+    "irrelevant_ids": "blue/000.png",
+}
 
 
 def make_client(served, **settings):
@@ -62,6 +68,8 @@ def test_without_a_token_api_requests_get_401_and_pages_the_login_form(client, f
     upload = {"image": ("q.png", image_bytes(finished_run), "image/png")}
     assert client.post("/api/query", files=upload).status_code == 401
     assert client.post("/api/query", data={"test_id": "x"}).status_code == 401
+    assert client.post("/api/query", data=FEEDBACK).status_code == 401  # "more like this" with marks too
+    assert client.post("/api/query", files=upload, data={"relevant_ids": ["red/001.png"]}).status_code == 401
 
 
 def test_a_wrong_token_is_refused_like_none(client, finished_run):
@@ -73,6 +81,7 @@ def test_a_wrong_token_is_refused_like_none(client, finished_run):
         assert client.get("/", headers=headers).status_code == 303, headers
         upload = {"image": ("q.png", image_bytes(finished_run), "image/png")}
         assert client.post("/api/query", files=upload, headers=headers).status_code == 401
+        assert client.post("/api/query", data=FEEDBACK, headers=headers).status_code == 401
 
 
 def test_the_right_token_opens_every_request(client, finished_run):
@@ -81,6 +90,9 @@ def test_the_right_token_opens_every_request(client, finished_run):
     upload = {"image": ("q.png", image_bytes(finished_run), "image/png")}
     response = client.post("/api/query", files=upload, headers=bearer(TOKEN))
     assert response.status_code == 200 and response.json()["predicted_class"] == "green"
+    response = client.post("/api/query", data=FEEDBACK, headers=bearer(TOKEN))
+    assert response.status_code == 200 and response.json()["feedback"]["relevant"] == 2
+    assert response.json()["query"]["source"] == "gallery"
     schema = client.get("/openapi.json", headers=bearer(TOKEN)).json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "401" in schema["paths"]["/api/query"]["post"]["responses"]
@@ -121,7 +133,8 @@ def test_security_headers_are_on_every_response(served, finished_run):
         responses = [client.get("/"), client.get("/api/model"), client.get("/api/images/nope"), client.get("/nope"),
                      client.get("/api/images/red/000.png"), client.get("/docs"), client.get("/openapi.json"),
                      client.post("/api/query", json={}), client.post("/api/query", data={"top_k": "0"}),
-                     client.post("/api/query", data={"test_id": "no"}), client.delete("/api/model")]  # fmt: skip
+                     client.post("/api/query", data={"test_id": "no"}), client.delete("/api/model"),
+                     client.post("/api/query", data={**FEEDBACK, "relevant_ids": "no/such.png"})]  # fmt: skip
     with make_client(served, token=TOKEN) as client:
         responses += [client.get("/api/model"), client.get("/"), client.get("/login"), client.post("/login")]
     assert {r.status_code for r in responses} >= {200, 303, 401, 404, 405, 415, 422}

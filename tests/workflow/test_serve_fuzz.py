@@ -105,6 +105,54 @@ def test_without_the_token_every_operation_answers_401_as_documented(served):
     assert statuses == {401}
 
 
+def test_feedback_forms_naming_real_images_match_the_schema(served):
+    """Generated ids rarely name a gallery image: these forms do (a test or gallery image as the query, marks drawn
+    from the gallery, now and then a test image's id or an unknown one), and every answer must match the schema."""
+    import schemathesis
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    from cbir.serve.app import create_app
+    from cbir.serve.settings import ServeSettings
+
+    app = create_app(ServeSettings(model=served.settings.model, reload_interval=0), served=served)
+    gallery = [str(image_id) for image_id in served.model.gallery_ids]
+    marks = st.lists(st.sampled_from([*gallery * 4, "no/such.png", *served.test_ids]), max_size=4)  # mostly known
+    queries = st.one_of(st.fixed_dictionaries({"gallery_id": st.sampled_from(gallery)}),
+                        st.fixed_dictionaries({"test_id": st.sampled_from(served.test_ids)}))  # fmt: skip
+    statuses: Counter = Counter()
+
+    @given(query=queries, relevant=marks, irrelevant=marks, top_k=st.integers(1, 8))
+    @settings(max_examples=2 * EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def run(query, relevant, irrelevant, top_k) -> None:
+        body = {**query, "relevant_ids": relevant, "irrelevant_ids": irrelevant, "top_k": top_k}
+        response = operation.Case(body=body, media_type="multipart/form-data").call_and_validate(
+            excluded_checks=[positive_data_acceptance]
+        )
+        statuses[response.status_code] += 1
+        unknown = [i for i in [*relevant, *irrelevant] if i not in gallery]
+        if unknown:
+            assert response.status_code == 422 and any(f"'{i}'" in response.json()["detail"] for i in unknown)
+            return
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        if relevant or irrelevant:
+            counts = (answer["feedback"]["relevant"], answer["feedback"]["irrelevant"])
+            assert counts == (len(set(relevant)), len(set(irrelevant) - set(relevant)))
+        else:
+            assert answer["feedback"] is None
+        found = {tile["id"] for tiles in answer["results"].values() for tile in tiles}
+        assert query.get("gallery_id") not in found  # "more like this" leaves the image out
+
+    with TestClient(app):
+        operation = schemathesis.openapi.from_asgi("/openapi.json", app)["/api/query"]["POST"]
+        run()
+    report("feedback forms", statuses, [])
+    assert statuses[200] and statuses[422], statuses
+
+
 # --- what the fuzzing found, kept as regression tests ---------------------------------------
 
 

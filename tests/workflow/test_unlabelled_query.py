@@ -37,7 +37,8 @@ def test_query_json_names_the_nearest_clusters_and_no_class(collection: Path, tm
     result = run_cbir("query", QUERY, "--model", ALL, *RAW, "--json", "--top-k", "4", *montage, cwd=collection)
     assert result.returncode == 0, result.stderr
     [answer] = json.loads(result.stdout)
-    assert set(answer) == {"query", "space", "similarity", "no_match", "nearest_clusters", "results"}
+    assert set(answer) == {"query", "space", "similarity", "no_match", "nearest_clusters", "results", "feedback"}
+    assert answer["feedback"] is None  # no marks
     # no calibration without labels: nothing is marked, and the answer says why
     assert answer["no_match"]["distance"] is None and "without labels" in answer["no_match"]["source"]
     assert answer["similarity"] is None  # raw Euclidean space: the only score would be the calibrated one
@@ -127,7 +128,8 @@ def test_serve_answers_with_the_nearest_clusters_and_without_class_or_marks(clie
                            data={"top_k": "3"})  # fmt: skip
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert set(answer) == {"query", "top_k", "similarity", "no_match", "nearest_clusters", "results", "timings_ms"}
+    assert set(answer) == {"query", "top_k", "similarity", "no_match", "nearest_clusters", "results", "timings_ms",
+                           "feedback"}  # fmt: skip
     assert answer["no_match"]["distance"] is None and "search_class" not in answer["timings_ms"]
     tiles = [tile for tiles in answer["results"].values() for tile in tiles]
     assert set(answer["results"]) == {"clustered", "global"}
@@ -152,6 +154,29 @@ def test_a_test_image_of_a_collection_has_no_class_to_judge_by(client):
     assert "prediction_correct" not in answer and "predicted_class" not in answer
     assert all("correct" not in tile for tiles in answer["results"].values() for tile in tiles)
     assert {t["cluster"] for t in answer["results"]["clustered"]} == {answer["nearest_clusters"][0]["cluster"]}
+
+
+def test_more_like_this_and_marks_in_a_collection(client):
+    """Without labels there is no class to search: the marks move the query and its cluster."""
+    served = client.app.state.served
+    gallery = [str(image_id) for image_id in served.model.gallery_ids]
+    query = next(i for i in gallery if i.startswith("green/"))
+    plain = client.post("/api/query", data={"gallery_id": query, "top_k": "4"})
+    assert plain.status_code == 200, plain.text
+    answer = plain.json()
+    assert answer["query"]["source"] == "gallery" and answer["query"]["true_class"] is None
+    assert query not in {tile["id"] for tiles in answer["results"].values() for tile in tiles}
+    relevant = [i for i in gallery if i.startswith("top_")][:3]  # the red photos at the top of the collection
+    marked = client.post("/api/query", data={"gallery_id": query, "top_k": "4", "relevant_ids": relevant})
+    assert marked.status_code == 200, marked.text
+    refined = marked.json()
+    assert refined["feedback"] == {"method": "learned", "relevant": 3, "irrelevant": 0, "searched_class": None}
+    # the marks turn a green photo's search over all images to the red ones (which of them come first is the
+    # method's: in this raw space the query still counts, so the marked three need not lead)
+    assert not any(tile["id"].startswith("top_") for tile in answer["results"]["global"])
+    assert all(tile["id"].startswith("top_") for tile in refined["results"]["global"])
+    unknown = client.post("/api/query", data={"gallery_id": query, "irrelevant_ids": ["nope.png"]})
+    assert unknown.status_code == 422 and "'nope.png'" in unknown.json()["detail"]
 
 
 def test_the_schema_documents_both_answers(client):

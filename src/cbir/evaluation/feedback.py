@@ -5,7 +5,7 @@ simulated user marks the top :data:`MARKED_PER_ROUND` results of that round's ra
 they share one with the query), adding to the marks of earlier rounds; the next round ranks with all marks so far.
 Round 0 is the search without feedback. Each round is scored twice:
 
-- ``full``: the whole ranking, marked images included (what the page shows);
+- ``full``: the whole ranking, marked images included (what the page shows: those marked not relevant last);
 - ``residual``: the ranking without the images marked so far, and their relevant ones out of the count: what
   the feedback found that the user had not yet seen, the fair measure across rounds.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.evaluation.ranking import DISTANCE_BLOCK_ELEMENTS, QuerySample, rank_figures, relevant_ranks
+from cbir.evaluation.ranking import DISTANCE_BLOCK_ELEMENTS, QuerySample
 from cbir.search.feedback import METHODS, FeedbackSettings, Marks, blended_scores, fit_direction, refine_query
 from cbir.search.index import smallest_columns
 
@@ -47,27 +47,40 @@ def _round_scores(
     """Scores (queries, gallery), higher first, of one round of ``settings.method`` with each query's marks."""
     refined = np.stack([refine_query(q, gallery, m, settings, normalised) for q, m in zip(queries, marks, strict=True)])
     if settings.method != "learned":
-        return blended_scores(refined, gallery, gallery_sq_norms)
+        return _turned_down_last(blended_scores(refined, gallery, gallery_sq_norms), marks)
     direction = np.full(queries.shape, np.nan)
     bias = np.zeros(len(queries))
     for row, (query, marked) in enumerate(zip(queries, marks, strict=True)):
         fitted = fit_direction(query, gallery, marked, settings, int(keys[row]))
         if fitted is not None:
             direction[row], bias[row] = fitted
-    return blended_scores(refined, gallery, gallery_sq_norms, direction, bias, settings.blend)
+    return _turned_down_last(blended_scores(refined, gallery, gallery_sq_norms, direction, bias, settings.blend), marks)
+
+
+def _turned_down_last(scores: np.ndarray, marks: list[Marks]) -> np.ndarray:
+    """Each query's images marked not relevant ranked last, as :func:`cbir.search.feedback.feedback_search` shows."""
+    for row, marked in enumerate(marks):
+        scores[row, marked.irrelevant] = -np.inf
+    return scores
 
 
 def _figures(scores: np.ndarray, relevant: np.ndarray, marks: list[Marks] | None) -> dict[str, np.ndarray]:
-    """P@10 and AP per query of the ranking by ``scores``; with ``marks``, of the residual ranking."""
-    n_relevant = relevant.sum(axis=1)
+    """P@10 and AP per query of the ranking by ``scores`` (ties by gallery position, as a stable sort ranks them);
+    with ``marks``, of the residual ranking: the marked images last and out of the relevant count."""
     if marks is not None:
         scores, relevant = scores.copy(), relevant.copy()
         for row, marked in enumerate(marks):
-            scores[row, marked.marked] = -np.inf  # last, and out of the relevant count
-            n_relevant[row] -= int(relevant[row, marked.relevant].sum())
+            scores[row, marked.marked] = -np.inf
             relevant[row, marked.marked] = False
-    figures = rank_figures(relevant_ranks(-scores, relevant), n_relevant, (10,))
-    return {"precision_at_10": figures["precision_at_10"], "map": figures["ap"]}
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, axis=1)
+    found = np.cumsum(hits, axis=1)
+    n_relevant = found[:, -1] if found.shape[1] else np.zeros(len(scores))
+    shown = min(10, found.shape[1])
+    precision_at_10 = (found[:, shown - 1] if shown else np.zeros(len(scores))) / 10
+    precision_sum = (np.where(hits, found, 0) / np.arange(1, hits.shape[1] + 1)).sum(axis=1)
+    ap = np.divide(precision_sum, n_relevant, out=np.zeros(len(scores)), where=n_relevant > 0)
+    return {"precision_at_10": precision_at_10, "map": ap}
 
 
 def simulate_feedback(

@@ -11,7 +11,8 @@ matrix-vector products and, for ``learned``, one small linear solve: millisecond
   score blended with its nearness to ``q'``. The classifier is a weighted ridge (least-squares SVM) solved in
   its dual: one (marks x marks) system, so its cost does not grow with the dimensions.
 
-The clustered mode picks its cluster again with ``q'``; a labelled cell searches the class most of the relevant
+Images marked not relevant come last (the user is not shown them again). The clustered mode picks its cluster
+again with ``q'``; a labelled cell searches the class most of the relevant
 marks belong to (the classifier's prediction while nothing is marked relevant). The evaluation's simulated user
 (:mod:`cbir.evaluation.feedback`) measures both methods; ``FeedbackSettings`` holds the defaults it chose.
 """
@@ -184,5 +185,6 @@ def feedback_search(
     direction, bias = (fitted[0][None], np.array([fitted[1]])) if fitted else (None, None)
     scores = blended_scores(refined, candidates, np.einsum("ij,ij->i", candidates, candidates), direction, bias,
                             settings.blend)[0]  # fmt: skip
+    scores[np.isin(gallery_rows, marks.irrelevant)] = -np.inf  # what the user turned down is not shown again
     order = np.argsort(-scores, kind="stable")[:top_k]
     return gallery_rows[order]

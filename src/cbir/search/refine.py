@@ -90,6 +90,20 @@ def refined_query(
     return RefinedQuery(query, refined, searched)
 
 
+def _nearest_cluster_members(model: Cell, query: RefinedQuery, exclude: Sequence[int]) -> np.ndarray:
+    """The members of the searched class's cluster nearest the refined query; where that cluster holds nothing
+    but excluded images (a "more like this" image alone in its cluster), the next nearest one's."""
+    index = model.models.index
+    centroids = np.flatnonzero(np.asarray(index.centroid_labels) == query.searched_class)
+    distances = np.linalg.norm(index.centroids[centroids] - query.refined, axis=1)
+    members = np.empty(0, dtype=np.int64)
+    for cluster in centroids[np.argsort(distances, kind="stable")]:
+        members = index.members("clustered", int(cluster))
+        if len(np.setdiff1d(members, np.asarray(exclude, dtype=np.int64))):
+            return members
+    return members
+
+
 def search_refined(
     model: Cell, query: RefinedQuery, mode: str, marks: Marks, settings: FeedbackSettings, top_k: int,
     exclude: Sequence[int] = (),
@@ -99,8 +113,7 @@ def search_refined(
     keeps its meaning. The clustered search looks in the searched class's cluster nearest the refined query."""
     index = model.models.index
     if mode == "clustered":
-        cluster = int(index.nearest_centroids(query.refined[None], np.array([query.searched_class]))[0])
-        members = index.members("clustered", cluster)
+        members = _nearest_cluster_members(model, query, exclude)
     elif mode == "class":
         members = index.members("class", query.searched_class)
     else:  # global, and the faiss searches over all images

@@ -33,24 +33,32 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 
 from cbir import __version__
-from cbir.search.query import elapsed_ms
+from cbir.search.feedback import MAX_MARKS
 from cbir.serve.auth import SecurityHeaders, TokenAuth
 from cbir.serve.middleware import BodyTimeout, ConcurrencyLimit, UploadLimit
 from cbir.serve.model import ServedModel, UnknownImageError
+from cbir.serve.queries import (
+    GALLERY_ID_HELP,
+    IRRELEVANT_HELP,
+    QUERY_DESCRIPTION,
+    RELEVANT_HELP,
+    TEST_ID_HELP,
+    QueryForm,
+    answer_query,
+    check_query,
+)
 from cbir.serve.reload import ModelHolder
 from cbir.serve.schemas import (
     AnyQueryResponse,
     CollectionQueryResponse,
     ModelInfo,
-    QueryInfo,
     QueryResponse,
     SampleImage,
     error_responses,
-    query_response,
     thumbnail_url,
 )
 from cbir.serve.settings import MAX_TOP_K, ServeSettings
-from cbir.serve.uploads import UploadError, decode_image, preview_data_url, read_upload
+from cbir.serve.uploads import UploadError
 
 T = TypeVar("T")
 
@@ -145,7 +153,8 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
     app = FastAPI(
         title="cbir serve",
         version=__version__,
-        description="Search a trained grid cell (CNN codes, PCA, intra-class clusters, MLP) with your own image.",
+        description="Search a trained grid cell (CNN codes, PCA, intra-class clusters, MLP) with your own image, a "
+        "test image or a gallery image, and refine the results with relevance feedback.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -232,45 +241,23 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
         "/api/query",
         response_model=AnyQueryResponse,
         responses=error_responses(400, 404, 408, 413, 415, 422, token=token),
-        summary="Search with an uploaded image (field 'image') or one of the test images (field 'test_id')",
+        summary="Search with an uploaded image (field 'image'), a test image ('test_id') or a gallery image "
+        "('gallery_id'), optionally after a round of relevance feedback ('relevant_ids', 'irrelevant_ids')",
+        description=QUERY_DESCRIPTION,
     )
     async def query(
         image: Annotated[UploadFile | None, File(description="the query image (JPEG, PNG, WebP, …)")] = None,
-        test_id: Annotated[str | None, Form(description="id of a test image (GET /api/test-images)")] = None,
+        test_id: Annotated[str | None, Form(description=TEST_ID_HELP)] = None,
+        gallery_id: Annotated[str | None, Form(description=GALLERY_ID_HELP)] = None,
+        relevant_ids: Annotated[list[str] | None, Form(max_length=MAX_MARKS, description=RELEVANT_HELP)] = None,
+        irrelevant_ids: Annotated[list[str] | None, Form(max_length=MAX_MARKS, description=IRRELEVANT_HELP)] = None,
         top_k: Annotated[int | None, Form(ge=1, le=MAX_TOP_K, description="results per mode")] = None,
     ) -> QueryResponse | CollectionQueryResponse:
         started = time.perf_counter()
         served = holder.current  # one model for the whole request, even if a reload swaps it meanwhile
-        if (image is None) == (test_id is None):
-            raise UploadError(400, "send exactly one of: a file in the field 'image', or a 'test_id'")
-        results_per_mode = top_k or settings.top_k
-
-        def work() -> QueryResponse | CollectionQueryResponse:
-            if image is not None:
-                data = read_upload(image, settings.max_upload_bytes)
-                name, true_class, image_id = image.filename or "upload", None, None
-            else:
-                entry = served.images.get(test_id or "")
-                if entry is None or entry.subset != "test":
-                    raise UploadError(404, f"no test image with id '{test_id}'")
-                try:
-                    data = entry.path.read_bytes()
-                except OSError as error:
-                    raise UploadError(404, f"test image '{test_id}' cannot be read on the server: {error}") from error
-                # a collection's test images have no class to judge the results by
-                true_class = entry.class_name if served.model.labelled else None
-                name, image_id = entry.id, entry.id
-            start = time.perf_counter()
-            decoded = decode_image(data, settings.max_pixels, served.embedder.prepared.draft_to)
-            timings = {"decode": elapsed_ms(start)}
-            answer = served.answer(decoded.image, results_per_mode, timings)
-            timings["total"] = elapsed_ms(started)
-            preview = preview_data_url(decoded.image) if image is not None else None
-            asked = QueryInfo(source="upload" if image is not None else "test", name=name, id=image_id,
-                              true_class=true_class, width=decoded.width, height=decoded.height,
-                              preview=preview)  # fmt: skip
-            return query_response(answer, asked, results_per_mode, timings)
-
+        form = QueryForm(top_k or settings.top_k, image, test_id, gallery_id, relevant_ids or [], irrelevant_ids or [])
+        feedback = check_query(served, form)  # a wrong form is refused before it waits for the query thread
+        work = functools.partial(answer_query, served, settings, form, feedback, started)
         return await asyncio.wrap_future(queries.submit(work))
 
     return app

@@ -19,8 +19,8 @@ from cbir.layout import cell_place
 from cbir.search.answer import NEAREST_CLUSTER_TITLE, Answer
 from cbir.search.calibration import match_calibration
 from cbir.search.cell import Cell, available_k, load_cell
-from cbir.search.index import MODE_TITLES, MODES
 from cbir.search.feedback import MAX_MARKS, FeedbackSettings
+from cbir.search.index import MODE_TITLES, MODES
 from cbir.search.query import (
     Embedder,
     Feedback,

@@ -14,17 +14,26 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from cbir.search.answer import Answer, ClusterMatch, CollectionAnswer, LabelledAnswer, Match
 
-TIMINGS = "decode, preprocess, forward, project_predict, search_<mode>, total (milliseconds)"
+TIMINGS = (
+    "decode, preprocess, forward (not for a gallery image), project_predict, refine (with marks or a gallery image), "
+    "search_<mode>, total (milliseconds)"
+)
 NOT_SENT = "not sent: the server names images by id (GET /api/images/{id}) and its space on GET /api/model"
 
 
 class QueryInfo(BaseModel):
-    source: Literal["upload", "test"]
+    source: Literal["upload", "test", "gallery"] = Field(
+        description="the field the query came in: image (upload), test_id (test) or gallery_id (gallery)"
+    )
     name: str
-    id: str | None = None
-    true_class: str | None = None
-    width: int
-    height: int
+    id: str | None = Field(default=None, description="the test or gallery image's id; null for an upload")
+    true_class: str | None = Field(
+        default=None, description="the class of a test or gallery image; null for an upload or without labels"
+    )
+    width: int | None = Field(
+        default=None, description="pixels as displayed; null for a gallery image (searched by its stored features)"
+    )
+    height: int | None = Field(default=None, description="pixels as displayed; null for a gallery image")
     preview: str | None = Field(
         default=None,
         description="the uploaded image as the server read it, a small JPEG as a data: URL (a HEIC or RAW query "
@@ -134,6 +143,10 @@ class ModelInfo(BaseModel):
     max_top_k: int
     max_upload_bytes: int
     max_pixels: int
+    max_marks: int = Field(description="relevant and not relevant ids one query may send, together")
+    feedback_method: Literal["rocchio", "learned"] = Field(
+        description="how marks change the ranking: Rocchio's refined query, or a classifier learned from the marks"
+    )
     modes: dict[str, str]
     metrics: dict[str, float] = Field(
         description="accuracy, mAP and precision from the cell's metrics file; without labels, each search's recall "
@@ -155,13 +168,13 @@ class ErrorMessage(BaseModel):
 
 
 STATUS_TEXT = {
-    400: "empty upload, or neither/both of image and test_id",
+    400: "empty upload, or not exactly one of image, test_id and gallery_id",
     401: "no token, or a wrong one: send 'Authorization: Bearer <token>' or log in at /login",
-    404: "unknown test image id",
+    404: "no image with that id (the test_id or gallery_id of a query, an image requested by id)",
     408: "the request body did not arrive within the upload timeout",
     413: "upload over the byte limit, or image over the pixel limit",
     415: "not a form, or the file's content type is not an image",
-    422: "not an image Pillow can decode, or an invalid field",
+    422: "not an image Pillow can decode, an invalid field, marks naming ids not in the gallery, or too many marks",
     503: "busy: the server's limit of concurrent requests is reached; retry after Retry-After seconds",
 }
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

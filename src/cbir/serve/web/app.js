@@ -1,5 +1,7 @@
 "use strict";
-// The cbir search page: load the model's description, then search with an uploaded or a test image.
+// The cbir search page: load the model's description, then search with an uploaded, a test or a gallery image,
+// and refine the results by marking them relevant or not (relevance feedback: every round re-sends the query and
+// all marks so far; the server keeps nothing between rounds).
 
 const MODES = ["clustered", "class", "global"];
 const STEPS = [
@@ -7,12 +9,16 @@ const STEPS = [
   ["preprocess", "preprocess"],
   ["forward", "CNN forward"],
   ["project_predict", "projection + prediction"],
+  ["refine", "refine with the marks"],
   ["search_clustered", "search with clustering"],
   ["search_class", "search without clustering"],
   ["search_global", "search all images"],
   ["total", "total (server)"],
 ];
-const state = { model: null, preview: null, busy: false };
+const MARK_LABELS = { relevant: "Relevant", irrelevant: "Not relevant" };
+// query: what the next round re-sends ({kind: "image" | "test" | "gallery", file, id, label, previewUrl});
+// marks: gallery id -> "relevant" | "irrelevant", kept across rounds; round: 1 for a new query
+const state = { model: null, preview: null, busy: false, query: null, marks: new Map(), round: 1 };
 
 function byId(id) {
   return document.getElementById(id);
@@ -169,14 +175,71 @@ function tile(result, kind) {
     marker.title = result.correct ? "right class" : "wrong class";
     meta.append(marker);
   }
-  item.append(image, meta);
+  item.append(image, meta, tileActions(result.id));
   return item;
+}
+
+// The tile's buttons: mark it relevant or not (toggles, kept by id across rounds), or search with it.
+function tileActions(id) {
+  const actions = element("div", "actions");
+  for (const mark of ["relevant", "irrelevant"]) {
+    const button = element("button", `mark ${mark}`, MARK_LABELS[mark]);
+    button.type = "button";
+    button.dataset.mark = mark;
+    button.setAttribute("aria-pressed", "false");
+    button.setAttribute("aria-label", `${MARK_LABELS[mark]}: ${id}`);
+    button.addEventListener("click", () => toggleMark(id, mark));
+    actions.append(button);
+  }
+  const more = element("button", "more", "More like this");
+  more.type = "button";
+  more.setAttribute("aria-label", `More like this: ${id}`);
+  more.addEventListener("click", () => moreLikeThis(id));
+  actions.append(more);
+  return actions;
+}
+
+function toggleMark(id, mark) {
+  const limit = state.model ? state.model.max_marks : 200;
+  if (state.marks.get(id) === mark) state.marks.delete(id);
+  else if (state.marks.has(id) || state.marks.size < limit) state.marks.set(id, mark);
+  else showError(`At most ${limit} marks: unmark some, or start over`);
+  showMarks();
+}
+
+// Every tile of a marked id shows its mark (in each column, and in later rounds); the buttons follow the marks.
+function showMarks() {
+  for (const item of document.querySelectorAll(".tile")) {
+    const mark = state.marks.get(item.dataset.id) || "";
+    if (mark) item.dataset.mark = mark;
+    else delete item.dataset.mark;
+    for (const button of item.querySelectorAll("button.mark")) {
+      button.setAttribute("aria-pressed", String(button.dataset.mark === mark));
+    }
+  }
+  const counts = { relevant: 0, irrelevant: 0 };
+  for (const mark of state.marks.values()) counts[mark] += 1;
+  byId("marks-summary").textContent = state.marks.size
+    ? `Marked: ${counts.relevant} relevant, ${counts.irrelevant} not relevant. Refine runs the next round with them.`
+    : "Mark results relevant or not relevant, then refine: the next round learns from every mark so far. " +
+      '"More like this" searches with a result itself.';
+  byId("refine").disabled = !state.query || !state.marks.size;
+  byId("start-over").disabled = !state.query || (!state.marks.size && state.round === 1);
+}
+
+function showRound(answer) {
+  const info = answer.feedback;
+  const how = info ? ` · ${info.method === "learned" ? "learned from" : "Rocchio with"} ${info.relevant} relevant, ${info.irrelevant} not relevant` : "";
+  byId("round").textContent = `round ${state.round}${how}`;
 }
 
 function renderAnswer(answer, previewUrl) {
   const query = answer.query;
   byId("query-image").src = query.preview || previewUrl; // the server's JPEG of an upload: HEIC and RAW show too
-  byId("query-name").textContent = `${query.name} · ${query.width}×${query.height}` + (query.true_class ? ` · class ${query.true_class}` : "");
+  const about = [query.source === "gallery" ? `more like ${query.name}` : query.name];
+  if (query.width !== null) about.push(`${query.width}×${query.height}`);
+  if (query.true_class) about.push(`class ${query.true_class}`);
+  byId("query-name").textContent = about.join(" · ");
   const prediction = byId("prediction");
   if (answer.nearest_clusters) renderNearestClusters(prediction, answer.nearest_clusters);
   else renderPrediction(prediction, answer);
@@ -199,6 +262,8 @@ function renderAnswer(answer, previewUrl) {
     list.replaceChildren(...(answer.results[mode] || []).map((result) => tile(result, answer.similarity)));
     if (!list.children.length) list.append(element("li", "empty muted", "no results"));
   }
+  showRound(answer);
+  showMarks();
   byId("results").hidden = false;
   document.body.dataset.state = "done";
 }
@@ -225,7 +290,9 @@ function renderNearestClusters(prediction, clusters) {
   });
 }
 
-async function search(form, previewUrl, label) {
+// One request; `done` runs before the answer is shown: it makes the query, marks and round the page's state
+// (a failed request leaves the page as it was).
+async function search(form, previewUrl, label, done) {
   if (state.busy) return;
   state.busy = true;
   document.body.dataset.state = "busy";
@@ -235,6 +302,7 @@ async function search(form, previewUrl, label) {
   const started = performance.now();
   try {
     const answer = await api("/api/query", { method: "POST", body: form });
+    if (done) done();
     renderAnswer(answer, previewUrl);
     setStatus(`${label}: ${(performance.now() - started).toFixed(0)} ms in the browser, ${answer.timings_ms.total.toFixed(1)} ms on the server`);
   } catch (error) {
@@ -255,18 +323,42 @@ function searchFile(file) {
   }
   if (state.preview) URL.revokeObjectURL(state.preview);
   state.preview = URL.createObjectURL(file);
-  const form = new FormData();
-  form.append("image", file, file.name);
-  search(form, state.preview, file.name);
+  ask({ kind: "image", file, label: file.name, previewUrl: state.preview }, new Map(), 1);
+}
+
+function imageUrl(id) {
+  return `/api/images/${id.split("/").map(encodeURIComponent).join("/")}`;
 }
 
 function searchTestImage() {
   const id = byId("test-select").value;
   if (!id) return;
-  const form = new FormData();
-  form.append("test_id", id);
   const option = byId("test-select").selectedOptions[0];
-  search(form, `/api/images/${id.split("/").map(encodeURIComponent).join("/")}`, option ? option.textContent : id);
+  ask({ kind: "test", id, label: option ? option.textContent : id, previewUrl: imageUrl(id) }, new Map(), 1);
+}
+
+// "More like this": a gallery image as a new query (no marks, round 1); the focus moves to the round's heading.
+async function moreLikeThis(id) {
+  await ask({ kind: "gallery", id, label: `more like ${id}`, previewUrl: imageUrl(id) }, new Map(), 1);
+  if (state.query && state.query.id === id) byId("round").focus();
+}
+
+// A query with its marks: a new query, the next round (the same query again, with every mark so far), or round 1.
+function ask(query, marks, round) {
+  const form = new FormData();
+  if (query.kind === "image") form.append("image", query.file, query.file.name); // the same File, sent again
+  else form.append(query.kind === "test" ? "test_id" : "gallery_id", query.id);
+  for (const [id, mark] of marks) form.append(mark === "relevant" ? "relevant_ids" : "irrelevant_ids", id);
+  const label = round > 1 ? `${query.label} (round ${round})` : query.label;
+  return search(form, query.previewUrl, label, () => Object.assign(state, { query, marks, round }));
+}
+
+function refine() {
+  if (state.query && state.marks.size) ask(state.query, state.marks, state.round + 1); // marks made meanwhile stay
+}
+
+function startOver() {
+  if (state.query) ask(state.query, new Map(), 1);
 }
 
 function wireDropZone() {
@@ -298,6 +390,8 @@ async function start() {
     event.target.value = "";
   });
   byId("test-search").addEventListener("click", searchTestImage);
+  byId("refine").addEventListener("click", refine);
+  byId("start-over").addEventListener("click", startOver);
   try {
     renderModel(await api("/api/model"));
     renderTestImages(await api("/api/test-images"));
