@@ -38,6 +38,18 @@ def test_paper_config_merged_over_default_is_valid():
     assert len(grid_cells(config)) == 5 * 4 * 9
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "schema.yaml"))
+def test_every_shipped_config_merged_over_the_default_is_valid(name: str):
+    merged = default_config()
+    for key, value in yaml.safe_load((REPO / "config" / name).read_text()).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    config = validate_config(merged, SCHEMA)
+    assert config["feedback"]["method"] in ("learned", "rocchio")  # sections the file leaves out get defaults
+
+
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from helpers import run_cbir, run_snakemake, write_config
@@ -82,9 +83,19 @@ def test_summary_has_every_metric_table_plot_and_montage(finished_run):
     for heading in ["### tiny", "#### precision@5", "#### precision@10", "#### mAP over the full ranking",
                     "#### mAP@5", "#### recall@5"]:  # fmt: skip
         assert heading in quality, heading
-    for plot in ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup", "paper_accuracy_vs_pca"]:
+    plots = ["accuracy_vs_pca", "map_vs_pca", "latency_vs_pca", "recall_vs_speedup", "paper_accuracy_vs_pca",
+             "feedback_rounds"]  # fmt: skip
+    for plot in plots:
         assert (summary / f"{plot}.png").stat().st_size > 1000, plot
     assert (summary / "montages/tiny/lite.png").stat().st_size > 1000
+    feedback = pd.read_csv(summary / "feedback.csv")  # the simulated user's rounds, per space and method
+    assert set(feedback["method"]) == {"learned", "rocchio"} and set(feedback["ranking"]) == {"full", "residual"}
+    assert set(feedback["round"]) == {0, 1, 2, 3}
+    spaces = pd.read_csv(summary / "spaces.csv")
+    assert set(feedback["space"]) == set(spaces["space"])
+    full = feedback[feedback["ranking"] == "full"]  # (the residual empties: the tiny gallery is all marked)
+    by_round = full.groupby("round")["precision_at_10"].mean()
+    assert by_round[3] > by_round[0]
     timing = (summary / "retrieval_time_80-20.md").read_text()
     assert "total with clustering" in timing and "search alone" in timing and "clustered (paper)" in timing
 
