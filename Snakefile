@@ -23,6 +23,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resources.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/extraction.smk"
 include: "workflow/rules/fitting.smk"

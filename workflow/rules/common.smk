@@ -163,13 +163,14 @@ def counted_training_set(dataset, split):
 
 
 def kept_until_due(path, artifact, dataset=None):
-    """An input of the step fitting ``artifact``, marked ancient while update.refit is when_due and no refit
+    """An input (a path pattern, or a function of the wildcards) of the step fitting ``artifact``, marked ancient while update.refit is when_due and no refit
     is due (cbir.fitting.refit), so that a changed input does not refit the kept model. ``dataset``: for a
     rule of one dataset, whose paths name it rather than take it as a wildcard."""
 
     def kept(wildcards):
         values = {**wildcards, **({"dataset": dataset} if dataset else {})}
-        return kept_input(path.format(**values), artifact.format(**values), values)
+        target = path(values) if callable(path) else path.format(**values)
+        return kept_input(target, artifact.format(**values), values)
 
     return kept
 
@@ -286,3 +287,58 @@ def montage_outputs():
 def retrieval_settings(*keys):
     """Only the retrieval settings that a job reads, so that changing any other one does not rerun it."""
     return {key: config["retrieval"][key] for key in keys}
+
+
+# Fine-tuned backbones (workflow/rules/finetune.smk): each split's features come from a network of
+# its own, "<backbone>__ft_<split>", extracted as any backbone with the fine-tuned weights file.
+FINETUNED = "results/{dataset}/finetuned/{backbone}/{split}.safetensors"
+FINETUNE_RECORD = "results/{dataset}/finetuned/{backbone}/{split}.json"
+FINETUNED_BACKBONES = [name for name, entry in config["backbones"].items() if entry.get("finetune")]
+FINETUNED_NETWORK = re.compile(r"(?P<backbone>[A-Za-z0-9_]+?)__ft_(?P<split>\d{1,2}_\d{1,2}|official|all)")
+
+
+def network_name(backbone, split):
+    """The network whose features a cell of ``backbone`` at ``split`` reads: the backbone's own, or for a
+    fine-tuned backbone the one fine-tuned on that split."""
+    return f"{backbone}__ft_{split.replace('-', '_')}" if backbone in FINETUNED_BACKBONES else backbone
+
+
+def fine_tuned_on(network):
+    """(backbone, split) of a fine-tuned network's name; None for a backbone of the catalogue."""
+    match = FINETUNED_NETWORK.fullmatch(network)
+    if network in config["backbones"] or match is None:
+        return None
+    return match["backbone"], match["split"].replace("_", "-")
+
+
+def network_entry(wildcards):
+    """The backbone entry a network extracts with: the catalogue's, or its fine-tuned weights file."""
+    tuned = fine_tuned_on(wildcards.backbone)
+    if tuned is None:
+        return config["backbones"][wildcards.backbone]
+    backbone, split = tuned
+    entry = {key: value for key, value in config["backbones"][backbone].items() if key != "finetune"}
+    return {**entry, "weights": FINETUNED.format(dataset=wildcards.dataset, backbone=backbone, split=split)}
+
+
+def finetuned_input(wildcards):
+    """The fine-tuned weights a network extracts with (none for a backbone of the catalogue)."""
+    tuned = fine_tuned_on(wildcards.backbone)
+    return [] if tuned is None else FINETUNED.format(dataset=wildcards.dataset, backbone=tuned[0], split=tuned[1])
+
+
+def cell_features(wildcards):
+    """The feature file a grid cell reads."""
+    return FEATURES.format(dataset=wildcards["dataset"], backbone=network_name(wildcards["backbone"], wildcards["split"]))
+
+
+def backbone_features(wildcards):
+    """A dataset and backbone's feature file for the steps that need one network (the query latency, the
+    changed copies): for a fine-tuned backbone, the grid's first split's."""
+    return FEATURES.format(dataset=wildcards.dataset, backbone=network_name(wildcards.backbone, config["grid"]["splits"][0]))
+
+
+def networks():
+    """Every (dataset, network) the grid extracts with."""
+    grid = config["grid"]
+    return sorted({(d, network_name(b, s)) for d in grid["datasets"] for b in grid["backbones"] for s in grid["splits"]})

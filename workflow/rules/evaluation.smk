@@ -3,7 +3,7 @@ rule time_extraction:
     input:
         manifest=MANIFEST,
         # the network, seed and precision come from what the feature file recorded
-        features=FEATURES,
+        features=backbone_features,
     output:
         timing=FEATURE_TIMING,
     params:
@@ -28,7 +28,7 @@ rule evaluate:
     """Accuracy, retrieval quality of every search mode and per-query timings of one grid cell, on at most
     retrieval.eval_queries test images (without labels: each search's recall@k against exact search, and timings)."""
     input:
-        features=FEATURES,
+        features=cell_features,
         timing=FEATURE_TIMING,
         manifest=MANIFEST,
         split=SPLIT,
@@ -65,7 +65,7 @@ if EXTRA_SPACES:
         """The evaluation of the rule above in each of the cell's further embedding spaces (one job: they share the
         test features and labels, read once)."""
         input:
-            features=FEATURES,
+            features=cell_features,
             timing=FEATURE_TIMING,
             manifest=MANIFEST,
             split=SPLIT,

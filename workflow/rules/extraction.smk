@@ -12,13 +12,14 @@ checkpoint plan_shards:
     input:
         manifest=MANIFEST,
         engine=engine_input,
+        finetuned=finetuned_input,
     output:
         plan=SHARD_PLAN,
     params:
         shard_size=config["extraction"]["shard_size"],
         cache=config["extraction"]["cache"],
         # what the network's fingerprint is made of: changing any of them plans again
-        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        backbone=network_entry,
         extraction=EXTRACTION_OPTIONS,
         seed=SEED,
     log:
@@ -42,10 +43,11 @@ rule prepare_engine:
         # prepared once: images added later do not re-calibrate it (which would change every
         # image's features and so miss the whole feature cache)
         manifest=ancient(MANIFEST),
+        finetuned=finetuned_input,
     output:
         engine=directory(ENGINE),
     params:
-        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        backbone=network_entry,
         extraction=EXTRACTION_OPTIONS,
         # calibration images come from the training set of every split
         splits=config["grid"]["splits"],
@@ -70,10 +72,11 @@ rule extract_features:
         manifest=MANIFEST,
         plan=SHARD_PLAN,
         engine=engine_input,
+        finetuned=finetuned_input,
     output:
         receipt=temp(SHARD),
     params:
-        backbone=lambda wildcards: config["backbones"][wildcards.backbone],
+        backbone=network_entry,
         extraction=EXTRACTION_OPTIONS,
         seed=SEED,
     log:
@@ -102,7 +105,8 @@ rule gather_features:
         plan=SHARD_PLAN,
         receipts=feature_shards,
     output:
-        features=FEATURES,
+        # update: never missing after a kill, which would refit the models an update keeps (see rule split)
+        features=update(FEATURES),
     log:
         f"{LOGS}/gather_features/{{dataset}}_{{backbone}}.log",
     benchmark:
@@ -122,7 +126,7 @@ rule changed_copies:
     """Changed copies (cropped, mirrored, brighter or darker, re-encoded) of a sample of a collection's photos
     through its own network: how validation judges a collection without labels."""
     input:
-        features=FEATURES,
+        features=backbone_features,
     output:
         copies=COPIES,
     params:

@@ -1,7 +1,7 @@
 rule fit_pca:
     """One PCA per training split, at the grid's largest size: exact, or streamed for large training sets."""
     input:
-        features=kept_until_due(FEATURES, PCA_BASIS),
+        features=kept_until_due(cell_features, PCA_BASIS),
         split=kept_until_due(SPLIT, PCA_BASIS),
     output:
         basis=PCA_BASIS,
@@ -26,13 +26,14 @@ rule fit_pca:
 rule project:
     """PCA(n) projection of the training images: the cell's gallery."""
     input:
-        features=FEATURES,
+        features=cell_features,
         manifest=MANIFEST,
         split=SPLIT,
         basis=basis_input,
     output:
-        projection=f"{CELL}/{PROJECTION}",
-        gallery=f"{CELL}/{GALLERY}",
+        # update: never missing after a kill, which would refit the models an update keeps (see rule split)
+        projection=update(f"{CELL}/{PROJECTION}"),
+        gallery=update(f"{CELL}/{GALLERY}"),
     params:
         seed=SEED,
         labelled=lambda wildcards: dataset_is_labelled(config, wildcards.dataset),

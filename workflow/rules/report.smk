@@ -57,7 +57,7 @@ rule summarize:
 rule montage:
     """Retrieval montage like the paper's figures, for a few fixed test queries of one dataset."""
     input:
-        features=FEATURES,
+        features=lambda wildcards: cell_features({**wildcards, "split": montage_split_and_pca()[0]}),
         split=montage_split,
         cell=lambda wildcards: [f"{montage_cell(wildcards)}/{name}" for name in model_files(config["grid"]["k"][0])],
     output:

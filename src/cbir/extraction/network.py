@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from cbir.extraction.layers import FeatureNetwork
 from cbir.extraction.precision import EXPECTED_COSINE_TO_FP32, autocast, follow_recorded, resolve_precision
 from cbir.extraction.preprocess import preprocessing_description, transform_from_description
 from cbir.extraction.registry import BACKBONES, BackboneSpec, get_backbone
+from cbir.extraction.weights import WEIGHTS_FILE_SUFFIXES
 from cbir.plugins import PluginError, load_plugin
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def prepare_from_record(
             raise RecordError(
                 f"the backbone '{record['arch']}' comes from a plugin that cannot be loaded: {error}"
             ) from error
-    spec = BackboneSpec.from_config(record)
+    spec = _weights_under_root(BackboneSpec.from_config(record), root)
     seed = int(record.get("seed", 0))
     torch_device = resolve_device(device)
     runner, model_file, notice = None, None, None
@@ -205,6 +206,15 @@ def prepare_from_record(
     return PreparedNetwork(spec, seed, torch_device, precision, reason, _place(network, torch_device), transform,
                            dict(record["preprocessing"]), dim, notice, engine,
                            str(model_file) if runner is not None else None, runner)  # fmt: skip
+
+
+def _weights_under_root(spec: BackboneSpec, root: str | Path | None) -> BackboneSpec:
+    """A weights file recorded relative to the folder the workflow ran in (a fine-tuned network's) found there,
+    wherever the query runs from."""
+    path = Path(spec.weights)
+    if root is None or path.is_absolute() or path.suffix not in WEIGHTS_FILE_SUFFIXES or path.is_file():
+        return spec
+    return replace(spec, weights=str(Path(root) / path))
 
 
 def _openvino_runner(model_file: Path, precision: str, device: torch.device) -> tuple[Any, str | None]:

@@ -180,6 +180,7 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
                 )
     problems.extend(weights_problems(config))
     problems.extend(backbone_setting_problems(config))
+    problems.extend(finetune_problems(config))
     extraction = config["extraction"]
     if extraction["engine"] != "torch" and extraction["precision"] == "fp16":
         problems.append(
@@ -223,3 +224,17 @@ def backbone_setting_problems(config: Mapping[str, Any]) -> list[str]:
                 f"backbone pools with {entry['pooling']}: remove gem_p or set pooling: gem"
             )
     return problems
+
+
+def finetune_problems(config: Mapping[str, Any]) -> list[str]:
+    """A fine-tuned backbone (``finetune:``) in a grid with a collection without labels: it learns from labels."""
+    backbones = config["backbones"]
+    tuned = [name for name in config["grid"]["backbones"] if backbones.get(name, {}).get("finetune") is not None]
+    collections = [name for name in config["grid"]["datasets"] if not dataset_is_labelled(config, name)]
+    if not tuned or not collections:
+        return []
+    return [
+        f"config key 'backbones.{tuned[0]}.finetune': fine-tuning learns from the classes, and "
+        f"{', '.join(collections)} {'has' if len(collections) == 1 else 'have'} no labels: use a backbone without "
+        "finetune for a collection, or give it labels (labels: folders)"
+    ]
