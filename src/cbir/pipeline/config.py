@@ -230,7 +230,8 @@ def finetune_problems(config: Mapping[str, Any]) -> list[str]:
     """A fine-tuned backbone (``finetune:``) in a grid with a collection without labels: it learns from labels."""
     backbones = config["backbones"]
     tuned = [name for name in config["grid"]["backbones"] if backbones.get(name, {}).get("finetune") is not None]
-    collections = [name for name in config["grid"]["datasets"] if not dataset_is_labelled(config, name)]
+    defined = [name for name in config["grid"]["datasets"] if name in config["datasets"]]  # others: named elsewhere
+    collections = [name for name in defined if not dataset_is_labelled(config, name)]
     if not tuned or not collections:
         return []
     return [
