@@ -172,7 +172,8 @@ def test_the_best_epochs_weights_are_written_when_training_stops_early(split, tm
     assert (record["best_epoch"], record["stopped_early"], len(record["epochs"])) == (1, True, 3)
     assert record["base_validation_map"] == 0.5
 
-    monkeypatch.setattr(finetune_module, "retrieval_map", lambda *args: 0.5)
+    one_epoch = iter([0.5, 0.6])  # the base weights, then an epoch that beats them
+    monkeypatch.setattr(finetune_module, "retrieval_map", lambda *args: next(one_epoch))
     monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)
     run(split, tmp_path / "one", replace(SETTINGS, epochs=1))
     best, one = (
@@ -180,6 +181,18 @@ def test_the_best_epochs_weights_are_written_when_training_stops_early(split, tm
         load_file(tmp_path / "one" / "weights.safetensors"),
     )
     assert all(torch.equal(best[key], one[key]) for key in one)
+
+
+def test_the_base_weights_are_written_where_no_epoch_beats_them_on_validation(split, tmp_path, monkeypatch):
+    scores = iter([0.7, 0.6, 0.5])  # the base weights, then two epochs that do worse
+    monkeypatch.setattr(finetune_module, "retrieval_map", lambda *args: next(scores))
+    record = run(split, tmp_path, replace(SETTINGS, epochs=2))
+    assert record["kept_base_weights"] is True and record["best_validation_map"] == 0.6
+    written = load_file(tmp_path / "weights.safetensors")
+    entry = get_backbone(SPEC.arch)
+    torch.manual_seed(0)  # the run's seed: random base weights
+    entry.load_weights(base := entry.build(), SPEC.weights)
+    assert all(torch.equal(written[key], value) for key, value in base.state_dict().items())
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(split, tmp_path, monkeypatch):

@@ -164,11 +164,12 @@ def finetune(
 
     ``validation_rows`` (rows of ``paths``) are held out: each epoch ranks them against the trained rows, and
     training stops after ``settings.patience`` epochs without a better mAP. ``out_weights`` (safetensors) gets
-    the best epoch's state dict of the whole model as ``entry.build()`` names it, ``out_record`` the JSON
-    record, both written atomically. A checkpoint in ``checkpoint_dir`` after every epoch lets an interrupted
-    run resume where it stopped, with the result of an uninterrupted run (on the CPU, fp32); it is removed at
-    the end. Raises :class:`FinetuneError` before any training where the input or settings cannot work.
-    ``class_names``: the names of the class indices, for the messages.
+    the best epoch's state dict of the whole model as ``entry.build()`` names it (the base weights where no
+    epoch beat them on validation), ``out_record`` the JSON record, both written atomically. A checkpoint in
+    ``checkpoint_dir`` after every epoch lets an interrupted run resume where it stopped, with the result of
+    an uninterrupted run (on the CPU, fp32); it is removed at the end. Raises :class:`FinetuneError` before
+    any training where the input or settings cannot work. ``class_names``: the names of the class indices,
+    for the messages.
     """
     log = log or LOG
     paths, labels, validation_rows = [Path(p) for p in paths], np.asarray(labels), np.asarray(validation_rows)
@@ -182,6 +183,13 @@ def finetune(
                               training.described["n_classes"])  # fmt: skip
         progress, best_model, resumed_after = _start(training, checkpoint_dir, key, log)
         best_model = _train(training, progress, best_model, checkpoint_dir, key, log)
+        # validation chose no fine-tuning: the base weights are written (extraction then gives the frozen features)
+        kept_base = progress.best_map is not None and progress.best_map <= (progress.base_validation_map or -1.0)
+        if kept_base:
+            entry = get_backbone(spec.arch)
+            torch.manual_seed(seed)  # as the training's base: random weights depend on the seed
+            entry.load_weights(base := entry.build(), spec.weights)
+            best_model = tensors_of(base.state_dict(), "")
         record = {
             **training.described,
             "settings": settings.as_dict(),
@@ -192,6 +200,7 @@ def finetune(
             "best_epoch": progress.best_epoch,
             "best_validation_map": progress.best_map,
             "stopped_early": progress.epoch < settings.epochs,
+            "kept_base_weights": kept_base,
             "resumed_after_epoch": resumed_after,
             "library_versions": library_versions(),
             **record_extra,
