@@ -2,6 +2,7 @@
 part that validation draws from them, into a safetensors weights file and its record."""
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,24 @@ def training_content_hash(ids, hashes) -> str:
 
 
 def main(smk) -> None:
+    try:
+        fine_tune_split(smk)
+    except FinetuneError as error:  # the user's to fix, and the message says how: one line, no traceback
+        logging.getLogger("cbir.finetune").error("rule finetune failed: %s", error)
+        raise SystemExit(1) from None
+
+
+def fine_tune_split(smk) -> None:
     manifest = read_manifest(smk.input.manifest).set_index("id")
     train = manifest.loc[split_ids(smk.input.split, "train")]
     classes, labels = np.unique(train["label"].to_numpy(), return_inverse=True)
     rows = validation_rows(labels, smk.params.validation_fraction, smk.params.seed)
     if rows is None:
         raise FinetuneError(
-            f"fine-tuning {smk.wildcards.backbone} on {smk.wildcards.dataset} {smk.wildcards.split}: the training split "
-            f"({len(train)} images, {len(classes)} classes) is too small for a validation part at validation.fraction "
-            f"{smk.params.validation_fraction} to stop the training early; add images, or raise validation.fraction"
+            f"fine-tuning {smk.wildcards.backbone} on {smk.wildcards.dataset} {smk.wildcards.split}: the training "
+            f"split ({len(train)} images, {len(classes)} classes) is too small for a validation part at "
+            f"validation.fraction {smk.params.validation_fraction} to stop the training early; add images, or raise "
+            "validation.fraction"
         )
     weights = Path(smk.output.weights)
     finetune(
