@@ -35,7 +35,7 @@ def labelled_photos(folder: Path, classes: int, per_class: int, work: Path) -> t
     """The first photos of the first classes of ``folder``, or generated JPEGs in as many classes."""
     found = sorted(p for p in folder.iterdir() if p.is_dir())[:classes] if folder.is_dir() else []
     if found:
-        paths = [sorted(c.glob("*.jpg"))[:per_class] for c in found]
+        paths = [sorted([*c.glob("*.jpg"), *c.glob("*.png")])[:per_class] for c in found]
         source = folder.name
     else:
         paths = [[Path(p) for p in make_jpegs(work / f"class{c}", per_class, seed=c)] for c in range(classes)]
