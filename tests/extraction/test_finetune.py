@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def test_only_the_training_split_images_are_opened(split, tmp_path, monkeypatch)
     assert not set(opened) & set(test_paths)
 
 
-def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_run(split, finished, tmp_path, monkeypatch):
+def stop_after_the_first_checkpoint(monkeypatch) -> Callable[..., None]:
+    """Interrupt a run once its first checkpoint is written; returns the real save, to put back."""
     real_save = finetune_module.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
@@ -135,6 +137,11 @@ def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_run(split, finished
         raise Interrupted
 
     monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_stop)
+    return real_save
+
+
+def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_run(split, finished, tmp_path, monkeypatch):
+    real_save = stop_after_the_first_checkpoint(monkeypatch)
     with pytest.raises(Interrupted):
         run(split, tmp_path)
     assert (tmp_path / "checkpoint" / CHECKPOINT_FILE).is_file() and not (tmp_path / "weights.safetensors").exists()
@@ -196,13 +203,7 @@ def test_the_base_weights_are_written_where_no_epoch_beats_them_on_validation(sp
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(split, tmp_path, monkeypatch):
-    real_save = finetune_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Interrupted
-
-    monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_stop)
+    real_save = stop_after_the_first_checkpoint(monkeypatch)
     with pytest.raises(Interrupted):
         run(split, tmp_path, replace(SETTINGS, lr=1e-3))
     monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)

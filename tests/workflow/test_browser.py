@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,16 +55,22 @@ def tiles(page, mode: str) -> list[dict[str, str]]:
     )
 
 
-def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_path: Path):
-    url, served = server
-    root, _ = finished_run
-    classes = set(served.model.class_names)
+def open_page(browser, url: str) -> tuple[Any, list[str]]:
+    """The search page loaded, with the page errors and Content Security Policy violations it reports."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url + "/")
     page.wait_for_selector("body[data-state='ready']", timeout=TIMEOUT_MS)
+    return page, problems
+
+
+def test_search_page_in_headless_chromium(browser, server, finished_run, tmp_path: Path):
+    url, served = server
+    root, _ = finished_run
+    classes = set(served.model.class_names)
+    page, problems = open_page(browser, url)
     info = page.inner_text("#model-panel")
     for shown in ("tiny", "lite", "80-20", "gallery size", "24", "classification accuracy", "mAP@5"):
         assert shown in info, shown
@@ -174,12 +181,7 @@ def test_relevance_feedback_in_the_page(browser, server, finished_run):
 
     url, served = server
     root, _ = finished_run
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
-    page.goto(url + "/")
-    page.wait_for_selector("body[data-state='ready']", timeout=TIMEOUT_MS)
+    page, problems = open_page(browser, url)
     query = root / "data/tiny/red/003.png"
     page.set_input_files("#file-input", str(query))
     wait_for_results(page)
