@@ -84,7 +84,8 @@ def main() -> None:
     for epoch in trained["epochs"]:
         table.append({"setting": setting, "epoch": epoch["epoch"], "validation_map": epoch["validation_map"],
                       "gain_vs_frozen": epoch["validation_map"] - trained["base_validation_map"],
-                      "images_per_s": epoch["images_per_second"] or float("nan"), "seconds": epoch["seconds"]})  # fmt: skip
+                      "images_per_s": epoch["images_per_second"] or float("nan"),
+                      "seconds": epoch["seconds"]})  # fmt: skip
     print(f"device {trained['device']} ({trained.get('device_name', '?')}), {trained['precision']}; "
           f"{seconds:.0f} s in all; epoch 0 is the frozen network (the baseline)")  # fmt: skip
     print_table(table, ["epoch", "validation_map", "gain_vs_frozen", "images_per_s", "seconds"])
