@@ -237,9 +237,12 @@ def test_gem_p_is_a_backbone_key_for_gem_pooling(tmp_path):
     config["backbones"]["lite"].update(pooling="gem", gem_p=2)
     checked = validate_config(config, load_schema(SCHEMA))
     assert BackboneSpec.from_config(checked["backbones"]["lite"]).gem_p == 2.0
-    # the rules' params hold the whole backbone entry: a new gem_p re-extracts and re-prepares the engine
+    # the rules' params hold the whole backbone entry (network_entry: the catalogue's, or a fine-tuned network's
+    # with its weights file): a new gem_p re-extracts and re-prepares the engine
     rules = (REPO / "workflow" / "rules" / "extraction.smk").read_text()
-    assert rules.count('backbone=lambda wildcards: config["backbones"][wildcards.backbone]') == 3
+    assert rules.count("backbone=network_entry,") == 3
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert 'return config["backbones"][wildcards.backbone]' in common
     config["backbones"]["lite"]["pooling"] = "avg"
     with pytest.raises(ConfigError, match=r"'backbones\.lite\.gem_p': GeM's power is used with pooling: gem only"):
         validate_config(config, load_schema(SCHEMA))
