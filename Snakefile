@@ -36,4 +36,15 @@ rule all:
         rules.summarize.output,
         montage_outputs(),
         collection_space_files(),
+        shard_plans(),
     default_target: True
+
+
+rule all_but_summary:
+    """What `all` builds but the summary, which every dataset of the folder shares: `cbir index` builds this, so
+    that collections indexed side by side in one folder write no file in common."""
+    input:
+        rules.summarize.input,
+        montage_outputs(),
+        collection_space_files(),
+        shard_plans(),

@@ -18,6 +18,7 @@ PREPARED_IMAGES = DATASET + "/images"  # converted data (digits, CIFAR-10's and 
 FILE_RECORDS = DATASET + "/cache/file_records.csv"
 SCAN_RECORDS = DATASET + "/scan/{shard}-of-{n}.csv"
 INDEX_CONFIG = DATASET + "/index-config.yaml"  # the config `cbir index` writes and runs
+INDEX_LOCK = DATASET + "/index.lock"  # held by the `cbir index` run updating the collection (cbir.pipeline.lock)
 INDEX_LOG = DATASET + "/index.log"  # the full output of `cbir index`'s last run: Snakemake's log and the jobs'
 MANIFEST = DATASET + "/manifest.csv"
 EXCLUDED = DATASET + "/excluded.csv"

@@ -105,8 +105,7 @@ rule gather_features:
         plan=SHARD_PLAN,
         receipts=feature_shards,
     output:
-        # update: never missing after a kill, which would refit the models an update keeps (see rule split)
-        features=update(FEATURES),
+        features=FEATURES,
     log:
         f"{LOGS}/gather_features/{{dataset}}_{{backbone}}.log",
     benchmark:

@@ -31,9 +31,8 @@ rule project:
         split=SPLIT,
         basis=basis_input,
     output:
-        # update: never missing after a kill, which would refit the models an update keeps (see rule split)
-        projection=update(f"{CELL}/{PROJECTION}"),
-        gallery=update(f"{CELL}/{GALLERY}"),
+        projection=f"{CELL}/{PROJECTION}",
+        gallery=f"{CELL}/{GALLERY}",
     params:
         seed=SEED,
         labelled=lambda wildcards: dataset_is_labelled(config, wildcards.dataset),

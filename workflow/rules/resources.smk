@@ -28,6 +28,13 @@ def engine_input(wildcards):
     return ENGINE.format(dataset=wildcards.dataset, backbone=wildcards.backbone)
 
 
+def shard_plans():
+    """Every dataset's shard plan, named among the run's targets: a features file whose plan is missing (a killed
+    plan_shards job leaves none) would otherwise never be gathered again, whatever changed, as Snakemake does not
+    look at the inputs of a job that waits on a checkpoint whose output is missing."""
+    return [SHARD_PLAN.format(dataset=dataset, backbone=network) for dataset, network in networks()]
+
+
 def feature_shards(wildcards):
     """The shard files of a dataset and backbone, known once the checkpoint has planned them."""
     plan = read_shard_plan(checkpoints.plan_shards.get(dataset=wildcards.dataset, backbone=wildcards.backbone).output.plan)

@@ -40,6 +40,7 @@ from cbir.extraction.build import build_backbone
 from cbir.extraction.precision import MARGIN, autocast, measure
 from cbir.extraction.preprocess import preprocessing
 from cbir.hardware import cpu_description, cpu_has_vnni, cpu_may_have_fast_bf16
+from cbir.io import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,7 +190,17 @@ def _candidates(engine: str, precision: str, bf16_possible: bool) -> list[str]:
     return [*wanted, *(["torch-bf16"] if bf16_possible else []), "torch-fp32"]
 
 
-def prepare_engine(
+def prepare_engine(spec: BackboneSpec, out_dir: str | Path, **options: Any) -> EngineChoice:
+    """:func:`prepare_engine_into` a temporary folder that becomes ``out_dir`` once complete (a killed job leaves
+    no half-prepared engine, whose digest the feature cache's fingerprint would take)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # an empty folder made by someone else: replaced
+    with atomic_path(out_dir) as folder:
+        return prepare_engine_into(spec, folder, **options)
+
+
+def prepare_engine_into(
     spec: BackboneSpec,
     out_dir: str | Path,
     *,

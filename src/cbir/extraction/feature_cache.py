@@ -221,7 +221,7 @@ def assemble_features(
     rows_per_chunk = max(1, min(total, (1 << 20) // (dim * dtype.itemsize)))
     handles: dict[int, h5py.File] = {}
     try:
-        with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as out:
+        with atomic_path(out_path, expected_bytes=total * dim * dtype.itemsize) as tmp, h5py.File(tmp, "w") as out:
             features = out.create_dataset("features", shape=(total, dim), dtype=dtype, chunks=(rows_per_chunk, dim))
             out.create_dataset("ids", data=manifest["id"].astype(str).to_numpy(dtype=object), dtype=STRING_DTYPE)
             out.create_dataset("paths", data=manifest["path"].astype(str).to_numpy(dtype=object), dtype=STRING_DTYPE)

@@ -124,7 +124,8 @@ def stream_features(
         prepared.precision_reason,
     )
     # SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds, and the partial file goes
-    with terminate_cleanly(), atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+    size = len(paths) * dim * dtype.itemsize  # the features alone: a full disk is told before any is computed
+    with terminate_cleanly(), atomic_path(out_path, expected_bytes=size) as tmp, h5py.File(tmp, "w") as f:
         features = f.create_dataset("features", shape=(len(paths), dim), dtype=dtype, chunks=(rows_per_chunk, dim))
         for name, (values, column_dtype) in columns.items():
             f.create_dataset(name, data=values, dtype=column_dtype)

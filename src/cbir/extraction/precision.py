@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cbir.hardware import cpu_description, cpu_may_have_fast_bf16
+from cbir.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,8 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         cache = {**_read_cache(path), key: entry}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError as error:
         log.warning("cannot cache the precision trial in '%s': %s", path, error)
 

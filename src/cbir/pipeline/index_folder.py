@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from cbir.layout import (
     FEATURES,
     GALLERY,
     INDEX_CONFIG,
+    INDEX_LOCK,
     INDEX_LOG,
     PROJECTION,
     RAW,
@@ -52,7 +54,10 @@ from cbir.layout import (
     embedding_name,
     metrics_name,
 )
+from cbir.pipeline.disk_space import NoRoomError, check_room
 from cbir.pipeline.labels import detect_labels
+from cbir.pipeline.lock import CollectionBusyError, collection_lock
+from cbir.pipeline.previous import previous_kept
 from cbir.pipeline.progress import Job, Progress, captured_output, failure, quietly, shown
 from cbir.pipeline.workflow_files import WorkflowMissingError, default_config, snakefile
 from cbir.search.cell import available_k, best_space, chosen_cell
@@ -60,6 +65,9 @@ from cbir.search.cell import available_k, best_space, chosen_cell
 LABEL_CHOICES = ("auto", "none", "folders")
 # the settings a failed check may name, as cbir index takes them
 OPTION_OF_SETTING = {"data.ignore": "--ignore", "data.max_excluded_fraction": "--max-excluded-fraction"}
+# what the run builds: everything the workflow's `all` does but the summary, which every dataset of a folder shares
+# (two collections indexed side by side would write it both)
+INDEX_TARGET = "all_but_summary"
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
 # cbir index's backbone: chosen on Corel-1K and Fashion-MNIST by quality and time (README, "Settings chosen by
 # validation")
@@ -250,22 +258,41 @@ def run_index(
 ) -> str:
     """The workflow for the plan's dataset, through Snakemake's API: one line per stage on stderr (``verbose``:
     Snakemake's log and the jobs' output instead), all of it in ``results/<name>/index.log``. Returns the run
-    in one line; a run that stops is an :class:`IndexRunError` carrying the failed step's own error."""
-    # snakemake on first use: the CLI imports this module for every command
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.enums import Quietness
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
-
+    in one line; a run that stops is an :class:`IndexRunError` carrying the failed step's own error. One run per
+    collection at a time (:mod:`cbir.pipeline.lock`); Snakemake is imported on first use (the CLI imports this
+    module for every command)."""
     try:
         workflow_snakefile = snakefile()
     except WorkflowMissingError as error:
         raise FolderIndexError(str(error)) from None
-    config, search_files = write_index_config(plan, workdir, extraction, data)
+    try:
+        lock = workdir / INDEX_LOCK.format(dataset=plan.name)  # what a stopped run left missing is put back (previous)
+        with collection_lock(lock, f"'{plan.name}'", _say), previous_kept(lock.parent, _say):
+            check_room(workdir, plan.name, plan.n_images)  # a full disk stops an update before it changes anything
+            config, search_files = write_index_config(plan, workdir, extraction, data)
+            return _run_workflow(plan, workdir, cores, workflow_snakefile, config, search_files, verbose)
+    except (CollectionBusyError, NoRoomError) as error:
+        raise FolderIndexError(str(error)) from None
+
+
+def _say(line: str) -> None:
+    print(f"cbir index: {line}", file=sys.stderr)
+
+
+def _run_workflow(plan: IndexPlan, workdir: Path, cores: int, workflow_snakefile: Path, config: Path,
+                  search_files: list[str], verbose: bool) -> str:  # fmt: skip
+    """:func:`run_index` under the collection's lock, which stands in for Snakemake's own: that one names no
+    process, so a killed run's stops the next, and it spans the folder. What a killed run left marked incomplete
+    is built again (``--rerun-incomplete``)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings import types as settings
+    from snakemake.settings.enums import Quietness
+
     log = workdir / plan.log
     with captured_output(log, echo=verbose) as output:
         progress = Progress(io.StringIO() if verbose else output.terminal, stage_details(plan, workdir))
         try:
-            with SnakemakeApi(OutputSettings(quiet={Quietness.HOST}, show_failed_logs=True)) as api:
+            with SnakemakeApi(settings.OutputSettings(quiet={Quietness.HOST}, show_failed_logs=True)) as api:
                 snakemake_log = logging.getLogger("snakemake.logging")
                 # Snakemake's screen into the log file (its sys.stderr may be a test's capture, not descriptor 2)
                 for handler in snakemake_log.handlers:
@@ -273,13 +300,13 @@ def run_index(
                         handler.setStream(output.log)
                 snakemake_log.addHandler(progress)
                 workflow = api.workflow(
-                    resource_settings=ResourceSettings(cores=cores),
-                    config_settings=ConfigSettings(configfiles=[config]),
+                    resource_settings=settings.ResourceSettings(cores=cores),
+                    config_settings=settings.ConfigSettings(configfiles=[config]),
                     snakefile=workflow_snakefile,
                     workdir=workdir,
                 )
-                dag = workflow.dag(DAGSettings(targets={"all", *search_files}))
-                dag.execute_workflow(executor="local")
+                dag = workflow.dag(settings.DAGSettings(targets={INDEX_TARGET, *search_files}, force_incomplete=True))
+                dag.execute_workflow(executor="local", execution_settings=settings.ExecutionSettings(lock=False))
             progress.close_line()  # a terminal's live line, were any left open
         except Exception as error:
             progress.close_line()

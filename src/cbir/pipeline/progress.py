@@ -49,7 +49,7 @@ STAGES = (
     Stage("quality", "measuring quality", "quality measured",
           frozenset({"time_extraction", "evaluate", "evaluate_spaces", "summarize", "montage"})),
 )  # fmt: skip
-TARGET_RULES = frozenset({"all"})  # the run's target: no work of its own
+TARGET_RULES = frozenset({"all", "all_but_summary"})  # the run's targets: no work of their own
 
 
 def stage_of(rule: str) -> Stage | None:
@@ -239,6 +239,7 @@ def captured_output(log_path: str | Path, echo: bool = False) -> Iterator[Captur
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # a record of the rule's log (steps.configure_logging)
 FAILED = re.compile(r"^\S+ \S+ ERROR cbir\.\S+: rule \S+ failed$")  # run_step's record of the error
+STOPPED = re.compile(r"^\S+ \S+ ERROR cbir\.\S+: rule \S+ failed: (?P<message>.+)$")  # one told in a line (disk full)
 TRACEBACK = "Traceback (most recent call last):"
 EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$")
 
@@ -246,8 +247,12 @@ EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$")
 def error_from_log(text: str) -> str | None:
     """The error a rule's log ends with: the exception of the traceback that ``run_step`` logged (else the log's
     last traceback), as its message alone for cbir's own errors (``cbir.*``, worded for the user) and as
-    ``Type: message`` for any other; None when the log holds no traceback."""
+    ``Type: message`` for any other; None when the log holds no traceback. An error ``run_step`` told in one
+    line (a full disk) is that line's message."""
     lines = text.splitlines()
+    stopped = [match["message"] for line in lines if (match := STOPPED.match(line))]
+    if stopped:
+        return stopped[-1]
     failed = [i for i, line in enumerate(lines) if FAILED.match(line)]
     starts = [i for i, line in enumerate(lines) if line.startswith(TRACEBACK) and (not failed or i > failed[-1])]
     if not starts:

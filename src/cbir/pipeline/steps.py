@@ -11,7 +11,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from cbir.io import terminate_cleanly
+from cbir.io import DiskFullError, terminate_cleanly
 from cbir.plugins import load_plugins
 
 
@@ -34,7 +34,8 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
     """Run a rule's step with its log file and its thread budget; log any error before failing.
 
     SIGTERM (Snakemake stopping, a scheduler cancelling the job) unwinds the step, so the files it
-    was writing under temporary names are removed rather than left behind.
+    was writing under temporary names are removed rather than left behind. A full disk is one line naming the file
+    and the space it needs (:class:`cbir.io.DiskFullError`), without a traceback.
     """
     configure_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"cbir.{smk.rule}")
@@ -54,6 +55,9 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
         os.environ["OMP_NUM_THREADS"] = str(smk.threads)
         with terminate_cleanly(), threadpool_limits(limits=smk.threads):
             step(smk)
+    except DiskFullError as error:  # the user's to fix, and the message says how: one line, no traceback
+        log.error("rule %s failed: %s", smk.rule, error)
+        raise SystemExit(1) from None
     except Exception:
         log.exception("rule %s failed", smk.rule)
         raise

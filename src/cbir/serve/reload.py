@@ -7,11 +7,12 @@ so it sees either the old or the new model, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
 
-from cbir.layout import MODEL_FILES, clusters_name, metrics_name
+from cbir.layout import INDEX_LOCK, MODEL_FILES, cell_place, clusters_name, metrics_name
 from cbir.search.cell import available_k
 from cbir.serve.model import ServedModel
 from cbir.serve.settings import ServeSettings
@@ -33,12 +34,32 @@ def cell_signature(folder: Path) -> Signature | None:
         return None
 
 
+def unfinished_run(folder: Path) -> str | None:
+    """What says a run is still writing the cell's collection, or None: the collection's ``cbir index`` lock naming a
+    run (one running, killed or failed: it is emptied when a run finishes, cbir.pipeline.lock), or Snakemake's lock
+    on the folder the cell's results are in (a run, or one killed before ``snakemake --unlock``). A cell copied out
+    of its results folder: None."""
+    place = cell_place(folder)
+    if place is None:
+        return None
+    lock = place.dataset.root / INDEX_LOCK.format(dataset=place.dataset.dataset)
+    with contextlib.suppress(OSError):
+        if lock.read_text().strip():
+            return f"the last cbir index of '{place.dataset.dataset}' has not finished ({lock})"
+    if any((place.dataset.root / ".snakemake" / "locks").glob("*.lock")):
+        return f"a Snakemake run holds '{place.dataset.root}'"
+    return None
+
+
 def cell_settled(folder: Path, k: int | None) -> bool:
-    """Whether the workflow looks done with the cell: its metrics for k are no older than its models.
+    """Whether the workflow looks done with the cell: no run is writing it (:func:`unfinished_run`), and its metrics
+    for k are no older than its models.
 
     The workflow writes ``metrics_k<k>.json`` last; a cell without any metrics file (copied out of
-    its run) counts as settled.
+    its run, or the searched cell of a labelled ``cbir index`` folder) counts as settled once no run writes it.
     """
+    if unfinished_run(folder):
+        return False
     ks = available_k(folder)
     if not ks:
         return False
@@ -46,9 +67,10 @@ def cell_settled(folder: Path, k: int | None) -> bool:
     metrics = folder / metrics_name(k)
     if not any(folder.glob("metrics_k*.json")):
         return True
-    try:
-        newest_model = max((folder / name).stat().st_mtime_ns for name in (*MODEL_FILES, clusters_name(k)))
-        return metrics.stat().st_mtime_ns >= newest_model
+    try:  # a collection without labels has no classifier
+        models = [path for path in (folder / name for name in (*MODEL_FILES, clusters_name(k))) if path.exists()]
+        newest_model = max((path.stat().st_mtime_ns for path in models), default=None)
+        return newest_model is not None and metrics.stat().st_mtime_ns >= newest_model
     except OSError:
         return False
 

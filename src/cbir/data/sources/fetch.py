@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from cbir.data.images import file_sha256
 from cbir.data.manifest import DatasetError
 from cbir.data.sources.registry import get_source
+from cbir.io import atomic_path, flush_to_disk, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +92,16 @@ def download_archive(spec: ArchiveSpec, target: Path) -> Path:
     The file only appears under ``target`` once it has been verified; a mismatch raises
     :class:`DatasetError` naming the file and both digests.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(target, expected_bytes=spec.size) as partial:
         try:
             with urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as out:
                 digest, size = _copy_hashing(response, out, spec.size, spec.filename)
         except OSError as error:  # URLError is an OSError
+            if is_disk_full(error):
+                raise
             raise DatasetError(f"cannot download '{spec.filename}' from {spec.url}: {error}") from error
         if digest != spec.sha256 or (spec.size is not None and size != spec.size):
             raise DatasetError(mismatch_message(target, spec, digest, size))
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     log.info("downloaded %s (%d bytes, SHA-256 verified) to %s", spec.url, size, target)
     return target
 
@@ -254,6 +252,8 @@ def fetch_dataset(name: str, source: str, entry: Mapping[str, Any], root: Path, 
         downloaded = True
     members = unpack_archive(archive, root)
     stamp = {"archive": archive.name, "url": spec.url, "sha256": spec.sha256, "size": archive.stat().st_size}
-    (root / UNPACKED_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    flush_to_disk(root)  # the stamp says the files are complete: they are on the disk before it is
+    with atomic_path(root / UNPACKED_STAMP) as tmp:
+        tmp.write_text(json.dumps(stamp, indent=2) + "\n")
     log.info("dataset '%s': unpacked %d members of %s into %s", name, members, archive.name, root)
     return {**record, "status": "unpacked", "downloaded": downloaded, "archive": str(archive), "members": members}
