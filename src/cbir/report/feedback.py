@@ -58,8 +58,8 @@ def shown_cells(table: pd.DataFrame, spaces: pd.DataFrame) -> pd.DataFrame:
     the space each cell searches (``chosen``; raw where none is marked), the PCA size whose choice scored best on
     validation (as ``cbir index`` picks its cell; the first without validation figures)."""
     shown = []
-    searched = spaces[spaces["chosen"]] if "chosen" in spaces.columns and spaces["chosen"].any() else spaces
-    searched = searched if "chosen" in spaces.columns and spaces["chosen"].any() else spaces[spaces["space"] == "raw"]
+    marked = "chosen" in spaces.columns and spaces["chosen"].any()
+    searched = spaces[spaces["chosen"]] if marked else spaces[spaces["space"] == "raw"]
     for dataset in dict.fromkeys(table["dataset"]):
         cells = searched[searched["dataset"] == dataset]
         split = PREFERRED_SPLIT if (cells["split"] == PREFERRED_SPLIT).any() else cells["split"].iloc[0]

@@ -9,6 +9,7 @@ load a cell with :func:`load_cell`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -167,6 +168,11 @@ class Cell:
         if self.selection is None:
             return f"{self.space} (no validation recorded in this cell: rerun the workflow to choose by validation)"
         return self.selection.describe(self.space, self.rerank)
+
+    @functools.cached_property
+    def gallery_positions(self) -> dict[str, int]:
+        """Each gallery id's row (ids named by a query's marks or "more like this"), built on first use."""
+        return {str(image_id): row for row, image_id in enumerate(self.gallery_ids)}
 
     @property
     def root(self) -> Path:

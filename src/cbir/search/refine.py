@@ -27,19 +27,11 @@ class UnknownIdsError(ValueError):
 
 def gallery_rows(model: Cell, ids: Sequence[str], field: str = "ids") -> np.ndarray:
     """The gallery rows of ``ids`` (in their order); :class:`UnknownIdsError` names those the gallery lacks."""
-    position = _positions(model)
+    position = model.gallery_positions
     unknown = [i for i in ids if i not in position]
     if unknown:
         raise UnknownIdsError(unknown, field)
     return np.array([position[i] for i in ids], dtype=np.int64)
-
-
-def _positions(model: Cell) -> dict[str, int]:
-    cached = getattr(model, "_gallery_positions", None)
-    if cached is None:
-        cached = {str(image_id): row for row, image_id in enumerate(model.gallery_ids)}
-        model._gallery_positions = cached  # type: ignore[attr-defined]
-    return cached
 
 
 def marks_from_ids(model: Cell, relevant_ids: Sequence[str] = (), irrelevant_ids: Sequence[str] = ()) -> Marks:
