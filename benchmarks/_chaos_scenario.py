@@ -102,7 +102,7 @@ class Folder:
                 str(self.root), "--configfile", str(self.config), "--cores", "2", *args]  # fmt: skip
 
     def unlock(self) -> None:
-        """``snakemake --unlock``: what the README says to run once after Snakemake was killed."""
+        """``snakemake --unlock``: what the docs say to run once after Snakemake was killed."""
         subprocess.run(self.snakemake("--unlock"), env=self.env, capture_output=True, check=True, timeout=300)
 
     def index(self) -> list[str]:

@@ -117,7 +117,7 @@ def run_phase(folder: Folder, phase: str, command: list[str], plans: list[KillPl
         tally.torn += [f"{where}: {torn}" for torn in torn_files(folder.root)]
         tally.resumes += 1
         if outcome.target == "run" and phase == "workflow":
-            folder.unlock()  # README: after a SIGKILL, run `snakemake --unlock` once
+            folder.unlock()  # the docs: after a SIGKILL, run `snakemake --unlock` once
 
 
 def measure(folder: Folder, command: list[str], durations: dict[str, float]) -> None:

@@ -1,4 +1,4 @@
-"""The fixtures of every test: a precision trial cache of the session's own, and a generated image folder.
+"""The fixtures of every test: a precision trial cache of the session's own, a generated image folder, Chromium.
 
 The end-to-end runs' fixtures are in tests/workflow/conftest.py; the helpers in tests/helpers.py."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_image_folder
+from helpers import CHROMIUM_ARGS, browser_problem, chromium_path, make_image_folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +44,20 @@ def downloads(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(urllib.request, "urlopen", counting)
     return opened
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium; skipped with the reason where it cannot run, failed instead with CBIR_REQUIRE_BROWSER=1
+    (CI, whose .ci/run installs chromium)."""
+    problem = browser_problem()
+    if problem is not None:
+        if os.environ.get("CBIR_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test is required (CBIR_REQUIRE_BROWSER=1) but cannot run: {problem}")
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

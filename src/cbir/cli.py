@@ -88,13 +88,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The grid cell to load and how to run it: shared by query and serve."""
     parser.add_argument("--model", required=True, help="a grid cell: results/<dataset>/<backbone>/<split>/<pca>/")
     parser.add_argument("--k", type=int, default=None, help="clusters per class (default: the smallest available)")
-    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
-    parser.add_argument(
-        "--space",
-        default=BEST,
-        help="embedding space to search in: raw (the paper's PCA features), a space the cell was fitted in "
-        "(grid.embeddings), or best: the one validation chose inside the training split (default)",
-    )
+    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean",
+                        help="distance to rank by: euclidean (default) or cosine (retrieval.metric)")  # fmt: skip
+    parser.add_argument("--space", default=BEST,
+                        help="embedding space to search in: raw (the paper's PCA features), a space the cell was "
+                        "fitted in (grid.embeddings), or best: the one validation chose inside the training split "
+                        "(default)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -111,7 +110,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted upload in MB (default 64)")
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads of the CNN forward (default: torch's)")
-    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="the server's log: one line per request at info (default info)")  # fmt: skip
     serve.add_argument(
         "--token",
         default=None,
@@ -142,7 +142,7 @@ def add_duplicates_parser(commands: argparse._SubParsersAction) -> None:
     )
     duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                             help=f"cosine distance below which images are near-duplicates, 0 to 2; 0: exact "
-                            f"duplicates only (default {DEFAULT_THRESHOLD}, calibrated: see the README)")  # fmt: skip
+                            f"duplicates only (default {DEFAULT_THRESHOLD}, calibrated: see the docs)")  # fmt: skip
     duplicates.add_argument("--csv", metavar="FILE", help="write the groups as CSV, one row per image")
     duplicates.add_argument("--json", metavar="FILE", help="write the groups as JSON ('-': stdout, summary on stderr)")
     duplicates.add_argument("--montage", metavar="PNG", help="draw the largest groups into this image")

@@ -1,7 +1,7 @@
 """The plugin API: register a backbone, a dataset source or an embedding space, from cbir's own code or yours.
 
 A plugin is a module or a ``.py`` file named in the config's ``plugins`` list; it imports what it
-needs from here and registers its entries when imported (README, "Extending")::
+needs from here and registers its entries when imported (docs, "Plugin API")::
 
     from cbir.extend import Backbone, register_backbone
 

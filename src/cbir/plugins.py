@@ -1,7 +1,7 @@
 """Plugins: a module or a ``.py`` file, named in the config's ``plugins``, that registers backbones or sources.
 
 A plugin calls :func:`cbir.extraction.registry.register_backbone` or :func:`cbir.data.sources.register_source`
-when it is imported (README, "Extending"). The workflow imports the config's plugins before it
+when it is imported (docs, "Plugin API"). The workflow imports the config's plugins before it
 checks the config, and again in every rule script; an entry remembers the plugin that made it, so
 that ``cbir query`` and ``cbir serve`` can import it again for a cell built with it.
 """

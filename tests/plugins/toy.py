@@ -1,6 +1,6 @@
 """A plugin as a user would write one: a toy backbone and a toy dataset source, added through the registries alone.
 
-Named in a config as ``plugins: [tests/plugins/toy.py]`` (README, "Extending"); the workflow
+Named in a config as ``plugins: [tests/plugins/toy.py]`` (docs, "Plugin API"); the workflow
 imports it before checking the config and in every job.
 """
 

@@ -1,16 +1,12 @@
-"""The end-to-end tests' fixtures: the tiny workflow and a collection run once per session, a served cell, Chromium."""
+"""The end-to-end tests' fixtures: the tiny workflow and a collection run once per session, a served cell."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from helpers import (
-    CHROMIUM_ARGS,
-    browser_problem,
-    chromium_path,
     collection_config,
     make_collection,
     make_image_folder,
@@ -40,7 +36,7 @@ def collection_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("collection")
     folder = make_collection(root / "data" / "photos")
     config = collection_config(folder)
-    # the label-free spaces, judged by changed copies of a dozen photos (README, "Settings chosen by validation")
+    # the label-free spaces, judged by changed copies of a dozen photos (docs, "Settings chosen by validation")
     config["grid"]["embeddings"] = ["raw", "l2", "whiten"]
     config["validation"] = {"copies": 12, "candidates": {"whiten": {"power": [0.5, 0.25]}}, "rerank": {"k": [2]}}
     result = run_snakemake(root, write_config(root / "config.yaml", config))
@@ -56,20 +52,3 @@ def served(finished_run):
 
     root, _ = finished_run
     return ServedModel.load(ServeSettings(model=root / "results/tiny/lite/80-20/8", reload_interval=0))
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """Headless Chromium; skipped with the reason where it cannot run, failed instead with CBIR_REQUIRE_BROWSER=1
-    (CI, whose .ci/run installs chromium)."""
-    problem = browser_problem()
-    if problem is not None:
-        if os.environ.get("CBIR_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"the browser test is required (CBIR_REQUIRE_BROWSER=1) but cannot run: {problem}")
-        pytest.skip(problem)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()

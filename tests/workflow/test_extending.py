@@ -1,5 +1,5 @@
 """Extending cbir through its registries alone: a plugin's toy backbone and toy dataset source run
-the whole workflow, and a cell built with them answers `cbir query` (README, "Extending")."""
+the whole workflow, and a cell built with them answers `cbir query` (docs, "Plugin API")."""
 
 from __future__ import annotations
 

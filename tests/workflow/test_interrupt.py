@@ -36,7 +36,7 @@ N_SHARDS = 3
 SHARD_SIZE = 20
 BATCH_SIZE = 4  # divides the shard size: a shard's batches are those of a single extraction
 
-# A plugin (imported by every job, see README "Extending") that makes each image read take 50 ms,
+# A plugin (imported by every job, see docs "Plugin API") that makes each image read take 50 ms,
 # so that a shard is written for about a second. Without it a 64-px shard takes tens of
 # milliseconds on a fast CPU, and a shard seen half-written could finish before the signal landed.
 SLOW_READS = """

@@ -78,6 +78,11 @@ def test_the_report_in_headless_chromium(browser, report_html: Path, tmp_path: P
     page.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
     page.goto(report_html.as_uri())
     page.wait_for_function("() => typeof app !== 'undefined' && app !== undefined", timeout=TIMEOUT_MS)
+    # the opening page says the run's grid as a reader would, not as Python lists
+    opening = " ".join(page.locator("body").inner_text().split())
+    assert "The grid of this run: the dataset tiny;" in opening, opening[:2000]
+    assert "PCA sizes 4, 8 and original (original: no PCA); k = 2 clusters per class" in opening, opening[:2000]
+    assert "['" not in opening and "[4," not in opening
 
     categories = page.evaluate("Object.keys(categories).sort((a, b) => a.localeCompare(b))")
     assert categories[:6] == ["1 Paper comparison", "2 Tables", "3 Plots", "4 Montages",

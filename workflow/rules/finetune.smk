@@ -1,4 +1,4 @@
-# Fine-tuning (a backbone entry with `finetune:`; README, "Fine-tuning"): the paper's second transfer-learning
+# Fine-tuning (a backbone entry with `finetune:`; docs, "Fine-tuning"): the paper's second transfer-learning
 # strategy. Rule finetune trains the backbone on one split's training images (never its test images) into
 # results/{dataset}/finetuned/{backbone}/{split}.safetensors. That split's features are then those of a network
 # of its own, named "<backbone>__ft_<split>", which the sharded extraction, the engines (OpenVINO, int8) and the

@@ -134,8 +134,8 @@ def validate_cell(
 
     A collection without labels (``labelled`` false) is judged by ``copies`` instead: (the reduced features of
     changed copies of some of its photos, their originals' ids, the gallery's ids); each label-free space is
-    fitted on the whole gallery and scored by how well a copy finds its original (the mean reciprocal rank,
-    recorded as ``map_global``: one relevant image per query)."""
+    fitted on the whole gallery and scored by how far a copy's nearest other photos are its original's
+    (:func:`neighbour_agreement`)."""
     spaces = list(dict.fromkeys([RAW, *spaces]))
     if not labelled:
         return _validate_collection(features, spaces, options, validation, seed, metric, copies)
@@ -212,7 +212,7 @@ def neighbour_agreement(
 
     Finding the photo from its copy alone rewards spaces that tell near-identical photos apart (whitening does),
     which is not what finds photos of the same kind; the agreement of the neighbourhoods is (measured against
-    labels on Corel-1K and Fashion-MNIST: README, "Settings chosen by validation")."""
+    labels on Corel-1K and Fashion-MNIST: docs, "Settings chosen by validation")."""
     if metric == "cosine":
         queries, gallery = l2_normalise(queries), l2_normalise(gallery)
     n = len(photo_rows)

@@ -47,7 +47,7 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
     (3, H, W), EXIF orientation applied. Raises RuntimeError or ValueError when one cannot be decoded."""
     if (decode_jpeg := torchcodec_decoder()) is not None:
         return list(decode_jpeg(data, mode="RGB", device=device))  # applies the EXIF orientation
-    with warnings.catch_warnings():  # its deprecation in favour of TorchCodec, said once in the README
+    with warnings.catch_warnings():  # its deprecation in favour of TorchCodec, said once in the docs
         warnings.simplefilter("ignore", DeprecationWarning)
         return list(torchvision_decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
 

@@ -35,7 +35,7 @@ MARGIN = 1.10
 TRIAL_ROUNDS = 3
 # The cosine between features of one image in fp32 and in a reduced precision to expect, when a
 # query cannot run in its gallery's precision and runs in fp32: bf16 from benchmarks/precision.py
-# on Corel-1K (mean 0.999, README "Measured"; the bound leaves room for other images); fp16 keeps
+# on Corel-1K (mean 0.999, docs "Measured"; the bound leaves room for other images); fp16 keeps
 # 3 more mantissa bits than bf16, so its rounding error is about 8x smaller (not yet measured on
 # a GPU here: benchmarks/gpu_check.sh does).
 EXPECTED_COSINE_TO_FP32 = {"fp32": 1.0, "bf16": 0.995, "fp16": 0.9999, "int8": 0.99}  # int8: the engine's bar

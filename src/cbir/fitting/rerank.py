@@ -170,7 +170,7 @@ def inverted_file_nearest_rows(
     """:func:`nearest_rows` by a faiss inverted file: 4·√N lists (k-means, seeded, trained on a sample), of which
     :data:`NEIGHBOUR_PROBES` are searched per query, so a gallery's own neighbours cost N·√N instead of N².
     Approximate: a true neighbour in a list not probed is missed (recall@10 of 0.97 against exact on the
-    Fashion-MNIST gallery, README "Evaluation at a bounded cost"); a query short of ``n`` candidates (rare)
+    Fashion-MNIST gallery, docs "Evaluation at a bounded cost and at scale"); a query short of ``n`` candidates (rare)
     is searched exactly."""
     import faiss  # only for large galleries
 

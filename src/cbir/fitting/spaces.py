@@ -155,7 +155,7 @@ SPACES: dict[str, SpaceSpec] = {
 
 
 def register_space(spec: SpaceSpec) -> SpaceSpec:
-    """Add a space to :data:`SPACES` (from a plugin: README, "Extending")."""
+    """Add a space to :data:`SPACES` (from a plugin: docs, "Plugin API")."""
     if spec.name in SPACES and SPACES[spec.name].plugin is None:
         raise ValueError(f"embedding space '{spec.name}' is one of cbir's own; choose another name")
     if spec.plugin is None and (plugin := current_plugin()):
@@ -206,7 +206,7 @@ def load_embedding(path: str | Path) -> Embedding:
 
 
 def spaces_markdown(names: Sequence[str] | None = None) -> str:
-    """The README's table of spaces, generated from the registry."""
+    """The table of spaces, written from the registry into the docs' "Embedding spaces" page at build time."""
     lines = ["| space | search vectors | uses the labels |", "|---|---|---|"]
     for spec in SPACES.values():
         if spec.plugin or (names is not None and spec.name not in names):

@@ -69,7 +69,7 @@ OPTION_OF_SETTING = {"data.ignore": "--ignore", "data.max_excluded_fraction": "-
 # (two collections indexed side by side would write it both)
 INDEX_TARGET = "all_but_summary"
 SPLIT_WITH_LABELS = "80-20"  # a labelled folder: a fifth held out to measure the classifier
-# cbir index's backbone: chosen on Corel-1K and Fashion-MNIST by quality and time (README, "Settings chosen by
+# cbir index's backbone, chosen on Corel-1K and Fashion-MNIST by quality and time (docs: "Settings chosen by
 # validation")
 PHOTO_BACKBONE = "efficientnet_lite2"
 PCA = 100  # a collection without labels: nothing to choose the size by yet

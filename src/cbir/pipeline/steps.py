@@ -48,7 +48,7 @@ def run_step(smk: Any, step: Callable[[Any], None]) -> None:
         os.environ.get("SLURM_JOB_ID", "none"),
     )
     try:
-        # the backbones and sources that the config's plugins register (README, "Extending")
+        # the backbones and sources that the config's plugins register (docs, "Plugin API")
         load_plugins(getattr(smk, "config", {}).get("plugins", []))
         # an OpenMP runtime loaded later (faiss's, on first use) reads its thread count from here; one that
         # outnumbers the job's cores spins against the other jobs (an IVF index trained 200x slower)

@@ -172,9 +172,9 @@ def spaces_table(summary: Summary, split: str) -> pd.DataFrame:
 
 def spaces_doc(summary: Summary, split: str) -> Doc:
     doc = Doc().text(
-        'Global exact search over all training images in each embedding space (README, "Embedding spaces"). '
+        'Global exact search over all training images in each embedding space (docs, "Embedding spaces"). '
         "Each space's settings and re-ranking, and the space searched (chosen = 1), were chosen on a validation "
-        'part of the training split (README, "Settings chosen by validation"): its P@10 and mAP, then the test '
+        'part of the training split (docs, "Settings chosen by validation"): its P@10 and mAP, then the test '
         "split's P@10 and mAP of the full ranking with the chosen re-ranking (mAP plain: without), mAP after query "
         "expansion (QE) and database-side augmentation (DBA) with fixed settings, the MLP's accuracy, the "
         "paper's clustered search in that space, and the space's fitting time."

@@ -131,11 +131,11 @@ class ModelInfo(BaseModel):
     )
     feature_dim: int
     reduced_dim: int = Field(description="dimensions of the PCA-reduced features the classifier takes")
-    space: str = Field(description="the embedding space every search ranks in (README, 'Embedding spaces')")
+    space: str = Field(description="the embedding space every search ranks in (docs, 'Embedding spaces')")
     rerank: str = Field(description="the re-ranking of the search over all images: none, QE, DBA or DBA + QE (k, α)")
     setting: str = Field(
         description="the space's settings and re-ranking, and how they were chosen (validation inside the "
-        "training split: README, 'Settings chosen by validation')"
+        "training split: docs, 'Settings chosen by validation')"
     )
     embedding_dim: int = Field(description="dimensions of that space")
     metric: str
