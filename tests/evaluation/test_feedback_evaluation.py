@@ -85,3 +85,17 @@ def test_feedback_csv_has_one_row_per_cell_space_method_round_and_ranking():
     assert row["precision_at_10"] == out[feedback_key("learned", 1, "residual", "precision_at_10")]
     assert row["map_ci95"] == out[feedback_key("learned", 1, "residual", "map") + "_ci95"]
     assert row["queries"] == 40
+
+
+def test_the_simulated_user_refines_in_the_paper_space_and_the_chosen_one_unless_asked_for_all():
+    from types import SimpleNamespace
+
+    from cbir.evaluation.evaluate import feedback_measured
+
+    chosen_lda = SimpleNamespace(chosen="lda")
+    settings = {"rounds": 3, "eval_queries": 500}
+    assert [feedback_measured(settings, space, chosen_lda) for space in ("raw", "lda", "whiten", "mlp")] == [
+        True, True, False, False]  # fmt: skip
+    assert all(feedback_measured({**settings, "eval_spaces": "all"}, s, chosen_lda) for s in ("raw", "whiten"))
+    assert feedback_measured(settings, "whiten", None)  # no validation: nothing chosen, every space
+    assert not feedback_measured(None, "raw", chosen_lda) and not feedback_measured({}, "lda", chosen_lda)

@@ -92,7 +92,12 @@ def test_summary_has_every_metric_table_plot_and_montage(finished_run):
     assert set(feedback["method"]) == {"learned", "rocchio"} and set(feedback["ranking"]) == {"full", "residual"}
     assert set(feedback["round"]) == {0, 1, 2, 3}
     spaces = pd.read_csv(summary / "spaces.csv")
-    assert set(feedback["space"]) == set(spaces["space"])
+    # feedback.eval_spaces chosen: each cell's user refines in the paper's space and in the one validation chose
+    cell = ["dataset", "backbone", "split", "pca", "k"]
+    refined = feedback.groupby(cell)["space"].agg(set).to_dict()
+    searched = spaces[spaces["chosen"]].set_index(cell)["space"].to_dict()
+    assert refined and refined.keys() == searched.keys()
+    assert all(refined[key] == {"raw", space} for key, space in searched.items()), (refined, searched)
     full = feedback[feedback["ranking"] == "full"]  # (the residual empties: the tiny gallery is all marked)
     by_round = full.groupby("round")["precision_at_10"].mean()
     assert by_round[3] > by_round[0]

@@ -31,7 +31,7 @@ from cbir.fitting.chosen import VALIDATION_FIGURES, Selection
 from cbir.fitting.rerank import NO_RERANK, Rerank, RerankVariants
 from cbir.hardware import cpu_hardware
 from cbir.io import library_versions, load_arrays, load_features, write_json
-from cbir.layout import embedding_name
+from cbir.layout import RAW, embedding_name
 from cbir.search.cell import CellModels, load_cell
 from cbir.search.feedback import FeedbackSettings
 
@@ -187,6 +187,16 @@ def manifest_label_sets(manifest: Any, ids: list[str] | np.ndarray, n_classes: i
     return label_sets(rows["label"].to_numpy(), n_classes, extra)
 
 
+def feedback_measured(feedback: dict[str, Any] | None, space: str, selection: Selection | None) -> bool:
+    """Whether the simulated user refines in ``space``: with ``feedback.eval_spaces`` chosen (the default), in the
+    paper's space and the one validation chose (where cbir query and cbir serve refine); with all, in every space."""
+    if not feedback:
+        return False
+    if feedback.get("eval_spaces", "chosen") == "all" or selection is None:
+        return True
+    return space in (RAW, selection.chosen)
+
+
 def cell_metrics(
     *,
     features: str,
@@ -270,7 +280,7 @@ def cell_metrics(
                 chosen=chosen,
                 device=loaded.setdefault("device", evaluation_device(str(retrieval.get("eval_device", "auto")))),
                 timing_queries=int(retrieval.get("timing_queries", TIMING_QUERIES)),
-                feedback=feedback,
+                feedback=feedback if feedback_measured(feedback, cell.space, selection) else None,
             )
         )
     if cell.space != "raw":
