@@ -36,7 +36,10 @@ class Key:
 
     @property
     def default(self) -> str:
-        """config/config.yaml's value where it sets the key (the catalogues' entries aside), else the schema's."""
+        """config/config.yaml's value where it sets the key (the catalogues' entries aside), else the schema's; none
+        for a section whose keys have their own."""
+        if "properties" in self.node:
+            return ""
         value: Any = self.embedded
         for part in self.path.split("."):
             if not isinstance(value, dict) or part not in value or self.path.split(".")[0] in CATALOGUES:
