@@ -53,7 +53,8 @@ def load_schema(path: Path = SCHEMA) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def _resolve(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+def resolve_ref(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with its ``$ref`` (a JSON pointer into ``schema``) followed, its own other keys kept."""
     while "$ref" in node:
         target: Any = schema
         for part in node["$ref"].removeprefix("#/").split("/"):
@@ -77,7 +78,7 @@ def keys(
         embedded = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) or {}
     for name, child in (node.get("properties") or {}).items():
         path = f"{prefix}{name}"
-        resolved = _resolve(child, schema)
+        resolved = resolve_ref(child, schema)
         yield Key(path, resolved, schema, embedded)
         yield from keys(schema, resolved, path + ".", embedded)
         entries = _named_entries(resolved)
@@ -87,7 +88,7 @@ def keys(
 
 def describe_type(node: dict[str, Any], schema: dict[str, Any]) -> str:
     """A reader's word for what a key takes: 'integer ≥ 1', 'one of ...', 'list of string', ..."""
-    node = _resolve(node, schema)
+    node = resolve_ref(node, schema)
     for combiner in ("oneOf", "anyOf"):
         if combiner in node:
             return " or ".join(describe_type(option, schema) for option in node[combiner])

@@ -7,6 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from config_reference import resolve_ref  # a sibling module of docs/hooks
+
 SCHEMA_FILE = "openapi.json"  # written beside the page, the same schema `cbir serve` answers at /openapi.json
 
 
@@ -17,15 +19,6 @@ def openapi(token: bool = False) -> dict[str, Any]:
 
     settings = ServeSettings(model=Path("cell-not-loaded"), token="documented" if token else None)
     return create_app(settings, served=SimpleNamespace(settings=settings)).openapi()
-
-
-def _schema_of(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        target: Any = schema
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
 
 
 def _type(node: dict[str, Any], schema: dict[str, Any]) -> str:
@@ -49,7 +42,7 @@ def _parameters(operation: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         for p in operation.get("parameters", [])
     ]
     for media in operation.get("requestBody", {}).get("content", {}).values():
-        body = _schema_of(media.get("schema", {}), schema)
+        body = resolve_ref(media.get("schema", {}), schema)
         required = set(body.get("required", []))
         for name, field in body.get("properties", {}).items():
             rows.append(

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, mkdocs_build
+from site_build import ROOT, mkdocs_build
 
 TIMEOUT_MS = 30_000
 
