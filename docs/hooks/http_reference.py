@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,12 +13,13 @@ from config_reference import resolve_ref  # a sibling module of docs/hooks
 SCHEMA_FILE = "openapi.json"  # written beside the page, the same schema `cbir serve` answers at /openapi.json
 
 
-def openapi(token: bool = False) -> dict[str, Any]:
+@functools.cache  # the page and the schema file are written from one app
+def openapi() -> dict[str, Any]:
     """The app's OpenAPI schema; the routes do not depend on the cell, so none is loaded."""
     from cbir.serve.app import create_app
     from cbir.serve.settings import ServeSettings
 
-    settings = ServeSettings(model=Path("cell-not-loaded"), token="documented" if token else None)
+    settings = ServeSettings(model=Path("cell-not-loaded"))
     return create_app(settings, served=SimpleNamespace(settings=settings)).openapi()
 
 

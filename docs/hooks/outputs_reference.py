@@ -25,10 +25,8 @@ class RuleOutputs:
 
 
 def _patterns(files) -> tuple[tuple[str, str], ...]:
-    from snakemake.io import strip_wildcard_constraints
-
     names = {index: name for name, (index, _end) in files._names.items()}
-    return tuple((names.get(i, ""), strip_wildcard_constraints(str(f))) for i, f in enumerate(files))
+    return tuple((names.get(i, ""), strip(str(f))) for i, f in enumerate(files))
 
 
 def rules(root: Path = ROOT) -> list[RuleOutputs]:
