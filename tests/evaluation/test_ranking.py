@@ -44,6 +44,21 @@ def test_relevant_ranks_follow_distance_then_gallery_position():
     assert relevant_ranks(distances, relevant)[0].tolist() == [4, 5]
 
 
+@pytest.mark.parametrize("ties", ["none", "irrelevant only", "everywhere"])
+def test_relevant_ranks_are_a_stable_sorts(ties: str):
+    rng = np.random.default_rng(5)
+    distances = rng.random((60, 500))
+    relevant = rng.random((60, 500)) < 0.1
+    if ties == "irrelevant only":  # as the simulated user's rankings: what was turned down shares one value
+        distances[:, :40] = np.where(relevant[:, :40], distances[:, :40], np.inf)
+    elif ties == "everywhere":
+        distances = np.round(distances * 20)
+    order = np.argsort(distances, axis=1, kind="stable")
+    expected = [np.flatnonzero(np.take_along_axis(r, o, axis=0)) + 1 for r, o in zip(relevant, order, strict=True)]
+    found = relevant_ranks(distances, relevant)
+    assert all(np.array_equal(a, b) for a, b in zip(found, expected, strict=True))
+
+
 def test_a_stratified_sample_keeps_each_class_share():
     labels = np.repeat(np.arange(6), [500, 300, 100, 60, 30, 10])
     rows = stratified_sample(labels, 100, seed=1)

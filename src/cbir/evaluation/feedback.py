@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.evaluation.ranking import DISTANCE_BLOCK_ELEMENTS, QuerySample
+from cbir.evaluation.ranking import DISTANCE_BLOCK_ELEMENTS, QuerySample, rank_figures, relevant_ranks
 from cbir.search.feedback import METHODS, FeedbackSettings, Marks, blended_scores, fit_direction, refine_query
 from cbir.search.index import smallest_columns
 
@@ -72,15 +72,9 @@ def _figures(scores: np.ndarray, relevant: np.ndarray, marks: list[Marks] | None
         for row, marked in enumerate(marks):
             scores[row, marked.marked] = -np.inf
             relevant[row, marked.marked] = False
-    order = np.argsort(-scores, axis=1, kind="stable")
-    hits = np.take_along_axis(relevant, order, axis=1)
-    found = np.cumsum(hits, axis=1)
-    n_relevant = found[:, -1] if found.shape[1] else np.zeros(len(scores))
-    shown = min(10, found.shape[1])
-    precision_at_10 = (found[:, shown - 1] if shown else np.zeros(len(scores))) / 10
-    precision_sum = (np.where(hits, found, 0) / np.arange(1, hits.shape[1] + 1)).sum(axis=1)
-    ap = np.divide(precision_sum, n_relevant, out=np.zeros(len(scores)), where=n_relevant > 0)
-    return {"precision_at_10": precision_at_10, "map": ap}
+    # the ranks of the relevant images from one sort of the scores' values: no argsort of the whole ranking
+    figures = rank_figures(relevant_ranks(-scores, relevant), relevant.sum(axis=1), precision_at=(10,))
+    return {"precision_at_10": figures["precision_at_10"], "map": figures["ap"]}
 
 
 def simulate_feedback(

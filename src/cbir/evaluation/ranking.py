@@ -92,20 +92,26 @@ def relevant_ranks(distances: np.ndarray, relevant: np.ndarray) -> list[np.ndarr
     """Per row of ``distances`` (queries, candidates): the 1-based ranks, ascending, of its ``relevant`` candidates
     in the row's order by (distance, candidate position), as a stable sort ranks them.
 
-    One sort of the row's distances (values only) and a binary search per relevant candidate; rows where a
-    relevant candidate's distance is shared by another candidate count the tied ones before it one by one."""
+    One sort of the row's distances (values only) and a binary search of its relevant candidates' sorted
+    distances; in a row where a relevant candidate shares its distance with another, the tied ones count before
+    it by gallery position."""
     ordered = np.sort(distances, axis=1)
     out = []
     for values, sorted_values, is_relevant in zip(distances, ordered, relevant, strict=True):
+        found = np.sort(values[is_relevant])
+        before = np.searchsorted(sorted_values, found, side="left")
+        following = sorted_values[np.minimum(before + 1, len(sorted_values) - 1)]
+        if not np.any((before + 1 < len(sorted_values)) & (following == found)):
+            out.append(before + 1)  # no relevant distance shared: its rank is 1 + the distances below it
+            continue
         columns = np.flatnonzero(is_relevant)
         found = values[columns]
         order = np.argsort(found, kind="stable")
         columns, found = columns[order], found[order]
         before = np.searchsorted(sorted_values, found, side="left")
         tied = np.searchsorted(sorted_values, found, side="right") - before > 1
-        if tied.any():  # equal distances: the candidates at a lower position come first
-            for i in np.flatnonzero(tied):
-                before[i] += int(np.count_nonzero(values[: columns[i]] == found[i]))
+        for i in np.flatnonzero(tied):  # equal distances: the candidates at a lower position come first
+            before[i] += int(np.count_nonzero(values[: columns[i]] == found[i]))
         out.append(np.sort(before + 1))
     return out
 
