@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 
@@ -69,3 +71,16 @@ def test_incremental_benchmark_reruns_only_the_added_images(tmp_path):
     scratch, rerun = line["rows"]
     assert (scratch["extracted"], rerun["extracted"]) == (60, 3)
     assert scratch["inspected"] == "60 inspected, 0 reused" and rerun["inspected"] == "3 inspected, 60 reused"
+
+
+def test_job_floor_times_no_op_jobs_through_snakemake_and_bounds_the_default_grid(tmp_path):
+    result = run([sys.executable, "benchmarks/job_floor.py", "--cores", "2", "--jobs", "2", "--measured", "300",
+                  "--no-record"], tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, _, values = result.stdout.splitlines()[1:4]
+    row = dict(zip(header.split(), values.split(), strict=True))
+    plain, sklearn = float(row["plain_job_s"]), float(row["sklearn_job_s"])
+    assert plain > 0 and sklearn > 0
+    assert int(row["cells"]) == 36  # config/config.yaml: 4 splits x 9 PCA sizes
+    assert float(row["grid_floor_wall_s"]) == pytest.approx(36 * (3 * plain + 4 * sklearn) / 2, rel=0.02)
+    assert "before any work" in result.stdout and "of which this floor is" in result.stdout
