@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import REPO, machine, print_table, record
+from _common import REPO, cpu_model, print_table, record
 
 PER_CELL_RULES = 7  # project, cluster, train_mlp, select_settings, fit_spaces, evaluate, evaluate_spaces
 SKLEARN_RULES = 4  # cluster, train_mlp, select_settings, fit_spaces
@@ -111,7 +111,7 @@ def main() -> None:
     if args.measured:
         row["measured_wall_s"] = args.measured
         row["floor_share"] = floor_wall / args.measured
-    print(f"{machine()['cpu']}, {args.cores} cores; {args.jobs} no-op jobs of each kind")
+    print(f"{cpu_model()}, {args.cores} cores; {args.jobs} no-op jobs of each kind")
     print_table([row], list(row))
     print(f"a job that imports cbir's I/O: {floor['plain_job_s']:.2f} s; importing scikit-learn too: "
           f"{floor['sklearn_job_s']:.2f} s; {cells} cells x {PER_CELL_RULES} rules ({SKLEARN_RULES} with scikit-learn):"
