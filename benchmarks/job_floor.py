@@ -29,6 +29,8 @@ from pathlib import Path
 import yaml
 from _common import REPO, cpu_model, print_table, record
 
+from cbir.pipeline.grid import grid_cells
+
 PER_CELL_RULES = 7  # project, cluster, train_mlp, select_settings, fit_spaces, evaluate, evaluate_spaces
 SKLEARN_RULES = 4  # cluster, train_mlp, select_settings, fit_spaces
 
@@ -89,11 +91,6 @@ def run_floor(cores: int, jobs: int) -> dict[str, float]:
         return {"wall_s": wall, "plain_job_s": seconds["plain"], "sklearn_job_s": seconds["sklearn"]}
 
 
-def grid_cells(config: Path) -> int:
-    grid = yaml.safe_load(config.read_text())["grid"]
-    return len(grid["datasets"]) * len(grid["backbones"]) * len(grid["splits"]) * len(grid["pca"]) * len(grid["k"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=2)
@@ -104,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
 
     floor = run_floor(args.cores, args.jobs)
-    cells = grid_cells(args.config)
+    cells = len(grid_cells(yaml.safe_load(args.config.read_text())))  # the workflow's own grid expansion
     per_cell = (PER_CELL_RULES - SKLEARN_RULES) * floor["plain_job_s"] + SKLEARN_RULES * floor["sklearn_job_s"]
     floor_wall = cells * per_cell / args.cores
     row = {**floor, "cells": cells, "per_cell_job_s": per_cell, "grid_floor_wall_s": floor_wall}
