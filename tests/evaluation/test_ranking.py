@@ -144,6 +144,17 @@ def test_rerank_variants_share_one_neighbour_search_per_gallery(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("normalised", [False, True])
+def test_augmentations_share_the_cosines_and_running_sums_bit_for_bit(normalised):
+    rng = np.random.default_rng(5)
+    queries, gallery = rng.normal(size=(4, 6)), rng.normal(size=(120, 6))
+    variants = RerankVariants(queries, gallery, normalised=normalised, depth=20)
+    # k growing, then falling (the running sum starts again), α alternating, one k asked twice
+    for k, alpha in [(3, 1.0), (5, 3.0), (10, 1.0), (20, 3.0), (5, 1.0), (20, 1.0), (3, 3.0), (10, 1.0)]:
+        alone = augment_database(gallery, k, alpha, normalised).astype(np.float64)
+        np.testing.assert_array_equal(variants.augmented(k, alpha), alone)
+
+
 def test_a_large_galleries_own_neighbours_come_from_an_inverted_file(monkeypatch):
     rng = np.random.default_rng(4)
     centres = rng.normal(scale=4.0, size=(40, 16))
