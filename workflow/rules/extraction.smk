@@ -38,7 +38,8 @@ checkpoint plan_shards:
 
 rule prepare_engine:
     """The engine extraction runs in: OpenVINO (int8: quantized, calibrated on training images) or torch,
-    checked against torch fp32 on held-out training images and, for auto, timed on this machine."""
+    checked against torch fp32 on held-out training images and, for auto, timed on this machine; for many small
+    images, first the input size, chosen by validation on training images."""
     input:
         # prepared once: images added later do not re-calibrate it (which would change every
         # image's features and so miss the whole feature cache)
@@ -49,7 +50,8 @@ rule prepare_engine:
     params:
         backbone=network_entry,
         extraction=EXTRACTION_OPTIONS,
-        # calibration images come from the training set of every split
+        input_size=config["extraction"]["input_size"],
+        # calibration images (and those the input size is chosen on) come from the training set of every split
         splits=config["grid"]["splits"],
         seed=SEED,
     log:

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ import torch
 from cbir.data.images import load_rgb_image
 from cbir.data.split import OFFICIAL, make_split, parse_split
 from cbir.extraction.build import build_backbone
+from cbir.extraction.input_size import SizeTrial, choose_input_size
 from cbir.extraction.precision import MARGIN, autocast, measure
 from cbir.extraction.preprocess import preprocessing
 from cbir.hardware import cpu_description, cpu_has_vnni, cpu_may_have_fast_bf16
@@ -164,6 +165,9 @@ class EngineChoice:
     model: str | None = None  # the OpenVINO model file, relative to the engine folder
     # an int8 model quantized where int8 runs on VNNI: on a CPU without it its features drift
     int8_needs_vnni: bool = False
+    # the input size chosen by a trial (cbir.extraction.input_size): every image is extracted at it; None: the spec's
+    image_size: int | None = None
+    image_size_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,12 +216,15 @@ def prepare_engine_into(
     threads: int | None = None,
     enforce_bar: bool = True,
     n_images: int | None = None,
+    size_trial: SizeTrial | None = None,
 ) -> EngineChoice:
     """Convert, quantize, check and time the candidate paths; write the chosen one into ``out_dir``.
 
     ``enforce_bar=False`` (benchmarks) keeps a requested path that is below the quality bar,
     so that it can be measured and reported as failing. ``n_images``: the images the engine will
     extract, which decides whether int8 is worth calibrating when it is not asked for (None: tried).
+    ``size_trial``: training images the input size is chosen on first (:mod:`cbir.extraction.input_size`); the
+    engine is prepared, and recorded, at that size.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,8 +232,12 @@ def prepare_engine_into(
         raise EngineError(f"extraction.engine is '{engine}' but OpenVINO is not installed (pip install openvino nncf)")
     candidates = _candidates(engine, precision, cpu_may_have_fast_bf16())
     vnni = cpu_has_vnni()  # int8 is quantized for this CPU's dot products, and recorded as such
+    sized = choose_input_size(spec, size_trial, seed) if size_trial is not None else None
+    if sized is not None:
+        spec = replace(spec, image_size=sized.size)
+    size_record = {"image_size": sized.size, "image_size_reason": sized.reason} if sized else {}
     if not candidates:
-        choice = EngineChoice("torch", precision, "engine: torch as configured", {}, {})
+        choice = EngineChoice("torch", precision, "engine: torch as configured", {}, {}, **size_record)
         _write(out_dir, choice)
         return choice
 
@@ -299,7 +310,7 @@ def prepare_engine_into(
         model_file = OPENVINO_MODEL
     calibrated = len(calibration_paths) if chosen == "int8" else 0
     choice = EngineChoice(kind, chosen, reason, cosines, rates, calibrated, model_file,
-                          int8_needs_vnni=chosen == "int8" and vnni)  # fmt: skip
+                          int8_needs_vnni=chosen == "int8" and vnni, **size_record)  # fmt: skip
     log.info("%s", reason)
     _write(out_dir, choice)
     return choice

@@ -125,8 +125,11 @@ def prepare_network(
     ``decode``: how extraction decodes the images (``extraction.decode``), recorded in the preprocessing.
 
     ``engine`` is a prepared engine's record (:func:`cbir.extraction.engines.read_engine`): OpenVINO runs its
-    model file in its precision; a torch engine chosen by ``engine: auto`` fixes the precision.
+    model file in its precision; a torch engine chosen by ``engine: auto`` fixes the precision; an input size the
+    engine was prepared at replaces the spec's.
     """
+    if engine and engine.get("image_size"):  # chosen by the engine's input-size trial (cbir.extraction.input_size)
+        spec = replace(spec, image_size=int(engine["image_size"]))
     network = build_backbone(spec, seed=seed)
     dim = feature_dim(network, spec.image_size)
     torch_device = resolve_device(device)

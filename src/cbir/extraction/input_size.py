@@ -1,0 +1,152 @@
+"""The input size a large collection of small images is extracted at, chosen by validation on its training images.
+
+A backbone's ``image_size`` suits photos. A smaller image is upscaled to it, and the network's cost grows with the
+square of the input size whatever the image holds: Fashion-MNIST's 28-px images through EfficientNet-Lite2 at its
+own 260 px cost eight times what they cost at 128 px on 2 cores. Where the images are smaller than the input (the
+median of their longer sides, from the manifest) and the collection is large enough for the trial to pay
+(``extraction.input_size.min_images``), a stratified sample of training images (in the training set of every
+split: no test image is looked at) is extracted at the configured size and at smaller ones (3/4 and 1/2 of it,
+multiples of 32), each judged by its leave-one-out mAP on the sample (every sampled image queries the others in
+cosine distance; relevant: the same class). The smallest size whose mAP is within ``tolerance`` of the best is kept;
+the engine is then prepared, and every image extracted, at that size (:mod:`cbir.extraction.engines`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cbir.data.images import load_rgb_image
+from cbir.extraction.build import build_backbone
+from cbir.extraction.preprocess import preprocessing
+from cbir.extraction.registry import get_backbone
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cbir.extraction.registry import BackboneSpec
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("auto", "never")
+SIZE_STEP = 32  # candidate sizes are multiples of this (the networks' strides divide it)
+SMALLEST_SIZE = 64
+CANDIDATE_FRACTIONS = (1.0, 0.75, 0.5)
+MIN_PER_CLASS = 2  # a class with fewer sampled images cannot query a relevant one
+
+
+@dataclass(frozen=True)
+class SizeTrial:
+    """The sampled training images a trial extracts, their classes, and how close to the best a size must score."""
+
+    paths: list[str]
+    labels: np.ndarray
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    size: int
+    reason: str
+    map_by_size: dict[int, float]
+    seconds_by_size: dict[int, float]
+
+
+def candidate_sizes(configured: int) -> list[int]:
+    """The configured size, then 3/4 and 1/2 of it rounded to multiples of 32 (none below 64), largest first."""
+    smaller = {SIZE_STEP * round(configured * fraction / SIZE_STEP) for fraction in CANDIDATE_FRACTIONS[1:]}
+    return [configured, *sorted((s for s in smaller if SMALLEST_SIZE <= s < configured), reverse=True)]
+
+
+def median_longer_side(manifest: pd.DataFrame) -> float | None:
+    """The median of the images' longer sides in pixels, from the manifest (None when it records no sizes)."""
+    if not {"width", "height"} <= set(manifest.columns) or manifest.empty:
+        return None
+    sides = np.maximum(manifest["width"].to_numpy(float), manifest["height"].to_numpy(float))
+    sides = sides[np.isfinite(sides) & (sides > 0)]
+    return float(np.median(sides)) if len(sides) else None
+
+
+def trial_problem(spec: BackboneSpec, manifest: pd.DataFrame, settings: Mapping[str, Any]) -> str | None:
+    """Why the input size is not chosen by a trial for this collection (None where it is)."""
+    if settings.get("choose", "auto") == "never":
+        return "extraction.input_size.choose is never"
+    if get_backbone(spec.arch).fixed_image_size is not None:
+        return f"{spec.arch} takes one input size only"
+    if len(candidate_sizes(spec.image_size)) < 2:
+        return f"no candidate size below {spec.image_size} px"
+    min_images = int(settings.get("min_images", 0))
+    if len(manifest) < min_images:
+        return f"{len(manifest)} images, fewer than extraction.input_size.min_images ({min_images})"
+    side = median_longer_side(manifest)
+    if side is None or side >= spec.image_size:
+        return f"the images are not smaller than the network's {spec.image_size} px input (median side {side} px)"
+    return None
+
+
+def trial_sample(
+    manifest: pd.DataFrame, pool: np.ndarray, settings: Mapping[str, Any], seed: int
+) -> tuple[list[str], np.ndarray] | None:
+    """A seeded sample of the ``pool`` rows (training images of every split), at most ``per_class`` of each class
+    and ``max_images`` in all, or None when fewer than two classes have two sampled images each."""
+    labels = manifest["label"].to_numpy()
+    per_class, max_images = int(settings.get("per_class", 50)), int(settings.get("max_images", 500))
+    order = np.random.default_rng([seed, 32]).permutation(np.asarray(pool))
+    classes = [c for c in np.unique(labels[order]) if c >= 0]
+    if not classes:
+        return None
+    per_class = max(MIN_PER_CLASS, min(per_class, max_images // len(classes)))
+    rows = np.sort(np.concatenate([order[labels[order] == c][:per_class] for c in classes]))
+    counts = np.unique(labels[rows], return_counts=True)[1]
+    if (counts >= MIN_PER_CLASS).sum() < 2:
+        return None
+    return manifest["path"].astype(str).to_numpy()[rows].tolist(), labels[rows]
+
+
+def leave_one_out_map(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean average precision of every row querying the others (cosine distance; relevant: the same label; ties
+    in the order of the rows), over the rows with at least one relevant other."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    distance = -(unit @ unit.T)
+    np.fill_diagonal(distance, np.inf)
+    order = np.argsort(distance, axis=1, kind="stable")[:, :-1]  # the query itself, last, left out
+    relevant = (labels[:, None] == labels[None, :])[np.arange(len(labels))[:, None], order]
+    hits = np.cumsum(relevant, axis=1)
+    n_relevant = relevant.sum(axis=1)
+    precision_at_hits = np.where(relevant, hits / np.arange(1, relevant.shape[1] + 1), 0.0)
+    queried = n_relevant > 0
+    return float((precision_at_hits.sum(axis=1)[queried] / n_relevant[queried]).mean())
+
+
+def _features(network: torch.nn.Module, spec: BackboneSpec, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    transform = preprocessing(spec, network)
+    images = [transform(load_rgb_image(path, spec.image_size)) for path in paths]
+    with torch.inference_mode():
+        batches = [network(torch.stack(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return torch.cat(batches).float().numpy().astype(np.float64)
+
+
+def choose_input_size(spec: BackboneSpec, trial: SizeTrial, seed: int = 0) -> SizeChoice:
+    """Extract ``trial``'s images at every candidate size (torch fp32) and keep the smallest size whose
+    leave-one-out mAP is within ``trial.tolerance`` of the best one's."""
+    network = build_backbone(spec, seed=seed)
+    maps, seconds = {}, {}
+    for size in candidate_sizes(spec.image_size):
+        started = time.perf_counter()
+        maps[size] = leave_one_out_map(_features(network, replace(spec, image_size=size), trial.paths), trial.labels)
+        seconds[size] = time.perf_counter() - started
+    best = max(maps.values())
+    size = min(s for s, value in maps.items() if value >= best - trial.tolerance)
+    measured = ", ".join(f"{s} px mAP {maps[s]:.4f} ({seconds[s]:.1f} s)" for s in maps)
+    reason = (
+        f"input size {size} px chosen on {len(trial.paths)} training images (leave-one-out mAP, the smallest within "
+        f"{trial.tolerance} of the best): {measured}"
+    )
+    log.info("%s", reason)
+    return SizeChoice(size, reason, maps, seconds)
