@@ -15,6 +15,9 @@ rule time_extraction:
     benchmark:
         f"{BENCHMARKS}/time_extraction/{{dataset}}_{{backbone}}.tsv"
     threads: config["extraction"]["threads"]
+    # as soon as the features are there: every evaluation waits for it, and the extraction's threads it needs are
+    # free then; later they only free up once the models of every cell are fitted, and the evaluations start last
+    priority: 10
     resources:
         mem_mb=4000,
         runtime=30,
