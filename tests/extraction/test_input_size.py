@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cbir.extraction import input_size
 from cbir.extraction.engines import prepare_engine, read_engine
@@ -15,8 +16,9 @@ from cbir.extraction.input_size import (
     SizeTrial,
     candidate_sizes,
     choose_input_size,
-    leave_one_out_map,
+    leave_one_out_aps,
     median_longer_side,
+    shortfall_bound,
     trial_problem,
     trial_sample,
 )
@@ -60,14 +62,26 @@ def test_candidates_are_the_configured_size_then_three_quarters_and_half_in_step
     assert candidate_sizes(32) == [32]
 
 
-def test_leave_one_out_map_is_every_image_querying_the_others():
+def test_leave_one_out_aps_are_every_image_querying_the_others():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 40)
-    labels[-1] = 9  # a class of one image: it queries nothing relevant and is left out of the mean
+    labels[-1] = 9  # a class of one image: it queries nothing relevant
     features = rng.normal(size=(40, 6)) + labels[:, None] * 0.3
-    assert leave_one_out_map(features, labels) == pytest.approx(brute_force_map(features, labels))
+    aps = leave_one_out_aps(features, labels)
+    assert np.isnan(aps[-1]) and np.isfinite(aps[:-1]).all()
+    assert np.nanmean(aps) == pytest.approx(brute_force_map(features, labels))
     separated = np.eye(3)[labels[:-1] % 3] + rng.normal(scale=0.01, size=(39, 3))
-    assert leave_one_out_map(separated, labels[:-1]) == pytest.approx(1.0)
+    assert np.nanmean(leave_one_out_aps(separated, labels[:-1])) == pytest.approx(1.0)
+
+
+def test_the_shortfall_bound_is_the_paired_mean_difference_plus_its_one_sided_95_percent_margin():
+    best = np.array([0.9, 0.8, 0.7, 0.6, np.nan])
+    other = np.array([0.8, 0.8, 0.6, 0.6, 0.5])  # the NaN query pairs with nothing
+    differences = np.array([0.1, 0.0, 0.1, 0.0])
+    expected = differences.mean() + 1.645 * differences.std(ddof=1) / 2
+    assert shortfall_bound(best, other) == pytest.approx(expected)
+    assert shortfall_bound(best, best) == 0.0
+    assert shortfall_bound(best[:1], other[:1]) == float("inf")  # one query: no margin to speak of
 
 
 def test_the_trial_runs_only_for_many_images_smaller_than_the_input():
@@ -97,31 +111,58 @@ def test_the_sample_is_seeded_stratified_and_drawn_from_the_pool_only():
     assert trial_sample(manifest, np.arange(0, 400, 4), SETTINGS, seed=3) is None  # one class only
 
 
+def fake_trial(monkeypatch, aps_by_size):
+    """A trial whose sizes score ``aps_by_size`` per query (the network and the images are not run)."""
+    monkeypatch.setattr(input_size, "build_backbone", lambda spec, seed: None)
+    monkeypatch.setattr(input_size, "preprocessing", lambda spec, network: None)
+    monkeypatch.setattr(input_size, "_features", lambda run, transform, paths, size: np.full((2, 1), size))
+    monkeypatch.setattr(input_size, "leave_one_out_aps", lambda features, labels: aps_by_size[int(features[0, 0])])
+
+
 @pytest.mark.parametrize(("tolerance", "chosen"), [(0.0, 260), (0.05, 192), (1.0, 128)])
 def test_the_smallest_size_within_the_tolerance_of_the_best_is_chosen(monkeypatch, tolerance, chosen):
     scores = {260: 0.80, 192: 0.77, 128: 0.70}
-    monkeypatch.setattr(input_size, "build_backbone", lambda spec, seed: None)
-    monkeypatch.setattr(input_size, "_features", lambda network, spec, paths: np.full((2, 1), spec.image_size))
-    monkeypatch.setattr(input_size, "leave_one_out_map", lambda features, labels: scores[int(features[0, 0])])
-    choice = choose_input_size(LITE, SizeTrial(["a", "b"], np.array([0, 1]), tolerance))
+    fake_trial(monkeypatch, {size: np.full(50, score) for size, score in scores.items()})
+    choice = choose_input_size(LITE, SizeTrial(["a", "b"], np.array([0, 1]), tolerance), runner=lambda n, s: None)
     assert choice.size == chosen
-    assert choice.map_by_size == scores
+    assert choice.map_by_size == pytest.approx(scores)
     assert f"input size {chosen} px chosen on 2 training images" in choice.reason
 
 
-def test_the_engine_is_prepared_at_the_chosen_size_and_extraction_follows_it(tmp_path, monkeypatch):
+def test_a_smaller_size_whose_loss_is_uncertain_is_not_chosen(monkeypatch):
+    rng = np.random.default_rng(1)
+    best = rng.uniform(0.3, 0.9, 40)
+    # 0.005 lower on average, within the tolerance, but query by query up to 0.2 either way: 40 queries cannot
+    # tell that it loses less than 0.01
+    noisy = best - 0.005 + rng.choice([-0.2, 0.2], 40)
+    noisy += best.mean() - 0.005 - noisy.mean()
+    fake_trial(monkeypatch, {260: best, 192: noisy, 128: best - 0.3})
+    choice = choose_input_size(LITE, SizeTrial(["a"] * 40, np.zeros(40), 0.01), runner=lambda n, s: None)
+    assert choice.map_by_size[192] == pytest.approx(choice.map_by_size[260] - 0.005)
+    assert choice.size == 260
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_the_engine_is_prepared_at_the_chosen_size_and_extraction_follows_it(tmp_path, monkeypatch, engine):
+    if engine == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed")
     folder = make_image_folder(tmp_path / "images", per_class=4)
     paths = sorted(str(p) for p in folder.glob("*/*.png"))
     labels = np.array([hash(p.split("/")[-2]) % 1000 for p in paths])
-    spec = BackboneSpec("efficientnet_lite0", "random", "avg", 128)
+    spec = BackboneSpec("vgg16", "random", "avg", 128)
     # the smaller sizes judged as good as the configured one: the smallest, 64 px, is chosen
-    monkeypatch.setattr(input_size, "leave_one_out_map", lambda features, labels: 0.5)
-    choice = prepare_engine(spec, tmp_path / "engine", engine="torch", precision="fp32", calibration_paths=paths,
+    monkeypatch.setattr(input_size, "leave_one_out_aps", lambda features, labels: np.full(len(labels), 0.5))
+    sizes = []
+    original = input_size._features
+    monkeypatch.setattr(input_size, "_features", lambda *args: sizes.append(args[-1]) or original(*args))
+    choice = prepare_engine(spec, tmp_path / "engine", engine=engine, precision="fp32", calibration_paths=paths,
                             holdout_paths=paths, size_trial=SizeTrial(paths, labels, 0.01))  # fmt: skip
+    assert sizes == [128, 96, 64]
     record = json.loads((tmp_path / "engine" / "engine.json").read_text())
     assert choice.image_size == record["image_size"] == 64
-    assert "128 px mAP 0.5000" in record["image_size_reason"]
+    assert "128 px mAP 0.5000 (at most 0.0000 below" in record["image_size_reason"]
     prepared = prepare_network(spec, device="cpu", precision="fp32", engine=read_engine(tmp_path / "engine"))
-    assert prepared.record()["image_size"] == 64
+    assert prepared.record()["image_size"] == 64 and prepared.engine == engine
     assert prepared.spec.image_size == 64
+    assert prepared.embed(torch.rand(2, 3, 64, 64)).shape == (2, prepared.feature_dim)
     assert prepare_network(spec, device="cpu", precision="fp32").record()["image_size"] == 128
