@@ -84,3 +84,23 @@ def test_job_floor_times_no_op_jobs_through_snakemake_and_bounds_the_default_gri
     assert int(row["cells"]) == 36  # config/config.yaml: 4 splits x 9 PCA sizes
     assert float(row["grid_floor_wall_s"]) == pytest.approx(36 * (3 * plain + 4 * sklearn) / 2, rel=0.02)
     assert "before any work" in result.stdout and "of which this floor is" in result.stdout
+
+
+def test_input_size_benchmark_runs_the_trial_on_seeded_samples_against_torch(tmp_path):
+    import pandas as pd
+
+    from helpers import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=6)
+    paths = sorted(folder.glob("*/*.png"))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": [str(p) for p in paths], "label": [sorted({q.parent.name for q in paths}).index(p.parent.name)
+                  for p in paths], "width": 32, "height": 32}).to_csv(manifest, index=False)  # fmt: skip
+    result = run([sys.executable, "benchmarks/input_size.py", "--manifest", str(manifest), "--arch", "vgg16",
+                  "--weights", "random", "--image-size", "128", "--seeds", "0,1", "--per-class", "4"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "map_128px" in result.stdout and "map_96px" in result.stdout and "map_64px" in result.stdout
+    line = json.loads((REPO / "benchmarks/results/input_size.jsonl").read_text().splitlines()[-1])
+    assert [row["seed"] for row in line["rows"] if not row["runner"].endswith("(baseline)")] == [0, 1]
+    assert all(row["chosen_px"] in (128, 96, 64) for row in line["rows"])

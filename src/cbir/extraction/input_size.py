@@ -61,6 +61,7 @@ class SizeChoice:
     reason: str
     map_by_size: dict[int, float]
     seconds_by_size: dict[int, float]
+    bound_by_size: dict[int, float]  # how far below the best size's mAP, at one-sided 95 % confidence
 
 
 def candidate_sizes(configured: int) -> list[int]:
@@ -175,4 +176,4 @@ def choose_input_size(spec: BackboneSpec, trial: SizeTrial, seed: int = 0, runne
         f"most {trial.tolerance} below the best at 95 % confidence): {measured}"
     )
     log.info("%s", reason)
-    return SizeChoice(size, reason, maps, seconds)
+    return SizeChoice(size, reason, maps, seconds, bounds)
