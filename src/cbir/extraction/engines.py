@@ -240,7 +240,8 @@ def prepare_engine_into(
     vnni = cpu_has_vnni()  # int8 is quantized for this CPU's dot products, and recorded as such
     # the sizes through OpenVINO fp32 where the engine will be OpenVINO's (torch fp32 is several times slower at 260 px)
     runner = functools.partial(openvino_fp32_runner, threads=threads) if candidates else torch_runner
-    sized = choose_input_size(spec, size_trial, seed, runner) if size_trial is not None else None
+    network = build_backbone(spec, seed=seed) if candidates or size_trial is not None else None
+    sized = choose_input_size(spec, size_trial, seed, runner, network) if size_trial is not None else None
     if sized is not None:
         spec = replace(spec, image_size=sized.size)
     size_record = {"image_size": sized.size, "image_size_reason": sized.reason} if sized else {}
@@ -249,7 +250,6 @@ def prepare_engine_into(
         _write(out_dir, choice)
         return choice
 
-    network = build_backbone(spec, seed=seed)
     transform = preprocessing(spec, network)
     # decoded as extraction decodes them (preprocessing_description)
     draft_to = spec.image_size

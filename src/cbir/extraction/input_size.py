@@ -36,10 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "never")
 SIZE_STEP = 32  # candidate sizes are multiples of this (the networks' strides divide it)
 SMALLEST_SIZE = 64
-CANDIDATE_FRACTIONS = (1.0, 0.75, 0.5)
+SMALLER_FRACTIONS = (0.75, 0.5)  # of the configured size: the other candidates
 MIN_PER_CLASS = 2  # a class with fewer sampled images cannot query a relevant one
 CONFIDENCE_Z = 1.645  # one-sided 95 %
 # the network at one input size, in fp32: preprocessed images (N, 3, size, size) in, features out
@@ -66,7 +65,7 @@ class SizeChoice:
 
 def candidate_sizes(configured: int) -> list[int]:
     """The configured size, then 3/4 and 1/2 of it rounded to multiples of 32 (none below 64), largest first."""
-    smaller = {SIZE_STEP * round(configured * fraction / SIZE_STEP) for fraction in CANDIDATE_FRACTIONS[1:]}
+    smaller = {SIZE_STEP * round(configured * fraction / SIZE_STEP) for fraction in SMALLER_FRACTIONS}
     return [configured, *sorted((s for s in smaller if SMALLEST_SIZE <= s < configured), reverse=True)]
 
 
@@ -156,10 +155,12 @@ def _features(run: Callable[[np.ndarray], np.ndarray], transform: Any, paths: Se
     return np.concatenate(batches).astype(np.float64)
 
 
-def choose_input_size(spec: BackboneSpec, trial: SizeTrial, seed: int = 0, runner: Runner = torch_runner) -> SizeChoice:
-    """Extract ``trial``'s images at every candidate size (``runner``: the network at a size, in fp32) and keep the
-    smallest size whose mAP is, at 95 % confidence, within ``trial.tolerance`` of the best size's."""
-    network = build_backbone(spec, seed=seed)
+def choose_input_size(spec: BackboneSpec, trial: SizeTrial, seed: int = 0, runner: Runner = torch_runner,
+                      network: torch.nn.Module | None = None) -> SizeChoice:  # fmt: skip
+    """Extract ``trial``'s images at every candidate size (``runner``: the network at a size, in fp32; ``network``:
+    the spec's, when already built) and keep the smallest size whose mAP is, at 95 % confidence, within
+    ``trial.tolerance`` of the best size's."""
+    network = network if network is not None else build_backbone(spec, seed=seed)
     aps, seconds = {}, {}
     for size in candidate_sizes(spec.image_size):
         started = time.perf_counter()
