@@ -155,22 +155,54 @@ def test_augmentations_share_the_cosines_and_running_sums_bit_for_bit(normalised
         np.testing.assert_array_equal(variants.augmented(k, alpha), alone)
 
 
-def test_a_large_galleries_own_neighbours_come_from_an_inverted_file(monkeypatch):
-    rng = np.random.default_rng(4)
-    centres = rng.normal(scale=4.0, size=(40, 16))
-    gallery = (centres[rng.integers(0, 40, size=4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+def _clustered_gallery(dims: int, seed: int = 4) -> np.ndarray:
+    """4,000 vectors around 40 centres in a 6-dimensional subspace of ``dims`` dimensions, with a little noise."""
+    rng = np.random.default_rng(seed)
+    subspace = np.linalg.qr(rng.normal(size=(dims, 6)))[0].T
+    centres = rng.normal(scale=4.0, size=(40, 6)) @ subspace
+    points = centres[rng.integers(0, 40, size=4000)] + rng.normal(size=(4000, 6)) @ subspace
+    return (points + rng.normal(scale=0.05, size=(4000, dims))).astype(np.float32)
+
+
+@pytest.mark.parametrize("candidates", [False, True], ids=["whole-vectors", "leading-components"])
+def test_a_large_galleries_own_neighbours_come_from_an_inverted_file(monkeypatch, candidates):
+    gallery = _clustered_gallery(40)
     exact = nearest_rows(gallery, gallery, 10, exclude_self=True)  # 16 million pairs: exact below the bound
     monkeypatch.setattr(rerank_module, "EXACT_NEIGHBOUR_PAIRS", 1000**2)
-    used = []
-    inverted = rerank_module.inverted_file_nearest_rows
+    # leading-components: 40 dimensions are more than twice 8, so candidates come from the 8 leading components
+    monkeypatch.setattr(rerank_module, "CANDIDATE_DIMENSIONS", 8 if candidates else 256)
+    used, ranked = [], []
+    inverted, rank = rerank_module.inverted_file_nearest_rows, rerank_module.rank_candidates
     monkeypatch.setattr(rerank_module, "inverted_file_nearest_rows", lambda *a: used.append(1) or inverted(*a))
+    monkeypatch.setattr(rerank_module, "rank_candidates", lambda *a: ranked.append(a[2].shape) or rank(*a))
     approximate = nearest_rows(gallery, gallery, 10, exclude_self=True)
     assert used
+    assert ranked == ([(4000, 30)] if candidates else [])  # 3 candidates per neighbour, ranked in all 40
     assert approximate.shape == (4000, 10) and approximate.min() >= 0
     assert not (approximate == np.arange(4000)[:, None]).any()  # never a row's own
     assert all(len(set(row)) == 10 for row in approximate)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
     assert recall >= 0.9  # approximate, and close
+
+
+def test_a_few_queries_of_a_large_gallery_are_searched_exactly(monkeypatch):
+    # an inverted file's training costs more than an exact search of fewer than 40 x sqrt(N) queries
+    gallery = _clustered_gallery(16)
+    queries = gallery[:200] + 0.01
+    monkeypatch.setattr(rerank_module, "EXACT_NEIGHBOUR_PAIRS", 1000)
+    monkeypatch.setattr(rerank_module, "inverted_file_nearest_rows", lambda *a: pytest.fail("searched approximately"))
+    found = nearest_rows(queries, gallery, 10)
+    distances = squared_distances(queries, gallery, np.einsum("ij,ij->i", gallery, gallery))
+    np.testing.assert_array_equal(found, np.argsort(distances, axis=1, kind="stable")[:, :10])
+
+
+def test_candidates_are_ranked_by_their_distance_in_all_dimensions():
+    gallery = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], dtype=np.float32)
+    queries = np.array([[0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    candidates = np.array([[4, 1, 3, 2], [3, 2, -1, -1]])
+    ranked = rerank_module.rank_candidates(queries, gallery, candidates, 3)
+    # query 0: rows 2 and 3 tie at distance 1, the lower first; query 1: two candidates for three places
+    np.testing.assert_array_equal(ranked, [[2, 3, 1], [2, 3, -1]])
 
 
 def test_the_gpu_ranking_gives_the_cpu_ranks_ties_included():
