@@ -91,6 +91,7 @@ if EXTRA_SPACES:
         benchmark:
             f"{BENCHMARKS}/evaluate_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}_k{{k}}.tsv"
         threads: 1
+        priority: 2  # a cell's longest job, at the end of its chain (rule train_mlp)
         resources:
             mem_mb=4000,
             runtime=30,

@@ -90,6 +90,10 @@ rule train_mlp:
     benchmark:
         f"{BENCHMARKS}/train_mlp/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
     threads: 1
+    # a cell's chain to its longest job (select_settings and train_mlp -> fit_spaces -> evaluate_spaces) before the
+    # jobs that end a chain (cluster, evaluate): among ready jobs Snakemake otherwise runs the largest inputs
+    # first, and evaluate (which reads the whole feature file) held back the 70,000-image run's largest cell
+    priority: 1
     resources:
         mem_mb=mem_from_input(1000, 4),
         runtime=runtime_from_input(30, 20),
@@ -121,6 +125,7 @@ rule select_settings:
     benchmark:
         f"{BENCHMARKS}/select_settings/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
     threads: 1
+    priority: 1  # see train_mlp
     resources:
         mem_mb=mem_from_input(1000, 6),
         runtime=runtime_from_input(10, 200),
@@ -154,6 +159,7 @@ if EXTRA_SPACES:
         benchmark:
             f"{BENCHMARKS}/fit_spaces/{{dataset}}_{{backbone}}_{{split}}_{{pca}}.tsv"
         threads: 1
+        priority: 2  # see train_mlp
         resources:
             mem_mb=mem_from_input(1000, 6),
             runtime=runtime_from_input(10, 100),
@@ -195,6 +201,7 @@ for collection in COLLECTIONS if LABEL_FREE_SPACES else []:
         benchmark:
             f"{BENCHMARKS}/fit_spaces/{collection}_{{backbone}}_{{split}}_{{pca}}.tsv"
         threads: 1
+        priority: 2  # see train_mlp
         resources:
             mem_mb=mem_from_input(1000, 6),
             runtime=runtime_from_input(10, 100),
