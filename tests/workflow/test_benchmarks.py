@@ -104,3 +104,14 @@ def test_input_size_benchmark_runs_the_trial_on_seeded_samples_against_torch(tmp
     line = json.loads((REPO / "benchmarks/results/input_size.jsonl").read_text().splitlines()[-1])
     assert [row["seed"] for row in line["rows"] if not row["runner"].endswith("(baseline)")] == [0, 1]
     assert all(row["chosen_px"] in (128, 96, 64) for row in line["rows"])
+
+
+def test_neighbours_benchmark_compares_leading_components_with_whole_vectors(tmp_path):
+    result = run([sys.executable, "benchmarks/neighbours.py", "--synthetic", "3000,600", "--k", "10", "--probe", "200"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed_ratio" in result.stdout and "components_recall" in result.stdout
+    row = json.loads((REPO / "benchmarks/results/neighbours.jsonl").read_text().splitlines()[-1])["rows"][0]
+    assert (row["n"], row["dims"], row["k"]) == (3000, 600, 10)
+    # both approximate, both close to the exact neighbours of the sampled rows
+    assert row["whole_recall"] >= 0.9 and row["components_recall"] >= 0.9
