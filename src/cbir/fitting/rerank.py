@@ -199,10 +199,10 @@ def inverted_file_nearest_rows(
     :data:`NEIGHBOUR_PROBES` are searched per query, so a gallery's own neighbours cost N·√N instead of N².
     Vectors of more than 2 × :data:`CANDIDATE_DIMENSIONS` dimensions are searched in their leading principal
     components for :data:`CANDIDATES_PER_NEIGHBOUR` × ``n`` candidates, ranked in all dimensions after:
-    a 56,000-image Fashion-MNIST gallery's 20 own neighbours at 1,280-D took 11 s instead of 33 s on one core, with
-    recall@20 against exact of 0.989 and 0.984 (``raw``, ``whiten``) instead of 0.990 and 0.987 (docs, "Evaluation
-    at a bounded cost and at scale"). Approximate: a true neighbour in a list not probed is missed; a query short of ``n`` candidates
-    (rare) is searched exactly."""
+    a 56,000-image Fashion-MNIST gallery's 20 own neighbours at 1,280-D took 10 s instead of 33 s on one core, with
+    recall@20 against exact of 0.989 and 0.985 (``raw``, ``whiten``) instead of 0.990 and 0.987 (docs, "Evaluation
+    at a bounded cost and at scale"). Approximate: a true neighbour in a list not probed is missed; a query short
+    of ``n`` candidates (rare) is searched exactly."""
     import faiss  # only for large galleries
 
     vectors = np.ascontiguousarray(gallery, dtype=np.float32)
