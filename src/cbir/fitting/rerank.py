@@ -27,7 +27,7 @@ EXACT_NEIGHBOUR_PAIRS = 10_000**2
 INVERTED_FILE_QUERIES_PER_ROOT = 40
 NEIGHBOUR_PROBES = 32  # inverted lists searched per query by an approximate neighbour search
 # vectors of more than twice this many dimensions are searched in their leading principal components for
-# CANDIDATES_PER_NEIGHBOUR times as many candidates, which are then ranked exactly in all their dimensions
+# CANDIDATES_PER_NEIGHBOUR times as many candidates, which are then ranked in all their dimensions
 CANDIDATE_DIMENSIONS = 256
 CANDIDATES_PER_NEIGHBOUR = 3
 COMPONENTS_SAMPLE = 5000  # gallery rows the principal components are computed from (seeded)
@@ -205,14 +205,13 @@ def inverted_file_nearest_rows(
     of ``n`` candidates (rare) is searched exactly."""
     import faiss  # only for large galleries
 
-    vectors = np.ascontiguousarray(gallery, dtype=np.float32)
-    own_queries = queries is gallery
-    searched_queries = vectors if own_queries else np.ascontiguousarray(queries, dtype=np.float32)
-    depth = n
-    if vectors.shape[1] > 2 * CANDIDATE_DIMENSIONS:
-        mean, basis = leading_components(vectors, CANDIDATE_DIMENSIONS, seed)
-        vectors = _projected(vectors, mean, basis)
-        searched_queries = vectors if own_queries else _projected(searched_queries, mean, basis)
+    whole = np.ascontiguousarray(gallery, dtype=np.float32)
+    whole_queries = whole if queries is gallery else np.ascontiguousarray(queries, dtype=np.float32)
+    vectors, searched_queries, depth = whole, whole_queries, n
+    if whole.shape[1] > 2 * CANDIDATE_DIMENSIONS:
+        mean, basis = leading_components(whole, CANDIDATE_DIMENSIONS, seed)
+        vectors = _projected(whole, mean, basis)
+        searched_queries = vectors if whole_queries is whole else _projected(whole_queries, mean, basis)
         depth = min(CANDIDATES_PER_NEIGHBOUR * n, len(gallery) - 1 - int(exclude_self))
     n_gallery, dim = vectors.shape
     lists = max(1, min(round(4 * np.sqrt(n_gallery)), n_gallery // 39))
@@ -228,7 +227,7 @@ def inverted_file_nearest_rows(
         own[~own.any(axis=1), -1] = True
         found = found[~own].reshape(len(found), depth)
     if depth > n:
-        found = rank_candidates(queries, gallery, found, n)
+        found = rank_candidates(whole_queries, whole, found, n)
     short = np.flatnonzero((found < 0).any(axis=1))
     if short.size:
         exact = nearest_rows_exact(np.asarray(queries)[short], gallery, n, short if exclude_self else None)
