@@ -196,6 +196,29 @@ def test_a_few_queries_of_a_large_gallery_are_searched_exactly(monkeypatch):
     np.testing.assert_array_equal(found, np.argsort(distances, axis=1, kind="stable")[:, :10])
 
 
+def test_exact_neighbours_screened_in_float32_are_the_float64_ones_ties_and_own_rows_included():
+    # above 512 rows the exact search screens in float32: distances apart by less than float32 resolves (but
+    # more than float64 rounding) must still come in float64 order, and a row's own entry is never its neighbour
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(1500, 24)) * 3
+    for j, row in enumerate(range(10, 30)):  # near-ties, 1e-9 apart
+        gallery[row] = gallery[0] + 1e-9 * (20 - j) * np.eye(24)[0]
+    queries = gallery[:40] + 1e-3
+    distances = squared_distances(queries, gallery, np.einsum("ij,ij->i", gallery, gallery))
+    expected = np.argsort(distances, axis=1, kind="stable")[:, :12]
+    found = rerank_module.nearest_rows_exact(queries, gallery, 12)
+    np.testing.assert_array_equal(found, expected)
+    assert found[0].tolist() == list(range(10, 22))  # the near-ties, the farthest from row 0 nearest
+
+    gallery = rng.normal(size=(1500, 24)) * 3
+    gallery[700] = gallery[0]  # a duplicate
+    distances = squared_distances(gallery, gallery, np.einsum("ij,ij->i", gallery, gallery))
+    np.fill_diagonal(distances, np.inf)
+    found = rerank_module.nearest_rows_exact(gallery, gallery, 12, own=np.arange(len(gallery)))
+    np.testing.assert_array_equal(found, np.argsort(distances, axis=1, kind="stable")[:, :12])
+    assert found[0][0] == 700 and found[700][0] == 0
+
+
 def test_candidates_are_ranked_by_their_distance_in_all_dimensions():
     gallery = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], dtype=np.float32)
     queries = np.array([[0.0, 0.0], [1.0, 0.0]], dtype=np.float32)

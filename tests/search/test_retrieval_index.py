@@ -137,7 +137,9 @@ def test_float32_screening_returns_the_float64_ranking(metric, dtype, monkeypatc
     index = RetrievalIndex(gallery, labels, clusters.centroids, clusters.centroid_labels, clusters.assignments,
                            metric=metric)  # fmt: skip
     screened = {mode: index.search(queries, mode, 10, predicted) for mode in ("class", "global")}
-    monkeypatch.setattr(retrieve, "SCREEN_BLOCK_ELEMENTS", 7000)  # a few queries per block: the same answers
+    import cbir.distances
+
+    monkeypatch.setattr(cbir.distances, "SCREEN_BLOCK_ELEMENTS", 7000)  # a few queries per block: the same answers
     for mode, (indices, distances) in screened.items():
         blocked_indices, blocked_distances = index.search(queries, mode, 10, predicted)
         assert np.array_equal(indices, blocked_indices), mode

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cbir.distances import l2_normalise, squared_distances
+from cbir.distances import l2_normalise, nearest_columns
 
 METHODS = ("none", "qe", "dba", "dba_qe")
-NEIGHBOUR_BLOCK_ELEMENTS = 1 << 24  # distances held at once (128 MB in float64)
 # exact neighbour searches up to this many query-gallery pairs (a 10,000-image gallery's own neighbours)
 EXACT_NEIGHBOUR_PAIRS = 10_000**2
 # an inverted file pays for its training (~40·N·√N·d: 4·√N lists, 10 k-means passes) only from about this many
@@ -176,20 +175,14 @@ def nearest_rows(queries: np.ndarray, gallery: np.ndarray, n: int, exclude_self:
 
 
 def nearest_rows_exact(queries: np.ndarray, gallery: np.ndarray, n: int, own: np.ndarray | None = None) -> np.ndarray:
-    """The exact :func:`nearest_rows`; ``own``: each query's own gallery row, which is not its neighbour."""
-    queries = np.asarray(queries, dtype=np.float64)
-    gallery = np.asarray(gallery, dtype=np.float64)
-    sq_norms = np.einsum("ij,ij->i", gallery, gallery)
-    out = np.empty((len(queries), n), dtype=np.int64)
-    rows = max(1, NEIGHBOUR_BLOCK_ELEMENTS // max(1, len(gallery)))
-    for start in range(0, len(queries), rows):
-        block = squared_distances(queries[start : start + rows], gallery, sq_norms)
-        if own is not None:
-            block[np.arange(len(block)), own[start : start + len(block)]] = np.inf
-        nearest = np.argpartition(block, n - 1, axis=1)[:, :n] if n < block.shape[1] else np.argsort(block, axis=1)
-        order = np.lexsort((nearest, np.take_along_axis(block, nearest, axis=1)), axis=1)
-        out[start : start + len(block)] = np.take_along_axis(nearest, order, axis=1)[:, :n]
-    return out
+    """The exact :func:`nearest_rows` (:func:`cbir.distances.nearest_columns`: float64 distances, screened in
+    float32); ``own``: each query's own gallery row, which is not its neighbour."""
+    if own is None:
+        return nearest_columns(queries, gallery, n).astype(np.int64)
+    found = nearest_columns(queries, gallery, n + 1)
+    is_own = found == np.asarray(own)[:, None]
+    is_own[~is_own.any(axis=1), -1] = True  # a row whose own entry is not among them: the farthest goes
+    return found[~is_own].reshape(len(found), n).astype(np.int64)
 
 
 def inverted_file_nearest_rows(

@@ -16,7 +16,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cbir.distances import l2_normalise, squared_distances
+from cbir.distances import (
+    FLOAT32_SCREEN_MIN_MEMBERS,
+    l2_normalise,
+    screened_block_rows,
+    screened_top_k,
+    smallest_columns,
+    squared_distances,
+)
 from cbir.fitting.kmeans import centroids_by_class, nearest_class_centroids
 
 MODES = ("clustered", "class", "global")
@@ -38,30 +45,6 @@ MODE_TITLES = {
 METRICS = ("euclidean", "cosine")
 
 
-# A single query against a small group is sorted outright: cheaper than the partition's overhead.
-_FULL_SORT_MAX_SIZE = 1536
-
-
-def smallest_columns(distances: np.ndarray, top_k: int) -> np.ndarray:
-    """Per row, the columns of the ``top_k`` smallest values, ordered by (value, column).
-
-    A partial partition (linear time) finds the k-th value; ties at that value are resolved in
-    favour of the lower column, so the result equals a full stable sort's first k columns.
-    """
-    n_rows, n_columns = distances.shape
-    if top_k >= n_columns or distances.size <= _FULL_SORT_MAX_SIZE:
-        return np.argsort(distances, axis=1, kind="stable")[:, :top_k]
-    kth = np.partition(distances, top_k - 1, axis=1)[:, top_k - 1 : top_k]
-    chosen = distances <= kth
-    if (chosen.sum(axis=1) > top_k).any():  # ties at the k-th value: keep the lowest columns
-        at_kth = distances == kth
-        needed = top_k - (distances < kth).sum(axis=1, keepdims=True)
-        chosen = (distances < kth) | (at_kth & (np.cumsum(at_kth, axis=1) <= needed))
-    columns = np.nonzero(chosen)[1].reshape(n_rows, top_k)  # ascending column order per row
-    order = np.argsort(np.take_along_axis(distances, columns, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(columns, order, axis=1)
-
-
 def _pad(indices: np.ndarray, found: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pad rows shorter than ``top_k`` (a small cluster) with -1 / inf."""
     if indices.shape[1] < top_k:
@@ -75,56 +58,6 @@ def _top_k(distances: np.ndarray, members: np.ndarray, top_k: int) -> tuple[np.n
     """Per row, the ``top_k`` smallest distances; ``members`` (ascending) names the columns."""
     order = smallest_columns(distances, top_k)
     return _pad(members[order], np.take_along_axis(distances, order, axis=1), top_k)
-
-
-# Above this many searched images the candidates are found in float32 and re-ranked in float64.
-FLOAT32_SCREEN_MIN_MEMBERS = 512
-_SCREEN_EXTRA_CANDIDATES = 32
-SCREEN_BLOCK_ELEMENTS = 1 << 24  # float32 distances per block of queries (64 MB)
-_FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-
-
-def _screened_top_k(
-    queries: np.ndarray,
-    queries32: np.ndarray,
-    gallery: np.ndarray,
-    gallery32: np.ndarray,
-    sq_norms: np.ndarray,
-    members: np.ndarray,
-    top_k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 top-k of :func:`squared_distances`, at float32 speed.
-
-    Float32 distances pick ``top_k + 32`` candidates per query. Every image whose float32
-    distance is within twice a rounding-error bound of the k-th one could belong to the float64
-    top-k (the bound holds for any summation order); when all of those are among the candidates,
-    re-ranking the candidates in float64 gives exactly the plain float64 answer, ties included.
-    Rows where they are not (a crowd of near-equal distances) are searched in plain float64.
-    """
-    whole = len(members) == len(gallery)  # no copy when the whole gallery is searched
-    block32 = gallery32 if whole else gallery32[members]
-    norms = sq_norms if whole else sq_norms[members]
-    screen = squared_distances(queries32, block32, norms.astype(np.float32))
-    width = min(top_k + _SCREEN_EXTRA_CANDIDATES, len(members) - 1)
-    candidates = np.argpartition(screen, width - 1, axis=1)[:, :width]
-    screened = np.take_along_axis(screen, candidates, axis=1)
-    kth = np.partition(screened, top_k - 1, axis=1)[:, top_k - 1]
-    # every image left out is at least as far as the farthest candidate
-    farthest_candidate = screened.max(axis=1)
-    query_norms = np.einsum("ij,ij->i", queries, queries)
-    slack = (2 * queries.shape[1] + 16) * _FLOAT32_UNIT_ROUNDOFF * (query_norms + norms.max())
-
-    chosen = members[np.sort(candidates, axis=1)]  # ascending: ties resolve by gallery position
-    exact = query_norms[:, None] - 2.0 * np.einsum("id,ikd->ik", queries, gallery[chosen]) + sq_norms[chosen]
-    np.maximum(exact, 0.0, out=exact)
-    order = smallest_columns(exact, top_k)
-    indices, found = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(exact, order, axis=1)
-
-    crowded = np.flatnonzero(farthest_candidate <= kth + 2.0 * slack)
-    if crowded.size:
-        squared = squared_distances(queries[crowded], gallery[members], sq_norms[members])
-        indices[crowded], found[crowded] = _top_k(squared, members, top_k)
-    return indices, found
 
 
 @dataclass
@@ -224,9 +157,9 @@ class RetrievalIndex:
             squared = squared_distances(queries, self.gallery[members], self._sq_norms[members])
             return _top_k(squared, members, top_k)
         # a block of queries at a time, so that memory stays bounded for many queries on a large gallery
-        rows = max(1, SCREEN_BLOCK_ELEMENTS // len(members))
+        rows = screened_block_rows(len(members), top_k, self.gallery.shape[1])
         found = [
-            _screened_top_k(b, b.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k)
+            screened_top_k(b, b.astype(np.float32), self.gallery, self._gallery32, self._sq_norms, members, top_k)
             for b in (queries[i : i + rows] for i in range(0, len(queries), rows))
         ]
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
