@@ -9,7 +9,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from cbir.fitting.kmeans import fit_intra_class_kmeans, load_clusters, save_clusters
-from cbir.fitting.mlp import load_mlp, save_mlp, train_mlp
+from cbir.fitting.mlp import EARLY_STOPPING_MIN_IMAGES, load_mlp, save_mlp, train_mlp, uses_early_stopping
 from cbir.fitting.pca import Projection, fit_pca_basis, load_projection, save_projection
 
 
@@ -104,3 +104,25 @@ def test_mlp_binary_case_and_storage(blobs, tmp_path: Path):
     loaded = load_mlp(tmp_path / "mlp.h5")
     assert np.array_equal(loaded.predict_proba(features), model.predict_proba(features))
     assert loaded.converged == model.converged and loaded.n_iter == model.n_iter
+
+
+def test_early_stopping_is_automatic_from_a_large_training_set_on():
+    assert not uses_early_stopping("auto", EARLY_STOPPING_MIN_IMAGES - 1)
+    assert uses_early_stopping("auto", EARLY_STOPPING_MIN_IMAGES)
+    assert uses_early_stopping(True, 10) and not uses_early_stopping(False, 10**6)
+
+
+def test_early_stopping_holds_out_a_part_and_keeps_its_best_epoch(tmp_path: Path):
+    # overlapping classes: the training loss keeps falling long after the held-out accuracy stops rising
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 200)
+    features = rng.normal(0, 1.0, size=(600, 20)) + 0.6 * np.eye(3, 20)[labels]
+    full = train_mlp(features, labels, hidden_layers=[64], max_iter=300, early_stopping=False, seed=0)
+    stopped = train_mlp(features, labels, hidden_layers=[64], max_iter=300, early_stopping=True, seed=0)
+    assert stopped.early_stopping and not full.early_stopping
+    assert stopped.n_iter < full.n_iter
+    reference = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, early_stopping=True, random_state=0)
+    reference.fit(StandardScaler().fit_transform(features), labels)
+    assert stopped.n_iter == reference.n_iter_
+    save_mlp(tmp_path / "mlp.h5", stopped, {"seed": 0})
+    assert load_mlp(tmp_path / "mlp.h5").early_stopping

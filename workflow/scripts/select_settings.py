@@ -9,7 +9,7 @@ from cbir.fitting.pca import load_projection
 from cbir.io import load_arrays
 from cbir.pipeline.steps import run_step
 
-MLP_SETTINGS = ("hidden_layers", "alpha", "learning_rate", "max_iter")
+MLP_SETTINGS = ("hidden_layers", "alpha", "learning_rate", "max_iter", "early_stopping")
 
 
 def main(smk) -> None:
@@ -25,7 +25,7 @@ def main(smk) -> None:
         smk.params.spaces,
         smk.params.options,
         smk.params.validation,
-        {key: smk.params.mlp[key] for key in MLP_SETTINGS},
+        {key: smk.params.mlp[key] for key in MLP_SETTINGS if key in smk.params.mlp},
         smk.params.seed,
         metric=smk.params.metric,
         labelled=smk.params.labelled,

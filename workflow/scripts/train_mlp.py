@@ -19,6 +19,7 @@ def main(smk) -> None:
         alpha=options["alpha"],
         learning_rate=options["learning_rate"],
         max_iter=options["max_iter"],
+        early_stopping=options.get("early_stopping", "auto"),
         seed=smk.params.seed,
     )
     # what it was fitted on: update.refit when_due refits when that has changed enough (cbir.fitting.refit)

@@ -245,6 +245,7 @@ def cell_metrics(
         "kmeans_all_converged": all(clusters.converged.values()),
         "mlp_n_iter": models.mlp.n_iter,
         "mlp_converged": models.mlp.converged,
+        "mlp_early_stopping": models.mlp.early_stopping,
         "faiss_ivf_nlist": models.faiss["ivf"].nlist if "ivf" in models.faiss else None,
     }
     result["labelled"] = cell.labelled
