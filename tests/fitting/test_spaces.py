@@ -16,6 +16,7 @@ from cbir.fitting.spaces import (
     fit_embedding,
     l2_normalise,
     load_embedding,
+    principal_axes,
     save_embedding,
 )
 
@@ -70,6 +71,17 @@ def test_full_whitening_decorrelates_the_training_vectors(blobs, mlp):
     unit = l2_normalise(features)
     rotated = unit @ affine.weight + affine.bias
     assert np.allclose(np.linalg.norm(rotated[0] - rotated[1]), np.linalg.norm(unit[0] - unit[1]), atol=1e-5)
+
+
+def test_principal_axes_from_the_covariance_are_the_svds_up_to_sign():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 30)) @ rng.normal(size=(30, 30))  # more rows than dimensions: the covariance's
+    variance, axes = principal_axes(x)
+    _, singular, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    np.testing.assert_allclose(variance, singular**2 / 399, rtol=1e-9)
+    np.testing.assert_allclose(np.abs(np.sum(axes * vt, axis=1)), 1.0, atol=1e-8)  # the same axes, up to sign
+    few_variance, few_axes = principal_axes(x[:20])  # fewer rows: the SVD's, as many axes as rows
+    assert few_axes.shape == (20, 30) and np.all(np.diff(few_variance) <= 1e-12)
 
 
 def test_lda_separates_the_classes_better_than_raw(blobs, mlp):

@@ -107,11 +107,22 @@ def _fit_l2(reduced: np.ndarray, labels: np.ndarray, mlp: MlpModel, options: Map
     return [Step("l2")]
 
 
+def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The variances (descending) and principal axes (rows) of the rows of ``x``: from the d x d covariance's
+    eigendecomposition when there are at least as many rows as dimensions (56,000 x 1,280: 2 s on one core
+    instead of the SVD's 16 s), else from the SVD of the centred rows. An axis's sign is arbitrary either way."""
+    centred = x - x.mean(axis=0)
+    if len(x) >= x.shape[1]:
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))
+        return np.maximum(eigenvalues[::-1], 0.0), vectors[:, ::-1].T
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    return singular**2 / max(len(x) - 1, 1), vt
+
+
 def _fit_whiten(reduced: np.ndarray, labels: np.ndarray, mlp: MlpModel, options: Mapping[str, Any]) -> list[Step]:
     x = l2_normalise(np.asarray(reduced, dtype=np.float64))
     mean = x.mean(axis=0)
-    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
-    variance = singular**2 / max(len(x) - 1, 1)
+    variance, vt = principal_axes(x)
     keep = variance > variance[0] * WHITEN_RELATIVE_FLOOR if len(variance) else variance > 0
     weight = vt[keep].T * variance[keep] ** -float(options["power"])
     return [Step("l2"), Step("affine", weight.astype(np.float32), (-mean @ weight).astype(np.float32)), Step("l2")]
