@@ -42,9 +42,13 @@ rule all:
 
 rule all_but_summary:
     """What `all` builds but the summary, which every dataset of the folder shares: `cbir index` builds this, so
-    that collections indexed side by side in one folder write no file in common."""
+    that collections indexed side by side in one folder write no file in common; with grid.measure chosen (cbir
+    index), only the cells of the PCA sizes validation chose are measured."""
     input:
-        rules.summarize.input,
+        measured_metrics_files,
+        rules.summarize.input.manifests,
+        rules.summarize.input.excluded,
+        rules.summarize.input.duplicates,
         montage_outputs(),
         collection_space_files(),
         shard_plans(),

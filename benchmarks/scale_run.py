@@ -44,7 +44,8 @@ STAGE_OF_RULE = {
                      "manifest", "duplicates", "split"], "data"),
     **dict.fromkeys(["plan_shards", "prepare_engine", "extract_features", "gather_features", "changed_copies",
                      "time_extraction"], "extraction"),
-    **dict.fromkeys(["fit_pca", "project", "cluster", "train_mlp", "select_settings", "fit_spaces"], "models"),
+    **dict.fromkeys(["fit_pca", "project", "cluster", "train_mlp", "select_settings", "choose_pca", "fit_spaces"],
+                    "models"),
     **dict.fromkeys(["evaluate", "evaluate_spaces"], "evaluation"),
     **dict.fromkeys(["summarize", "montage"], "report"),
 }  # fmt: skip

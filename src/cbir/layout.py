@@ -33,6 +33,8 @@ FEATURE_TIMING = DATASET + "/features/{backbone}.timing.json"
 COPIES = DATASET + "/features/{backbone}.copies.h5"  # changed copies of a collection's photos (validation's judge)
 PCA_BASIS = DATASET + "/{backbone}/{split}/pca_basis.h5"
 CELL = DATASET + "/{backbone}/{split}/{pca}"
+# of a split's PCA sizes, the one validation chose (grid.measure chosen: the only one measured on the test split)
+CHOSEN_PCA = DATASET + "/{backbone}/{split}/chosen_pca.json"
 SUMMARY = RESULTS + "/summary"
 SUMMARY_HTML = SUMMARY + "/html"
 MONTAGE = SUMMARY + "/montages/{dataset}/{backbone}.png"

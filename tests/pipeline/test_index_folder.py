@@ -69,7 +69,7 @@ def test_the_config_is_one_cell_of_the_folder(tmp_path: Path):
     config = index_config(unlabelled, base, {"engine": "torch"})
     assert config["datasets"] == {"trip": {"source": "folder", "path": str(folder.resolve()), "labels": "none"}}
     assert config["grid"] == {"datasets": ["trip"], "backbones": ["efficientnet_lite0"], "splits": ["all"],
-                              "pca": [100], "k": [3], "embeddings": ["raw"]}  # fmt: skip
+                              "pca": [100], "k": [3], "measure": "chosen", "embeddings": ["raw"]}  # fmt: skip
     assert config["extraction"] == {"engine": "torch"} and unlabelled.cells == [
         "results/trip/efficientnet_lite0/all/100"
     ]
@@ -80,6 +80,8 @@ def test_the_config_is_one_cell_of_the_folder(tmp_path: Path):
     # with labels, every PCA size the training images allow (100 of 120; not 256), for validation to choose
     assert labelled.labels == "folders" and labelled.split == "80-20" and labelled.pcas == ("100", "original")
     assert index_config(labelled, base)["grid"]["pca"] == [100, "original"]
+    # each size validated, only the one validation chose tested on the held-out fifth
+    assert index_config(labelled, base)["grid"]["measure"] == "chosen"
     assert index_folder.pca_sizes("folders", 1000) == ("100", "256", "original")
     assert index_folder.pca_sizes("folders", 100) == ("original",)  # 100 of 100 training images: too close
     assert index_folder.pca_sizes("none", 1000) == ("100",) and index_folder.pca_sizes("none", 80) == ("original",)

@@ -1,4 +1,5 @@
 import functools
+import json
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from cbir.fitting.spaces import SPACES  # noqa: E402
 from cbir.layout import (  # noqa: E402
     BENCHMARKS,
     CELL,
+    CHOSEN_PCA,
     CLASSIFIER,
     COPIES,
     DOWNLOAD_RECORD,
@@ -269,8 +271,36 @@ def montage_split_and_pca():
     return split, pca
 
 
+def measures_chosen_only(dataset):
+    """grid.measure chosen, for a labelled dataset: only the PCA size validation chose is fitted further and tested."""
+    return config["grid"]["measure"] == "chosen" and dataset_is_labelled(config, dataset)
+
+
+def chosen_pca(dataset, backbone, split):
+    """The PCA size validation chose for the split (checkpoint choose_pca: known once the cells' selections are)."""
+    chosen = checkpoints.choose_pca.get(dataset=dataset, backbone=backbone, split=split).output.chosen
+    with open(chosen) as f:
+        return str(json.load(f)["pca"])
+
+
 def montage_cell(wildcards):
-    return cell_folder(wildcards.dataset, wildcards.backbone, *montage_split_and_pca())
+    split, pca = montage_split_and_pca()
+    if measures_chosen_only(wildcards.dataset):
+        pca = chosen_pca(wildcards.dataset, wildcards.backbone, split)
+    return cell_folder(wildcards.dataset, wildcards.backbone, split, pca)
+
+
+def measured_metrics_files(wildcards):
+    """What the target all_but_summary measures: each cell's metrics in every space, or with grid.measure chosen,
+    those of the PCA size validation chose per labelled dataset, backbone and split."""
+    files = []
+    for c in grid_cells(config):
+        if measures_chosen_only(c.dataset) and str(c.pca) != chosen_pca(c.dataset, c.backbone, c.split):
+            continue
+        cell = cell_folder(c.dataset, c.backbone, c.split, c.pca)
+        spaces = ["raw", *EXTRA_SPACES] if dataset_is_labelled(config, c.dataset) else ["raw"]
+        files += [f"{cell}/{metrics_name(c.k, space)}" for space in spaces]
+    return files
 
 
 def montage_split(wildcards):

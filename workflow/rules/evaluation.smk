@@ -99,3 +99,28 @@ if EXTRA_SPACES:
             CONDA_ENV
         script:
             "../scripts/evaluate.py"
+
+
+checkpoint choose_pca:
+    """Of a split's PCA sizes, the one whose chosen setting scored highest on validation inside the training images
+    (cbir.search.cell.chosen_cell; a tie keeps the smaller): with grid.measure chosen, the only size that the target
+    all_but_summary (cbir index) fits further and measures on the test split."""
+    input:
+        selections=lambda wildcards: [
+            f"{cell_folder(wildcards.dataset, wildcards.backbone, wildcards.split, pca)}/{SELECTION}"
+            for pca in map(str, config["grid"]["pca"])
+        ],
+    output:
+        chosen=CHOSEN_PCA,
+    log:
+        f"{LOGS}/choose_pca/{{dataset}}_{{backbone}}_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/choose_pca/{{dataset}}_{{backbone}}_{{split}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/choose_pca.py"

@@ -68,7 +68,8 @@ rule montage:
             labels={"dataset": "{dataset}", "backbone": "{backbone}"},
         ),
     params:
-        cell=montage_cell,
+        # the cell's folder, from its files (with grid.measure chosen its PCA size is known once validation ran)
+        cell=lambda wildcards, input: os.path.dirname(input.cell[0]),
         k=config["grid"]["k"][0],
         n_queries=config["retrieval"]["montage_queries"],
         retrieval=retrieval_settings("top_k", "metric"),

@@ -203,7 +203,8 @@ def index_config(
     entry: dict[str, Any] = {"source": "folder", "path": str(plan.folder)}
     if plan.labels == "none":
         entry["labels"] = "none"
-    grid = {"datasets": [plan.name], "backbones": [plan.backbone], "splits": [plan.split],
+    # measure chosen: each PCA size validated, only the one validation chose fitted further and tested
+    grid = {"datasets": [plan.name], "backbones": [plan.backbone], "splits": [plan.split], "measure": "chosen",
             "pca": [int(pca) if pca.isdigit() else pca for pca in plan.pcas], "k": base["grid"]["k"]}  # fmt: skip
     if plan.labels == "none":  # the spaces that need no labels; changed copies of the photos judge them
         spaces = base["grid"].get("embeddings", [RAW])

@@ -45,7 +45,7 @@ STAGES = (
     Stage("features", "extracting features", "features extracted",
           frozenset({"prepare_engine", "plan_shards", "extract_features", "gather_features"})),
     Stage("fitting", "fitting the models", "models fitted",
-          frozenset({"fit_pca", "project", "cluster", "train_mlp", "fit_spaces"})),
+          frozenset({"fit_pca", "project", "cluster", "train_mlp", "fit_spaces", "select_settings", "choose_pca"})),
     Stage("quality", "measuring quality", "quality measured",
           frozenset({"time_extraction", "evaluate", "evaluate_spaces", "summarize", "montage"})),
 )  # fmt: skip
