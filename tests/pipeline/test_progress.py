@@ -114,6 +114,27 @@ def test_each_stage_is_one_line_when_its_last_job_finishes():
     assert len(screen.getvalue().splitlines()) == 2
 
 
+def test_stages_a_checkpoint_adds_jobs_to_are_told_at_the_end_of_the_run():
+    # choose_pca (grid.measure chosen) adds the chosen cell's MLP and evaluations once it has run: the planned
+    # fitting and quality jobs finishing first must not close those stages
+    screen = io.StringIO()
+    progress = Progress(screen)
+    stats = {"project": 1, "select_settings": 1, "choose_pca": 1, "time_extraction": 1, "all_but_summary": 1}
+    progress.handle(_record("run_info", stats={**stats, "total": 5}))
+    for jobid, rule in enumerate(["time_extraction", "project", "select_settings", "choose_pca"], start=1):
+        _job(progress, jobid, rule, split="80-20", pca="100")
+        progress.handle(_record("job_finished", job_id=jobid))
+        progress.handle(_record("progress", done=jobid, total=5 if jobid < 4 else 7))
+    assert screen.getvalue() == ""
+    for jobid, rule in [(5, "train_mlp"), (6, "evaluate")]:  # what the checkpoint added
+        _job(progress, jobid, rule, split="80-20", pca="100")
+        progress.handle(_record("job_finished", job_id=jobid))
+        progress.handle(_record("progress", done=jobid, total=7))
+    assert screen.getvalue() == ""
+    progress.handle(_record("progress", done=7, total=7))
+    assert screen.getvalue().splitlines() == ["  models fitted: 4 steps", "  quality measured: 2 steps"]
+
+
 def test_a_run_with_nothing_to_do_says_so_and_a_terminal_gets_one_line_rewritten():
     assert Progress(io.StringIO()).summary() == "nothing to do: the index is up to date"
     screen = io.StringIO()

@@ -90,6 +90,25 @@ def test_every_photo_of_a_labelled_folder_is_searchable_and_quality_is_measured_
 
 
 @pytest.mark.workflow
+def test_of_several_pca_sizes_only_the_one_validation_chose_is_measured(tmp_path: Path):
+    make_image_folder(tmp_path / "classes", per_class=50)  # 120 training images: PCA 100 and the original
+    result = run_cbir("index", "classes", *OPTIONS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = tmp_path / "results/classes/efficientnet_lite0/80-20"
+    chosen = json.loads((split / "chosen_pca.json").read_text())["pca"]
+    assert set(json.loads((split / "chosen_pca.json").read_text())["validation_scores"]) == {"100", "original"}
+    assert f"quality measured by {split / chosen} (split 80-20" in result.stdout
+    for pca in ("100", "original"):
+        assert (split / pca / "selection.json").is_file()  # validated
+        assert bool(list((split / pca).glob("metrics_*.json"))) == (pca == chosen)
+        assert (tmp_path / f"results/classes/efficientnet_lite0/all/{pca}/classifier.h5").is_file()  # searchable
+    # the stages the choice adds jobs to are told once the run is done, with every job counted
+    assert "  models fitted: 4 cell(s)" in result.stderr
+    quality = [line for line in result.stderr.splitlines() if line.startswith("  quality measured")]
+    assert quality == ["  quality measured: 4 steps"]  # time_extraction, montage, evaluate, evaluate_spaces
+
+
+@pytest.mark.workflow
 def test_a_failed_index_is_one_line_saying_what_and_where_with_the_log(tmp_path: Path):
     folder = tmp_path / "broken"
     folder.mkdir()

@@ -50,6 +50,9 @@ STAGES = (
           frozenset({"time_extraction", "evaluate", "evaluate_spaces", "summarize", "montage"})),
 )  # fmt: skip
 TARGET_RULES = frozenset({"all", "all_but_summary"})  # the run's targets: no work of their own
+# a checkpoint whose outcome adds jobs to stages that are in the run's plan without them: with it in the plan,
+# those stages' lines wait for the end of the run (the extraction's shards are waited for by the gathering instead)
+CHECKPOINT_STAGES = {"choose_pca": ("fitting", "quality")}
 
 
 def stage_of(rule: str) -> Stage | None:
@@ -99,6 +102,7 @@ class Progress(logging.Handler):
         self.failed: list[Job] = []
         self.steps = (0, 0)  # Snakemake's count: steps done, of all
         self.planned = False  # a run with jobs to do (Snakemake reported its plan)
+        self.deferred: set[str] = set()  # stages told only at the end of the run (CHECKPOINT_STAGES)
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -117,6 +121,7 @@ class Progress(logging.Handler):
                 stage = stage_of(rule) if rule != "total" else None
                 if stage is not None:
                     self.stages[stage.key].expected[rule] = int(count)
+                self.deferred.update(CHECKPOINT_STAGES.get(rule, ()))
         elif event == JOB_INFO:
             job = Job(str(fields.get("rule_name")), dict(fields.get("wildcards") or {}), list(fields.get("log") or []))
             self.jobs[int(fields["jobid"])] = job
@@ -132,7 +137,7 @@ class Progress(logging.Handler):
             if job is not None and stage is not None:
                 count = self.stages[stage.key]
                 count.finished.append(job)
-                if len(count.finished) >= count.total and not count.shown:
+                if len(count.finished) >= count.total and not count.shown and stage.key not in self.deferred:
                     count.shown = True
                     self._write(self._line(stage, done=True), final=True)
                 else:
@@ -143,6 +148,12 @@ class Progress(logging.Handler):
             self.failed.append(known if known is not None else job)
         elif event == PROGRESS:
             self.steps = (int(fields.get("done", 0)), int(fields.get("total", 0)))
+            if self.steps[1] and self.steps[0] >= self.steps[1]:  # the run is done: the stages left, in order
+                for stage in STAGES:
+                    count = self.stages[stage.key]
+                    if count.finished and not count.shown:
+                        count.shown = True
+                        self._write(self._line(stage, done=True), final=True)
 
     def _line(self, stage: Stage, done: bool) -> str:
         count = self.stages[stage.key]
