@@ -107,9 +107,17 @@ def test_mlp_binary_case_and_storage(blobs, tmp_path: Path):
 
 
 def test_early_stopping_is_automatic_from_a_large_training_set_on():
-    assert not uses_early_stopping("auto", EARLY_STOPPING_MIN_IMAGES - 1)
-    assert uses_early_stopping("auto", EARLY_STOPPING_MIN_IMAGES)
-    assert uses_early_stopping(True, 10) and not uses_early_stopping(False, 10**6)
+    balanced = np.arange(EARLY_STOPPING_MIN_IMAGES) % 10
+    assert not uses_early_stopping("auto", balanced[:-1])
+    assert uses_early_stopping("auto", balanced)
+    assert uses_early_stopping(True, np.arange(40) % 2) and not uses_early_stopping(False, balanced)
+    # the held-out tenth must be stratified: a class of one image, or more classes than it holds, rules it out
+    lonely = np.append(balanced, 99)
+    assert not uses_early_stopping("auto", lonely)
+    many = np.arange(EARLY_STOPPING_MIN_IMAGES) % 2000  # 1,000 held out for 2,000 classes
+    assert not uses_early_stopping("auto", many)
+    with pytest.warns(UserWarning, match="cannot be held out; every image is trained on"):
+        assert not uses_early_stopping(True, lonely)
 
 
 def test_early_stopping_holds_out_a_part_and_keeps_its_best_epoch(tmp_path: Path):

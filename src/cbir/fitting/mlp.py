@@ -61,12 +61,27 @@ def single_class_model(dim: int) -> MlpModel:
     )
 
 
-def uses_early_stopping(setting: bool | str, n_images: int) -> bool:
+def uses_early_stopping(setting: bool | str, labels: np.ndarray) -> bool:
     """Whether the MLP's epochs are chosen on a held-out part of its training images: ``setting`` true or false,
-    or ``auto``: from :data:`EARLY_STOPPING_MIN_IMAGES` images on."""
-    if setting == "auto":
-        return n_images >= EARLY_STOPPING_MIN_IMAGES
-    return bool(setting)
+    or ``auto``: from :data:`EARLY_STOPPING_MIN_IMAGES` images on. Never where the held-out tenth cannot be
+    stratified (a class of one image, or more classes than the tenth holds images): then every image is trained
+    on, with a warning when early stopping was asked for."""
+    labels = np.asarray(labels)
+    wanted = len(labels) >= EARLY_STOPPING_MIN_IMAGES if setting == "auto" else bool(setting)
+    if not wanted:
+        return False
+    _, counts = np.unique(labels, return_counts=True)
+    smallest = int(counts.min()) if len(counts) else 0
+    held_out = int(np.ceil(EARLY_STOPPING_FRACTION * len(labels)))
+    if smallest >= 2 and len(counts) <= min(held_out, len(labels) - held_out):
+        return True
+    if setting is True:
+        warnings.warn(
+            f"mlp.early_stopping: a stratified tenth of {len(labels)} training images in {len(counts)} classes "
+            f"(the smallest with {smallest}) cannot be held out; every image is trained on instead",
+            stacklevel=2,
+        )
+    return False
 
 
 def train_mlp(
@@ -97,7 +112,7 @@ def train_mlp(
         alpha=alpha,
         learning_rate_init=learning_rate,
         max_iter=max_iter,
-        early_stopping=uses_early_stopping(early_stopping, len(features)),
+        early_stopping=uses_early_stopping(early_stopping, labels),
         validation_fraction=EARLY_STOPPING_FRACTION,
         random_state=seed,
     )
