@@ -98,4 +98,8 @@ def test_the_simulated_user_refines_in_the_paper_space_and_the_chosen_one_unless
         True, True, False, False]  # fmt: skip
     assert all(feedback_measured({**settings, "eval_spaces": "all"}, s, chosen_lda) for s in ("raw", "whiten"))
     assert feedback_measured(settings, "whiten", None)  # no validation: nothing chosen, every space
+    searched = {**settings, "eval_spaces": "searched"}  # cbir index: only where its queries refine
+    measured = [feedback_measured(searched, space, chosen_lda) for space in ("raw", "lda", "whiten")]
+    assert measured == [False, True, False]
+    assert feedback_measured(searched, "raw", None) and not feedback_measured(searched, "lda", None)
     assert not feedback_measured(None, "raw", chosen_lda) and not feedback_measured({}, "lda", chosen_lda)

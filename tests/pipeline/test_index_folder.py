@@ -76,6 +76,7 @@ def test_the_config_is_one_cell_of_the_folder(tmp_path: Path):
     assert config["update"] == {"refit": "when_due"}
     # the test split measures the re-ranking validation chose, not the fixed comparison's three
     assert config["embeddings"]["rerank"] == {"query_expansion": {"n": 0}, "dba": {"k": 0}}
+    assert config["feedback"] == {"eval_spaces": "searched"}  # the simulated user refines where queries do
     labelled = plan_index(folder, name="trips", labels="auto", backbone="efficientnet_lite0")
     # with labels, every PCA size the training images allow (100 of 120; not 256), for validation to choose
     assert labelled.labels == "folders" and labelled.split == "80-20" and labelled.pcas == ("100", "original")

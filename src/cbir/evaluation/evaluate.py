@@ -189,10 +189,14 @@ def manifest_label_sets(manifest: Any, ids: list[str] | np.ndarray, n_classes: i
 
 def feedback_measured(feedback: dict[str, Any] | None, space: str, selection: Selection | None) -> bool:
     """Whether the simulated user refines in ``space``: with ``feedback.eval_spaces`` chosen (the default), in the
-    paper's space and the one validation chose (where cbir query and cbir serve refine); with all, in every space."""
+    paper's space and the one validation chose (where cbir query and cbir serve refine); with searched (cbir
+    index), in the chosen one only; with all, in every space."""
     if not feedback:
         return False
-    if feedback.get("eval_spaces", "chosen") == "all" or selection is None:
+    which = feedback.get("eval_spaces", "chosen")
+    if which == "searched":
+        return space == (selection.chosen if selection is not None else RAW)
+    if which == "all" or selection is None:
         return True
     return space in (RAW, selection.chosen)
 

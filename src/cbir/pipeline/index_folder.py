@@ -210,10 +210,10 @@ def index_config(
         spaces = base["grid"].get("embeddings", [RAW])
         grid["embeddings"] = [s for s in spaces if s == RAW or (s in SPACES and not SPACES[s].uses_labels)]
     # an update that adds a few photos keeps the fitted models until a refit is due (cbir.fitting.refit)
+    # the test split measures the re-ranking validation chose, not the fixed ones (embeddings.rerank: three more
+    # whole rankings per space), and the simulated user refines where the index's queries do (feedback.eval_spaces)
     config = {"data_root": str(plan.folder.parent), "grid": grid, "datasets": {plan.name: entry},
-              "update": {"refit": "when_due"},
-              # validation chose each space's re-ranking and the test split measures that one; the fixed variants
-              # (the workflow's comparison, embeddings.rerank) would cost three more whole rankings per space
+              "update": {"refit": "when_due"}, "feedback": {"eval_spaces": "searched"},
               "embeddings": {"rerank": {"query_expansion": {"n": 0}, "dba": {"k": 0}}}}  # fmt: skip
     if data:
         config["data"] = dict(data)
