@@ -133,6 +133,10 @@ def test_stages_a_checkpoint_adds_jobs_to_are_told_at_the_end_of_the_run():
     assert screen.getvalue() == ""
     progress.handle(_record("progress", done=7, total=7))
     assert screen.getvalue().splitlines() == ["  models fitted: 4 steps", "  quality measured: 2 steps"]
+    # cbir index runs Snakemake twice (the features, then the rest): the summary counts both runs' steps
+    progress.next_run()
+    progress.handle(_record("progress", done=2, total=3))
+    assert progress.summary().startswith("9 of 10 steps (90%) done in")
 
 
 def test_a_run_with_nothing_to_do_says_so_and_a_terminal_gets_one_line_rewritten():

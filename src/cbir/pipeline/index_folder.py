@@ -284,7 +284,8 @@ def _run_workflow(plan: IndexPlan, workdir: Path, cores: int, workflow_snakefile
                   search_files: list[str], verbose: bool) -> str:  # fmt: skip
     """:func:`run_index` under the collection's lock, which stands in for Snakemake's own: that one names no
     process, so a killed run's stops the next, and it spans the folder. What a killed run left marked incomplete
-    is built again (``--rerun-incomplete``)."""
+    is built again (``--rerun-incomplete``). The features first, then the rest: Snakemake keeps temporary files while
+    a checkpoint is pending (the PCA choice, until validation is done), so a kill would leave them behind for good."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings import types as settings
     from snakemake.settings.enums import Quietness
@@ -293,21 +294,20 @@ def _run_workflow(plan: IndexPlan, workdir: Path, cores: int, workflow_snakefile
     with captured_output(log, echo=verbose) as output:
         progress = Progress(io.StringIO() if verbose else output.terminal, stage_details(plan, workdir))
         try:
-            with SnakemakeApi(settings.OutputSettings(quiet={Quietness.HOST}, show_failed_logs=True)) as api:
-                snakemake_log = logging.getLogger("snakemake.logging")
-                # Snakemake's screen into the log file (its sys.stderr may be a test's capture, not descriptor 2)
-                for handler in snakemake_log.handlers:
-                    if isinstance(handler, logging.StreamHandler):
-                        handler.setStream(output.log)
-                snakemake_log.addHandler(progress)
-                workflow = api.workflow(
-                    resource_settings=settings.ResourceSettings(cores=cores),
-                    config_settings=settings.ConfigSettings(configfiles=[config]),
-                    snakefile=workflow_snakefile,
-                    workdir=workdir,
-                )
-                dag = workflow.dag(settings.DAGSettings(targets={INDEX_TARGET, *search_files}, force_incomplete=True))
-                dag.execute_workflow(executor="local", execution_settings=settings.ExecutionSettings(lock=False))
+            for targets in ({plan.features}, {INDEX_TARGET, *search_files}):
+                with SnakemakeApi(settings.OutputSettings(quiet={Quietness.HOST}, show_failed_logs=True)) as api:
+                    snakemake_log = logging.getLogger("snakemake.logging")
+                    # Snakemake's screen into the log file (its sys.stderr may be a test's capture, not descriptor 2)
+                    for handler in snakemake_log.handlers:
+                        if isinstance(handler, logging.StreamHandler):
+                            handler.setStream(output.log)
+                    snakemake_log.addHandler(progress)  # once: a handler already there is not added again
+                    workflow = api.workflow(resource_settings=settings.ResourceSettings(cores=cores),
+                                            config_settings=settings.ConfigSettings(configfiles=[config]),
+                                            snakefile=workflow_snakefile, workdir=workdir)  # fmt: skip
+                    dag = workflow.dag(settings.DAGSettings(targets=targets, force_incomplete=True))
+                    dag.execute_workflow(executor="local", execution_settings=settings.ExecutionSettings(lock=False))
+                progress.next_run()
             progress.close_line()  # a terminal's live line, were any left open
         except Exception as error:
             progress.close_line()

@@ -101,6 +101,7 @@ class Progress(logging.Handler):
         self.jobs: dict[int, Job] = {}
         self.failed: list[Job] = []
         self.steps = (0, 0)  # Snakemake's count: steps done, of all
+        self.earlier_steps = (0, 0)  # the same, of the earlier Snakemake runs of this one (next_run)
         self.planned = False  # a run with jobs to do (Snakemake reported its plan)
         self.deferred: set[str] = set()  # stages told only at the end of the run (CHECKPOINT_STAGES)
         self.started = time.monotonic()
@@ -175,11 +176,16 @@ class Progress(logging.Handler):
             self.stream.write("\r\033[K" + line)
         self.stream.flush()
 
+    def next_run(self) -> None:
+        """Another Snakemake run of the same index follows: its steps add to the ones counted so far."""
+        self.earlier_steps = (self.earlier_steps[0] + self.steps[0], self.earlier_steps[1] + self.steps[1])
+        self.steps = (0, 0)
+
     def summary(self) -> str:
         """The run in one line: Snakemake's steps done and the time taken (or that there was nothing to do)."""
         if not self.planned:
             return "nothing to do: the index is up to date"
-        done, total = self.steps
+        done, total = (self.earlier_steps[0] + self.steps[0], self.earlier_steps[1] + self.steps[1])
         percent = f"{100 * done // total}%" if total else "100%"
         return f"{done} of {total} steps ({percent}) done in {time.monotonic() - self.started:.0f} s"
 
