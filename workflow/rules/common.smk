@@ -149,8 +149,10 @@ def basis_input(wildcards):
     return PCA_BASIS.format(**wildcards)
 
 
-def metrics_files():
-    return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in grid_cells(config)]
+def metrics_files(cells=None):
+    """The paper's space's metrics of ``cells`` (default: every cell of the grid)."""
+    cells = grid_cells(config) if cells is None else cells
+    return [f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k)}" for c in cells]
 
 
 # every fitting job of a split asks: the dataset's folder is listed once per run, not once per job
@@ -226,10 +228,11 @@ def collection_space_files():
     ]
 
 
-def space_metrics_files():
+def space_metrics_files(cells=None):
+    """The further spaces' metrics of ``cells`` of labelled datasets (default: every cell of the grid)."""
     return [
         f"{cell_folder(c.dataset, c.backbone, c.split, c.pca)}/{metrics_name(c.k, space)}"
-        for c in grid_cells(config)
+        for c in (grid_cells(config) if cells is None else cells)
         if dataset_is_labelled(config, c.dataset)
         for space in EXTRA_SPACES
     ]
@@ -293,14 +296,12 @@ def montage_cell(wildcards):
 def measured_metrics_files(wildcards):
     """What the target all_but_summary measures: each cell's metrics in every space, or with grid.measure chosen,
     those of the PCA size validation chose per labelled dataset, backbone and split."""
-    files = []
-    for c in grid_cells(config):
-        if measures_chosen_only(c.dataset) and str(c.pca) != chosen_pca(c.dataset, c.backbone, c.split):
-            continue
-        cell = cell_folder(c.dataset, c.backbone, c.split, c.pca)
-        spaces = ["raw", *EXTRA_SPACES] if dataset_is_labelled(config, c.dataset) else ["raw"]
-        files += [f"{cell}/{metrics_name(c.k, space)}" for space in spaces]
-    return files
+    measured = [
+        c
+        for c in grid_cells(config)
+        if not measures_chosen_only(c.dataset) or str(c.pca) == chosen_pca(c.dataset, c.backbone, c.split)
+    ]
+    return metrics_files(measured) + space_metrics_files(measured)
 
 
 def montage_split(wildcards):

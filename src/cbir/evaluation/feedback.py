@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from cbir.distances import smallest_columns
 from cbir.evaluation.ranking import DISTANCE_BLOCK_ELEMENTS, QuerySample, rank_figures, relevant_ranks
 from cbir.search.feedback import METHODS, FeedbackSettings, Marks, blended_scores, fit_direction, refine_query
-from cbir.search.index import smallest_columns
 
 ROUNDS = 3
 MARKED_PER_ROUND = 10

@@ -225,13 +225,17 @@ def chosen_cell(cells: Sequence[Path]) -> Path:
     a tie, or no validated cell, keeps the earlier."""
 
     def score(cell: Path) -> float:
-        selection = read_selection(cell)
-        if selection is None or not selection.validated:
-            return float("-inf")
-        score = selection.score()
-        return float("-inf") if score is None else score
+        found = validation_score(cell)
+        return float("-inf") if found is None else found
 
     return max(enumerate(cells), key=lambda item: (score(item[1]), -item[0]))[1]
+
+
+def validation_score(cell: Path) -> float | None:
+    """The validation figure of the cell's chosen setting (what :func:`chosen_cell` compares); None when the cell
+    was not validated."""
+    selection = read_selection(cell)
+    return selection.score() if selection is not None and selection.validated else None
 
 
 def read_identity(folder: Path, attrs: dict[str, Any]) -> CellIdentity:
